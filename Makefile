@@ -1,0 +1,32 @@
+# `make demo` and `make test` each build .venv from nothing.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m examples.quickstart
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check melange tests bench examples
+	$(VENV)/bin/ruff format --check melange
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy melange
+
+test: lint typecheck
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/inmemory.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,172 @@
+"""The contract every backend implements (see docs/backends.md)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+from melange.exceptions import UnsupportedOperationError
+from melange.models import Message, QueueWrapper, TopicWrapper
+
+__all__ = ["MessagingBackend"]
+
+
+class MessagingBackend(abc.ABC):
+    """A wrapper over one broker: topics fan out to queues; queues hold messages.
+
+    Subclasses implement the abstract methods. The batch, delay and release
+    methods have working defaults built on them; a backend that can do better
+    overrides them. A backend is a context manager and ``close_connection()``
+    may be called any number of times.
+    """
+
+    #: Seconds a received message stays hidden when ``declare_queue`` is not told.
+    default_visibility_timeout: float = 30.0
+    #: Receives after which a message moves to the dead-letter queue, by default.
+    default_max_receive_count: int = 5
+
+    _closed: bool = False
+
+    # -- the spec's interface ---------------------------------------------
+
+    @abc.abstractmethod
+    def declare_topic(self, topic_name: str) -> TopicWrapper:
+        """Get or create a topic."""
+
+    @abc.abstractmethod
+    def get_queue(self, queue_name: str) -> QueueWrapper:
+        """Get an existing queue; never creates one.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+
+    @abc.abstractmethod
+    def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        visibility_timeout: float | None = None,
+        max_receive_count: int | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Get or create a queue, subscribe it to topics, and attach a dead-letter queue.
+
+        ``visibility_timeout`` is how long (seconds) a received message stays
+        hidden before it is delivered again; ``max_receive_count`` is how many
+        receives move an unacknowledged message to the dead-letter queue.
+        Declaring again adds subscriptions and keeps the earlier ones.
+        """
+
+    @abc.abstractmethod
+    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        """Receive the messages available now (possibly none).
+
+        Accepts ``max_messages`` (int) and ``wait_seconds`` (float; wait up to
+        that long when the queue is empty).
+        """
+
+    def yield_messages(self, queue: QueueWrapper, **kwargs: Any) -> Iterable[Message]:
+        """Yield messages as they arrive, forever; waits without busy-spinning.
+
+        Accepts the options of ``retrieve_messages``.
+        """
+        return self._poll(queue, **kwargs)
+
+    @abc.abstractmethod
+    def publish_to_topic(
+        self,
+        message: Message,
+        topic: TopicWrapper,
+        extra_attributes: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish a message to every queue subscribed to the topic."""
+
+    @abc.abstractmethod
+    def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        """Publish a message to one queue."""
+
+    @abc.abstractmethod
+    def acknowledge(self, message: Message) -> None:
+        """Mark a received message done so it is never delivered again."""
+
+    def close_connection(self) -> None:
+        """Release the broker connection; safe to call more than once."""
+        self._closed = True
+
+    @abc.abstractmethod
+    def delete_queue(self, queue: QueueWrapper) -> None:
+        """Delete a queue and its subscriptions."""
+
+    @abc.abstractmethod
+    def delete_topic(self, topic: TopicWrapper) -> None:
+        """Delete a topic and its subscriptions."""
+
+    # -- capabilities with defaults -----------------------------------------
+
+    def publish_batch_to_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper
+    ) -> None:
+        """Publish several messages to one queue.
+
+        Raises:
+            BatchPublishError: some messages were not published; it lists them.
+        """
+        for message in messages:
+            self.publish_to_queue(message, queue)
+
+    def publish_batch_to_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper
+    ) -> None:
+        """Publish several messages to one topic."""
+        for message in messages:
+            self.publish_to_topic(message, topic)
+
+    def publish_delayed_to_queue(
+        self, message: Message, queue: QueueWrapper, delay: float
+    ) -> None:
+        """Publish a message that stays invisible for ``delay`` seconds.
+
+        Raises:
+            UnsupportedOperationError: the backend cannot delay messages.
+        """
+        if delay <= 0:
+            self.publish_to_queue(message, queue)
+            return
+        raise UnsupportedOperationError(
+            f"{type(self).__name__} cannot delay a message"
+        )
+
+    def release(self, message: Message, delay: float = 0.0) -> None:
+        """Hand a received message back, to be delivered again after ``delay`` seconds.
+
+        The default does nothing to the broker: the message comes back when
+        its visibility timeout expires, which is what an unacknowledged
+        message does on every backend.
+        """
+
+    def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        """Acknowledge several received messages."""
+        for message in messages:
+            self.acknowledge(message)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _poll(self, queue: QueueWrapper, **kwargs: Any) -> Iterator[Message]:
+        kwargs.setdefault("wait_seconds", 1.0)
+        while not self._closed:
+            yield from self.retrieve_messages(queue, **kwargs)
+
+    def __enter__(self) -> MessagingBackend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close_connection()

@@ -1,0 +1,310 @@
+"""An in-process broker with SQS semantics, for tests and single-process apps."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from melange.backends.interfaces import MessagingBackend
+from melange.exceptions import QueueNotFoundError, TopicNotFoundError
+from melange.models import Message, QueueWrapper, TopicWrapper
+
+if TYPE_CHECKING:
+    from melange.consumers import Consumer
+
+__all__ = ["InMemoryMessagingBackend", "link_synchronously"]
+
+_monotonic = time.monotonic
+
+
+@dataclass(slots=True)
+class _Receipt:
+    queue: str
+    token: int
+
+
+@dataclass(slots=True)
+class _Queue:
+    name: str
+    visibility_timeout: float
+    max_receive_count: int
+    dead_letter_queue: str | None = None
+    ready: deque[tuple[Message, int]] = field(default_factory=deque)
+    # token -> (deadline, message, receive count); deadlines only grow, so the
+    # oldest in-flight message is always first.
+    in_flight: dict[int, tuple[float, Message, int]] = field(default_factory=dict)
+    # (due, seq, message, receive count): delayed publishes and released messages.
+    delayed: list[tuple[float, int, Message, int]] = field(default_factory=list)
+    on_publish: list[Callable[[], None]] = field(default_factory=list)
+
+
+class InMemoryMessagingBackend(MessagingBackend):
+    """A thread-safe broker in this process's memory.
+
+    Topics fan out to every subscribed queue. A received message is hidden for
+    the queue's visibility timeout; unacknowledged, it comes back with its
+    receive count raised, and after ``max_receive_count`` receives it moves to
+    the dead-letter queue. Nothing survives the process.
+    """
+
+    default_visibility_timeout = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._topics: dict[str, set[str]] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._tokens = itertools.count(1)
+
+    @classmethod
+    def from_url(cls, url: str) -> InMemoryMessagingBackend:
+        """Build from ``memory://`` (optionally ``?visibility_timeout=SECONDS``)."""
+        query = parse_qs(urlsplit(url).query)
+        backend = cls()
+        if "visibility_timeout" in query:
+            backend.default_visibility_timeout = float(query["visibility_timeout"][0])
+        return backend
+
+    # -- topology -------------------------------------------------------------
+
+    def declare_topic(self, topic_name: str) -> TopicWrapper:
+        with self._lock:
+            self._topics.setdefault(topic_name, set())
+        return TopicWrapper(topic_name)
+
+    def get_queue(self, queue_name: str) -> QueueWrapper:
+        with self._lock:
+            if queue_name not in self._queues:
+                raise QueueNotFoundError(f"queue {queue_name!r} does not exist")
+        return QueueWrapper(queue_name)
+
+    def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        visibility_timeout: float | None = None,
+        max_receive_count: int | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        with self._lock:
+            queue = self._declare(queue_name)
+            if visibility_timeout is not None:
+                queue.visibility_timeout = visibility_timeout
+            if max_receive_count is not None:
+                queue.max_receive_count = max_receive_count
+            dead_letter = None
+            if dead_letter_queue_name is not None:
+                self._declare(dead_letter_queue_name)
+                queue.dead_letter_queue = dead_letter_queue_name
+                dead_letter = QueueWrapper(dead_letter_queue_name)
+            for topic in topics_to_bind:
+                self._topics.setdefault(topic.unwrap(), set()).add(queue_name)
+        return QueueWrapper(queue_name), dead_letter
+
+    def _declare(self, name: str) -> _Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = _Queue(name, self.default_visibility_timeout, self.default_max_receive_count)
+            self._queues[name] = queue
+        return queue
+
+    def delete_queue(self, queue: QueueWrapper) -> None:
+        name = queue.unwrap()
+        with self._lock:
+            self._queues.pop(name, None)
+            for subscribers in self._topics.values():
+                subscribers.discard(name)
+
+    def delete_topic(self, topic: TopicWrapper) -> None:
+        with self._lock:
+            self._topics.pop(topic.unwrap(), None)
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish_to_topic(
+        self,
+        message: Message,
+        topic: TopicWrapper,
+        extra_attributes: dict[str, Any] | None = None,
+    ) -> None:
+        self.publish_batch_to_topic((message,), topic)
+
+    def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
+        with self._lock:
+            subscribers = self._topics.get(topic.unwrap())
+            if subscribers is None:
+                raise TopicNotFoundError(f"topic {topic.unwrap()!r} does not exist")
+            queues = [self._queues[name] for name in subscribers]
+            for queue in queues:
+                queue.ready.extend((message, 0) for message in messages)
+            self._arrived.notify_all()
+        self._after_publish(queues)
+
+    def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        self.publish_batch_to_queue((message,), queue)
+
+    def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
+        with self._lock:
+            target = self._queue(queue)
+            target.ready.extend((message, 0) for message in messages)
+            self._arrived.notify_all()
+        self._after_publish((target,))
+
+    def publish_delayed_to_queue(
+        self, message: Message, queue: QueueWrapper, delay: float
+    ) -> None:
+        with self._lock:
+            target = self._queue(queue)
+            due = _monotonic() + max(delay, 0.0)
+            heapq.heappush(target.delayed, (due, next(self._tokens), message, 0))
+            self._arrived.notify_all()
+
+    def _after_publish(self, queues: Iterable[_Queue]) -> None:
+        for queue in queues:
+            for callback in list(queue.on_publish):
+                callback()
+
+    # -- receiving ------------------------------------------------------------
+
+    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        max_messages: int = kwargs.get("max_messages", 10)
+        wait_seconds: float = kwargs.get("wait_seconds", 0.0)
+        deadline = _monotonic() + wait_seconds
+        with self._lock:
+            while True:
+                target = self._queue(queue)
+                now = _monotonic()
+                next_due = self._make_due_visible(target, now)
+                if target.ready:
+                    return self._take(target, max_messages, now)
+                remaining = deadline - now
+                if remaining <= 0:
+                    return []
+                self._arrived.wait(min(remaining, max(next_due - now, 0.001)))
+
+    def _take(self, queue: _Queue, max_messages: int, now: float) -> list[Message]:
+        taken = []
+        ready, in_flight = queue.ready, queue.in_flight
+        deadline = now + queue.visibility_timeout
+        name = queue.name
+        for _ in range(min(max_messages, len(ready))):
+            message, count = ready.popleft()
+            count += 1
+            token = next(self._tokens)
+            in_flight[token] = (deadline, message, count)
+            taken.append(message.with_changes(receive_count=count, receipt=_Receipt(name, token)))
+        return taken
+
+    def _make_due_visible(self, queue: _Queue, now: float) -> float:
+        """Move expired in-flight and due delayed messages back; return the next due time."""
+        in_flight = queue.in_flight
+        while in_flight:
+            token, (due, message, count) = next(iter(in_flight.items()))
+            if due > now:
+                break
+            del in_flight[token]
+            self._return(queue, message, count)
+        delayed = queue.delayed
+        while delayed and delayed[0][0] <= now:
+            _, _, message, count = heapq.heappop(delayed)
+            self._return(queue, message, count)
+        next_due = now + 3600.0
+        if in_flight:
+            next_due = min(next_due, next(iter(in_flight.values()))[0])
+        if delayed:
+            next_due = min(next_due, delayed[0][0])
+        return next_due
+
+    def _return(self, queue: _Queue, message: Message, count: int) -> None:
+        dead_letter = self._queues.get(queue.dead_letter_queue or "")
+        if count >= queue.max_receive_count and dead_letter is not None:
+            dead_letter.ready.append((message, 0))
+        else:
+            queue.ready.append((message, count))
+
+    def acknowledge(self, message: Message) -> None:
+        receipt = message.receipt
+        if not isinstance(receipt, _Receipt):
+            raise ValueError("acknowledge() takes a message received from this backend")
+        with self._lock:
+            queue = self._queues.get(receipt.queue)
+            if queue is not None:
+                queue.in_flight.pop(receipt.token, None)
+
+    def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        with self._lock:
+            for message in messages:
+                receipt = message.receipt
+                queue = self._queues.get(receipt.queue)
+                if queue is not None:
+                    queue.in_flight.pop(receipt.token, None)
+
+    def release(self, message: Message, delay: float = 0.0) -> None:
+        receipt = message.receipt
+        with self._lock:
+            queue = self._queues.get(receipt.queue)
+            if queue is None:
+                return
+            entry = queue.in_flight.pop(receipt.token, None)
+            if entry is None:
+                return  # already expired and handed out again
+            _, original, count = entry
+            due = _monotonic() + max(delay, 0.0)
+            heapq.heappush(queue.delayed, (due, next(self._tokens), original, count))
+            self._arrived.notify_all()
+
+    # -- inspection and helpers ---------------------------------------------------
+
+    def queue_depth(self, queue: QueueWrapper) -> int:
+        """Return how many messages the queue holds, visible or not."""
+        with self._lock:
+            target = self._queue(queue)
+            return len(target.ready) + len(target.in_flight) + len(target.delayed)
+
+    def subscribe_to_publish(self, queue: QueueWrapper, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every publish that lands in ``queue``."""
+        with self._lock:
+            self._queue(queue).on_publish.append(callback)
+
+    def _queue(self, queue: QueueWrapper) -> _Queue:
+        try:
+            return self._queues[queue.unwrap()]
+        except KeyError:
+            raise QueueNotFoundError(f"queue {queue.unwrap()!r} does not exist") from None
+
+
+def link_synchronously(
+    queue: str,
+    consumers: Sequence[Consumer],
+    backend: InMemoryMessagingBackend,
+) -> None:
+    """Make every publish that lands in ``queue`` run ``consumers`` before it returns.
+
+    For unit tests: the queue is declared (with its dead-letter queue and
+    topic subscriptions) and each publish drains it through a dispatcher.
+    """
+    from melange.dispatcher import MessageDispatcher
+
+    dispatcher = MessageDispatcher(backend, consumers=list(consumers))
+    dispatcher.declare(queue)
+    wrapper = backend.get_queue(queue)
+    draining = threading.local()
+
+    def drain() -> None:
+        if getattr(draining, "active", False):
+            return  # a handler published again: the outer drain picks it up
+        draining.active = True
+        try:
+            dispatcher.consume_loop(queue, idle_timeout=0)
+        finally:
+            draining.active = False
+
+    backend.subscribe_to_publish(wrapper, drain)

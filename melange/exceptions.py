@@ -1,0 +1,161 @@
+"""Every error melange raises.
+
+::
+
+    MelangeError
+    ├── ConfigurationError
+    │   ├── ListenerDefinitionError      a @listener that cannot be routed
+    │   └── MissingExtraError            (also ImportError) a driver extra is not installed
+    ├── SerializationError
+    │   ├── UnknownSerializerError       no serializer has the message's id
+    │   ├── UnknownManifestError         no class is known for the manifest
+    │   ├── DeserializationError         content cannot be read (malformed)
+    │   │   ├── MessageValidationError   content read but the event is invalid
+    │   │   └── UnsafePayloadError       a signed payload whose signature fails
+    │   └── NoSerializerError            no serializer is bound to an object's class
+    ├── BackendError
+    │   ├── BackendConnectionError       the broker cannot be reached
+    │   ├── QueueNotFoundError
+    │   ├── TopicNotFoundError
+    │   ├── MessageTooLargeError         refused before sending
+    │   ├── PublishError                 the broker did not take (or confirm) a message
+    │   │   └── BatchPublishError        some messages of a batch failed
+    │   ├── UnsupportedOperationError    the backend cannot do what was asked
+    │   └── StorageError                 the embedded store is unusable
+    └── IdempotencyError                 the idempotency store cannot be used
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "BackendConnectionError",
+    "BackendError",
+    "BatchPublishError",
+    "ConfigurationError",
+    "DeserializationError",
+    "IdempotencyError",
+    "ListenerDefinitionError",
+    "MelangeError",
+    "MessageTooLargeError",
+    "MessageValidationError",
+    "MissingExtraError",
+    "NoSerializerError",
+    "PublishError",
+    "QueueNotFoundError",
+    "SerializationError",
+    "StorageError",
+    "TopicNotFoundError",
+    "UnknownManifestError",
+    "UnknownSerializerError",
+    "UnsafePayloadError",
+    "UnsupportedOperationError",
+]
+
+
+class MelangeError(Exception):
+    """Base of every error melange raises."""
+
+
+class ConfigurationError(MelangeError):
+    """melange was set up in a way that cannot work."""
+
+
+class ListenerDefinitionError(ConfigurationError):
+    """A @listener cannot be routed: no annotation, or a type claimed twice."""
+
+
+class MissingExtraError(ConfigurationError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed: pip install 'melange[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class SerializationError(MelangeError):
+    """An event could not be turned into a message, or back."""
+
+
+class UnknownSerializerError(SerializationError):
+    """No registered serializer has this identifier or name."""
+
+
+class UnknownManifestError(SerializationError):
+    """No event class is known for a manifest."""
+
+
+class DeserializationError(SerializationError):
+    """A message's content cannot be read."""
+
+
+class MessageValidationError(DeserializationError):
+    """The content was read, but it does not make a valid event."""
+
+
+class UnsafePayloadError(DeserializationError):
+    """A signed payload failed its signature check and was not loaded."""
+
+
+class NoSerializerError(SerializationError):
+    """No serializer is bound to an object's class and there is no default."""
+
+
+class BackendError(MelangeError):
+    """The broker failed or refused an operation."""
+
+
+class BackendConnectionError(BackendError):
+    """The broker cannot be reached."""
+
+
+class QueueNotFoundError(BackendError):
+    """The queue does not exist."""
+
+
+class TopicNotFoundError(BackendError):
+    """The topic does not exist."""
+
+
+class MessageTooLargeError(BackendError):
+    """A message is larger than the destination accepts; nothing was sent."""
+
+    def __init__(self, size: int, limit: int, destination: str = "") -> None:
+        where = f" for {destination}" if destination else ""
+        super().__init__(
+            f"message is {size} bytes, over the limit of {limit} bytes{where}"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class PublishError(BackendError):
+    """The broker did not take or did not confirm a message."""
+
+
+class BatchPublishError(PublishError):
+    """Some messages of a batch were not published.
+
+    ``failed`` pairs each message that was not sent with the reason.
+    """
+
+    def __init__(self, failed: Sequence[tuple[Any, str]]) -> None:
+        super().__init__(f"{len(failed)} message(s) of the batch were not published")
+        self.failed = list(failed)
+
+
+class UnsupportedOperationError(BackendError):
+    """The backend cannot do what was asked."""
+
+
+class StorageError(BackendError):
+    """The embedded broker's storage is missing, unreadable or not a database."""
+
+
+class IdempotencyError(MelangeError):
+    """The idempotency store cannot be used."""

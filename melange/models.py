@@ -1,0 +1,87 @@
+"""Value objects moved by backends: the message envelope and broker handles."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = [
+    "CAUSATION_ID",
+    "CORRELATION_ID",
+    "PUBLISHED_AT",
+    "Message",
+    "QueueWrapper",
+    "TopicWrapper",
+    "new_message_id",
+]
+
+CORRELATION_ID = "correlation_id"
+CAUSATION_ID = "causation_id"
+PUBLISHED_AT = "published_at"
+
+
+def new_message_id() -> str:
+    """Return a random (version 4) UUID as a string."""
+    # Same result as str(uuid.uuid4()), about three times faster on the hot path.
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Message:
+    """One message as a broker carries it.
+
+    ``metadata`` holds the headers (string keys and values). ``receive_count``
+    is how many times the broker has handed this message out, this time
+    included; 0 on a message that was never received. ``receipt`` is the
+    backend's own handle for acknowledging it and takes no part in equality.
+    """
+
+    content: str
+    message_id: str = field(default_factory=new_message_id)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    serializer_id: int | None = None
+    manifest: str | None = None
+    receive_count: int = 0
+    receipt: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.message_id, str) or not self.message_id:
+            raise TypeError("message_id must be a non-empty string")
+        if not isinstance(self.content, str):
+            raise TypeError("content must be a string")
+
+    def with_changes(self, **changes: Any) -> Message:
+        """Return a copy with some fields replaced."""
+        return replace(self, **changes)
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """Return one header, or ``default``."""
+        return self.metadata.get(name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueWrapper:
+    """A queue as the backend knows it: a name, a URL, a channel-bound name…"""
+
+    obj: Any
+
+    def unwrap(self) -> Any:
+        """Return the broker's own object for this queue."""
+        return self.obj
+
+
+@dataclass(frozen=True, slots=True)
+class TopicWrapper:
+    """A topic as the backend knows it: a name, an ARN, an exchange…"""
+
+    obj: Any
+
+    def unwrap(self) -> Any:
+        """Return the broker's own object for this topic."""
+        return self.obj

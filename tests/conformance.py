@@ -1,0 +1,276 @@
+"""The contract every backend passes. Subclass ``BackendContract`` per backend.
+
+A subclass provides a ``backend`` fixture. Class attributes tune timings for
+brokers that only take whole seconds.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from melange.backends.interfaces import MessagingBackend
+from melange.exceptions import QueueNotFoundError
+from melange.models import Message, QueueWrapper
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def receive(
+    backend: MessagingBackend,
+    queue: QueueWrapper,
+    expected: int,
+    timeout: float = 10.0,
+) -> list[Message]:
+    """Receive until ``expected`` messages arrived or ``timeout`` passed."""
+    got: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < expected and time.monotonic() < deadline:
+        remaining = max(0.0, deadline - time.monotonic())
+        got.extend(
+            backend.retrieve_messages(
+                queue, max_messages=10, wait_seconds=min(1.0, remaining)
+            )
+        )
+    return got
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+class BackendContract:
+    """Tests every backend passes. Subclasses provide the ``backend`` fixture."""
+
+    #: Visibility timeout the tests declare queues with (seconds).
+    visibility_timeout: float = 1.0
+    #: How long a test waits to be sure nothing arrives (seconds).
+    quiet_period: float = 0.5
+
+    def declare(
+        self, backend: MessagingBackend, *topics: str, dlq: bool = False, max_receives: int = 3
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        topic_wrappers = [backend.declare_topic(name) for name in topics]
+        return backend.declare_queue(
+            unique("q"),
+            *topic_wrappers,
+            dead_letter_queue_name=unique("dlq") if dlq else None,
+            visibility_timeout=self.visibility_timeout,
+            max_receive_count=max_receives,
+        )
+
+    def assert_empty(self, backend: MessagingBackend, queue: QueueWrapper) -> None:
+        assert backend.retrieve_messages(queue, wait_seconds=self.quiet_period) == []
+
+    # -- topology ----------------------------------------------------------------
+
+    def test_declare_topic_is_idempotent(self, backend: MessagingBackend) -> None:
+        name = unique("t")
+        assert backend.declare_topic(name) == backend.declare_topic(name)
+
+    def test_declared_queue_can_be_got(self, backend: MessagingBackend) -> None:
+        name = unique("q")
+        queue, dead_letter = backend.declare_queue(name)
+        assert dead_letter is None
+        assert backend.get_queue(name) == queue
+
+    def test_declare_queue_twice_returns_the_same_queue(self, backend: MessagingBackend) -> None:
+        name = unique("q")
+        first, _ = backend.declare_queue(name)
+        second, _ = backend.declare_queue(name)
+        assert first == second
+
+    def test_get_queue_never_creates(self, backend: MessagingBackend) -> None:
+        name = unique("missing")
+        with pytest.raises(QueueNotFoundError):
+            backend.get_queue(name)
+        with pytest.raises(QueueNotFoundError):
+            backend.get_queue(name)
+
+    def test_deleted_queue_is_gone(self, backend: MessagingBackend) -> None:
+        name = unique("q")
+        queue, _ = backend.declare_queue(name)
+        backend.delete_queue(queue)
+        with pytest.raises(QueueNotFoundError):
+            backend.get_queue(name)
+
+    def test_deleted_topic_no_longer_feeds_queues(self, backend: MessagingBackend) -> None:
+        name = unique("t")
+        queue, _ = self.declare(backend, name)
+        backend.delete_topic(backend.declare_topic(name))
+        topic = backend.declare_topic(name)  # a new topic, with no subscriptions
+        backend.publish_to_topic(Message(content="after"), topic)
+        self.assert_empty(backend, queue)
+
+    def test_dead_letter_queue_is_declared(self, backend: MessagingBackend) -> None:
+        _, dead_letter = self.declare(backend, dlq=True)
+        assert dead_letter is not None
+        self.assert_empty(backend, dead_letter)
+
+    # -- moving messages -----------------------------------------------------------
+
+    def test_topic_fans_out_to_every_subscribed_queue(self, backend: MessagingBackend) -> None:
+        name = unique("t")
+        first, _ = self.declare(backend, name)
+        second, _ = self.declare(backend, name)
+        backend.publish_to_topic(Message(content="hello"), backend.declare_topic(name))
+        for queue in (first, second):
+            [message] = receive(backend, queue, 1)
+            assert message.content == "hello"
+
+    def test_queue_subscribes_to_several_topics(self, backend: MessagingBackend) -> None:
+        names = unique("a"), unique("b")
+        queue, _ = self.declare(backend, *names)
+        for name in names:
+            backend.publish_to_topic(Message(content=name), backend.declare_topic(name))
+        assert sorted(m.content for m in receive(backend, queue, 2)) == sorted(names)
+
+    def test_redeclaring_keeps_earlier_subscriptions(self, backend: MessagingBackend) -> None:
+        first, second = unique("a"), unique("b")
+        queue_name = unique("q")
+        backend.declare_queue(queue_name, backend.declare_topic(first))
+        queue, _ = backend.declare_queue(queue_name, backend.declare_topic(second))
+        for name in (first, second):
+            backend.publish_to_topic(Message(content=name), backend.declare_topic(name))
+        assert sorted(m.content for m in receive(backend, queue, 2)) == sorted((first, second))
+
+    def test_publish_to_queue(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_to_queue(Message(content="direct"), queue)
+        [message] = receive(backend, queue, 1)
+        assert message.content == "direct"
+        assert message.receive_count == 1
+
+    def test_message_fields_survive(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        sent = Message(
+            content='{"total": "9.90", "name": "Zoë ✓"}',
+            metadata={"correlation_id": "c-1", "custom": "välue"},
+            serializer_id=3,
+            manifest="orders.created",
+        )
+        backend.publish_to_queue(sent, queue)
+        [received] = receive(backend, queue, 1)
+        assert received.message_id == sent.message_id
+        assert received.content == sent.content
+        assert received.manifest == "orders.created"
+        assert received.serializer_id == 3
+        assert received.metadata["correlation_id"] == "c-1"
+        assert received.metadata["custom"] == "välue"
+
+    def test_message_without_manifest_survives(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_to_queue(Message(content="{}"), queue)
+        [received] = receive(backend, queue, 1)
+        assert received.manifest is None
+        assert received.serializer_id is None
+
+    def test_acknowledged_message_is_not_delivered_again(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_to_queue(Message(content="once"), queue)
+        [message] = receive(backend, queue, 1)
+        backend.acknowledge(message)
+        time.sleep(self.visibility_timeout + 0.2)
+        self.assert_empty(backend, queue)
+
+    def test_acknowledge_batch(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_batch_to_queue([Message(content=str(i)) for i in range(3)], queue)
+        messages = receive(backend, queue, 3)
+        backend.acknowledge_batch(messages)
+        time.sleep(self.visibility_timeout + 0.2)
+        self.assert_empty(backend, queue)
+
+    def test_received_message_is_hidden_then_delivered_again(
+        self, backend: MessagingBackend
+    ) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_to_queue(Message(content="again"), queue)
+        [first] = receive(backend, queue, 1)
+        assert backend.retrieve_messages(queue, wait_seconds=0) == []
+        [second] = receive(backend, queue, 1, timeout=self.visibility_timeout + 10)
+        assert second.message_id == first.message_id
+        assert (first.receive_count, second.receive_count) == (1, 2)
+
+    def test_dead_letter_after_max_receives(self, backend: MessagingBackend) -> None:
+        queue, dead_letter = self.declare(backend, dlq=True, max_receives=2)
+        assert dead_letter is not None
+        sent = Message(content="poison", manifest="m", metadata={"k": "v"})
+        backend.publish_to_queue(sent, queue)
+        counts = []
+        for _ in range(2):
+            [message] = receive(backend, queue, 1, timeout=self.visibility_timeout + 10)
+            counts.append(message.receive_count)
+        assert counts == [1, 2]
+        time.sleep(self.visibility_timeout + 0.2)
+        # As on SQS, the move happens when the source queue is next read.
+        self.assert_empty(backend, queue)
+        [dead] = receive(backend, dead_letter, 1, timeout=self.visibility_timeout + 10)
+        assert (dead.message_id, dead.content, dead.manifest) == (sent.message_id, "poison", "m")
+        assert dead.metadata["k"] == "v"
+
+    def test_publish_batch_to_queue(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_batch_to_queue([Message(content=str(i)) for i in range(25)], queue)
+        assert sorted(int(m.content) for m in receive(backend, queue, 25)) == list(range(25))
+
+    def test_publish_batch_to_topic(self, backend: MessagingBackend) -> None:
+        name = unique("t")
+        queue, _ = self.declare(backend, name)
+        topic = backend.declare_topic(name)
+        backend.publish_batch_to_topic([Message(content=str(i)) for i in range(12)], topic)
+        assert sorted(int(m.content) for m in receive(backend, queue, 12)) == list(range(12))
+
+    def test_delayed_message_is_invisible_until_its_delay(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        delay = max(1.0, self.visibility_timeout)
+        started = time.monotonic()
+        backend.publish_delayed_to_queue(Message(content="later"), queue, delay)
+        assert backend.retrieve_messages(queue, wait_seconds=0) == []
+        [message] = receive(backend, queue, 1, timeout=delay + 10)
+        assert message.content == "later"
+        assert time.monotonic() - started >= delay * 0.9
+
+    def test_released_message_comes_back_after_its_delay(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_to_queue(Message(content="retry"), queue)
+        [first] = receive(backend, queue, 1)
+        backend.release(first, delay=1.0)
+        [second] = receive(backend, queue, 1, timeout=self.visibility_timeout + 10)
+        assert second.message_id == first.message_id
+        assert second.receive_count == 2
+
+    def test_released_message_without_delay_comes_back(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_to_queue(Message(content="now"), queue)
+        [first] = receive(backend, queue, 1)
+        backend.release(first)
+        [second] = receive(backend, queue, 1, timeout=self.visibility_timeout + 10)
+        assert second.message_id == first.message_id
+
+    def test_retrieve_respects_max_messages(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_batch_to_queue([Message(content=str(i)) for i in range(5)], queue)
+        batch = backend.retrieve_messages(queue, max_messages=2, wait_seconds=2)
+        assert 1 <= len(batch) <= 2
+
+    def test_yield_messages_yields_what_arrives(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_batch_to_queue([Message(content=str(i)) for i in range(3)], queue)
+        stream = iter(backend.yield_messages(queue, wait_seconds=1))
+        got = sorted(next(stream).content for _ in range(3))
+        assert got == ["0", "1", "2"]
+
+    def test_close_connection_is_idempotent(self, backend: MessagingBackend) -> None:
+        backend.close_connection()
+        backend.close_connection()
