@@ -19,6 +19,10 @@ DEFAULT_BACKEND_URL = "sqlite:///melange.db"
 # scheme -> "module:Class"; each class has a ``from_url(url)`` classmethod.
 _SCHEMES = {
     "memory": "melange.backends.memory:InMemoryMessagingBackend",
+    "sqlite": "melange.backends.sqlite:SQLiteBackend",
+    "sqs": "melange.backends.sqs:AWSBackend",
+    "amqp": "melange.backends.rabbitmq:RabbitMQBackend",
+    "amqps": "melange.backends.rabbitmq:RabbitMQBackend",
 }
 
 
