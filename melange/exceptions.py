@@ -71,9 +71,7 @@ class MissingExtraError(ConfigurationError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 
     def __init__(self, package: str, extra: str) -> None:
-        super().__init__(
-            f"{package} is not installed: pip install 'melange[{extra}]'"
-        )
+        super().__init__(f"{package} is not installed: pip install 'melange[{extra}]'")
         self.package = package
         self.extra = extra
 
@@ -127,9 +125,7 @@ class MessageTooLargeError(BackendError):
 
     def __init__(self, size: int, limit: int, destination: str = "") -> None:
         where = f" for {destination}" if destination else ""
-        super().__init__(
-            f"message is {size} bytes, over the limit of {limit} bytes{where}"
-        )
+        super().__init__(f"message is {size} bytes, over the limit of {limit} bytes{where}")
         self.size = size
         self.limit = limit
 

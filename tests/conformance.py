@@ -33,9 +33,7 @@ def receive(
     while len(got) < expected and time.monotonic() < deadline:
         remaining = max(0.0, deadline - time.monotonic())
         got.extend(
-            backend.retrieve_messages(
-                queue, max_messages=10, wait_seconds=min(1.0, remaining)
-            )
+            backend.retrieve_messages(queue, max_messages=10, wait_seconds=min(1.0, remaining))
         )
     return got
 

@@ -41,3 +41,28 @@ def test_backend_out_of_scope_is_collected() -> None:
     del backend
     gc.collect()
     assert ref() is None
+
+
+def test_link_synchronously_delivers_on_publish() -> None:
+    from melange import Consumer, MessagePublisher, listener
+    from melange.backends.memory import link_synchronously
+    from tests.events import OrderCreated, OrderPaid
+
+    seen: list[str] = []
+
+    class Shipping(Consumer):
+        @listener
+        def on_created(self, event: OrderCreated) -> None:
+            seen.append(f"created {event.order_id}")
+            publisher.publish(OrderPaid(order_id=event.order_id))
+
+        @listener
+        def on_paid(self, event: OrderPaid) -> None:
+            seen.append(f"paid {event.order_id}")
+
+    backend = InMemoryMessagingBackend()
+    publisher = MessagePublisher(backend)
+    link_synchronously("shipping", [Shipping()], backend)
+    publisher.publish(OrderCreated(order_id="o-1"))
+    assert seen == ["created o-1", "paid o-1"]
+    assert backend.queue_depth(backend.get_queue("shipping")) == 0

@@ -107,9 +107,7 @@ class MessagingBackend(abc.ABC):
 
     # -- capabilities with defaults -----------------------------------------
 
-    def publish_batch_to_queue(
-        self, messages: Sequence[Message], queue: QueueWrapper
-    ) -> None:
+    def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
         """Publish several messages to one queue.
 
         Raises:
@@ -118,16 +116,12 @@ class MessagingBackend(abc.ABC):
         for message in messages:
             self.publish_to_queue(message, queue)
 
-    def publish_batch_to_topic(
-        self, messages: Sequence[Message], topic: TopicWrapper
-    ) -> None:
+    def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
         """Publish several messages to one topic."""
         for message in messages:
             self.publish_to_topic(message, topic)
 
-    def publish_delayed_to_queue(
-        self, message: Message, queue: QueueWrapper, delay: float
-    ) -> None:
+    def publish_delayed_to_queue(self, message: Message, queue: QueueWrapper, delay: float) -> None:
         """Publish a message that stays invisible for ``delay`` seconds.
 
         Raises:
@@ -136,11 +130,9 @@ class MessagingBackend(abc.ABC):
         if delay <= 0:
             self.publish_to_queue(message, queue)
             return
-        raise UnsupportedOperationError(
-            f"{type(self).__name__} cannot delay a message"
-        )
+        raise UnsupportedOperationError(f"{type(self).__name__} cannot delay a message")
 
-    def release(self, message: Message, delay: float = 0.0) -> None:
+    def release(self, message: Message, delay: float = 0.0) -> None:  # noqa: B027
         """Hand a received message back, to be delivered again after ``delay`` seconds.
 
         The default does nothing to the broker: the message comes back when

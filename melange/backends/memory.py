@@ -158,9 +158,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             self._arrived.notify_all()
         self._after_publish((target,))
 
-    def publish_delayed_to_queue(
-        self, message: Message, queue: QueueWrapper, delay: float
-    ) -> None:
+    def publish_delayed_to_queue(self, message: Message, queue: QueueWrapper, delay: float) -> None:
         with self._lock:
             target = self._queue(queue)
             due = _monotonic() + max(delay, 0.0)

@@ -44,5 +44,5 @@ class IdempotencyStore(abc.ABC):
     def release(self, consumer_id: str, message_id: str) -> None:
         """Drop the claim: the handler failed and the message may run again."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
         """Release the store's resources; safe to call more than once."""

@@ -1,0 +1,90 @@
+"""Throughput of publish -> dispatch -> ack through the in-memory backend.
+
+Prints melange's messages/s beside the floor (pydantic ``model_dump_json`` +
+``model_validate_json`` alone, the work no framework can skip) and the ratio.
+
+    .venv/bin/python bench/inmemory.py --messages 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pydantic import BaseModel
+
+from melange import Consumer, MessageDispatcher, MessagePublisher, listener
+from melange.backends.memory import InMemoryMessagingBackend
+
+
+class OrderCreated(BaseModel):
+    order_id: str
+    customer_id: str
+    total: Decimal
+
+
+class Counter(Consumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    @listener
+    def on_created(self, event: OrderCreated) -> None:
+        self.count += 1
+
+
+def events(n: int) -> list[OrderCreated]:
+    return [
+        OrderCreated(order_id=f"o-{i}", customer_id="c-1", total=Decimal("9.90")) for i in range(n)
+    ]
+
+
+def floor(n: int) -> float:
+    batch = events(n)
+    started = time.perf_counter()
+    for event in batch:
+        OrderCreated.model_validate_json(event.model_dump_json())
+    return n / (time.perf_counter() - started)
+
+
+def melange(n: int, batch_size: int) -> float:
+    backend = InMemoryMessagingBackend()
+    counter = Counter()
+    dispatcher = MessageDispatcher(backend, consumers=[counter], batch_size=batch_size)
+    dispatcher.declare("orders")
+    publisher = MessagePublisher(backend)
+    batch = events(n)
+    started = time.perf_counter()
+    for event in batch:
+        publisher.publish(event)
+    dispatcher.consume_loop("orders", max_messages=n)
+    elapsed = time.perf_counter() - started
+    assert counter.count == n, (counter.count, n)
+    return n / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    n = args.messages
+    floors = [floor(n) for _ in range(args.rounds)]
+    runs = {size: [melange(n, size) for _ in range(args.rounds)] for size in (10, 100)}
+    base = statistics.median(floors)
+    print(f"{n:,} messages, median of {args.rounds} rounds")
+    print(f"{'floor: pydantic dump+validate':44s} {base:>10,.0f} msgs/s")
+    for size, rates in runs.items():
+        rate = statistics.median(rates)
+        label = f"melange publish->dispatch->ack (batch {size})"
+        print(f"{label:44s} {rate:>10,.0f} msgs/s   ratio {rate / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""The ``melange`` command: run a worker, inspect and redrive dead letters.
+
+    melange worker myapp.consumers:Billing --queue billing [--backend URL]
+    melange dlq peek billing [--limit 10]
+    melange dlq redrive billing
+
+Without ``--backend`` the URL is ``MELANGE_BACKEND_URL``, else ``sqlite:///melange.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from melange.backends import default_backend_url, from_url
+from melange.backends.interfaces import MessagingBackend
+from melange.consumers import Consumer
+from melange.dead_letters import (
+    ATTEMPTS,
+    DEAD_LETTERED_AT,
+    ERROR_MESSAGE,
+    ERROR_STAGE,
+    ERROR_TYPE,
+    SOURCE_QUEUE,
+)
+from melange.dispatcher import MessageDispatcher
+from melange.exceptions import ConfigurationError, MelangeError
+from melange.models import Message
+
+__all__ = ["main"]
+
+_ERROR_HEADERS = (ERROR_TYPE, ERROR_MESSAGE, ERROR_STAGE, ATTEMPTS, SOURCE_QUEUE, DEAD_LETTERED_AT)
+
+
+def load_consumers(target: str) -> list[Consumer]:
+    """Import ``module:attribute`` and return the consumers it names.
+
+    The attribute may be a ``Consumer`` subclass (built with no arguments),
+    an instance, or a list of either.
+
+    Raises:
+        ConfigurationError: the target is malformed or names no consumer.
+    """
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"expected module:attribute, got {target!r}")
+    found = getattr(importlib.import_module(module_name), attribute)
+    items = found if isinstance(found, list | tuple) else [found]
+    consumers = []
+    for item in items:
+        consumer = item() if isinstance(item, type) and issubclass(item, Consumer) else item
+        if not isinstance(consumer, Consumer):
+            raise ConfigurationError(f"{target} names {item!r}, not a Consumer")
+        consumers.append(consumer)
+    return consumers
+
+
+def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    dispatcher = MessageDispatcher(backend, consumers=load_consumers(args.consumers))
+    if not args.no_declare:
+        dispatcher.declare(args.queue)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    handled = dispatcher.consume_loop(
+        args.queue,
+        max_messages=args.max_messages,
+        idle_timeout=args.idle_timeout,
+        stop_event=stop,
+        on_exception=lambda e: print(f"handler failed: {e!r}", file=sys.stderr),
+    )
+    print(f"handled {handled} message(s) from {args.queue}")
+    return 0
+
+
+def _dead_letter_queue(args: argparse.Namespace) -> str:
+    return str(args.dead_letter_queue or f"{args.queue}-dlq")
+
+
+def _peek(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    queue = backend.get_queue(_dead_letter_queue(args))
+    messages = backend.retrieve_messages(queue, max_messages=args.limit)
+    for message in messages:
+        print(json.dumps(_describe(message), ensure_ascii=False))
+        backend.release(message)
+    return 0
+
+
+def _redrive(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    source = backend.get_queue(_dead_letter_queue(args))
+    target = backend.get_queue(args.queue)
+    moved = 0
+    while args.limit is None or moved < args.limit:
+        wanted = 10 if args.limit is None else min(10, args.limit - moved)
+        batch = backend.retrieve_messages(source, max_messages=wanted)
+        if not batch:
+            break
+        backend.publish_batch_to_queue([_without_error_headers(m) for m in batch], target)
+        backend.acknowledge_batch(batch)
+        moved += len(batch)
+    print(f"moved {moved} message(s) from {source.unwrap()} to {args.queue}")
+    return 0
+
+
+def _describe(message: Message) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "manifest": message.manifest,
+        "serializer_id": message.serializer_id,
+        "metadata": dict(message.metadata),
+        "content": message.content,
+    }
+
+
+def _without_error_headers(message: Message) -> Message:
+    headers = {k: v for k, v in message.metadata.items() if k not in _ERROR_HEADERS}
+    return Message(
+        content=message.content,
+        message_id=message.message_id,
+        metadata=headers,
+        serializer_id=message.serializer_id,
+        manifest=message.manifest,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``melange`` command."""
+    parser = argparse.ArgumentParser(prog="melange", description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default=None, help="backend URL (default: %(default)s)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    worker = commands.add_parser("worker", help="consume a queue with the given consumers")
+    worker.add_argument("consumers", help="module:attribute naming Consumer(s)")
+    worker.add_argument("--queue", required=True)
+    worker.add_argument("--max-messages", type=int, default=None)
+    worker.add_argument("--idle-timeout", type=float, default=None)
+    worker.add_argument("--no-declare", action="store_true", help="do not declare the queue")
+    worker.set_defaults(run=_worker)
+
+    dlq = commands.add_parser("dlq", help="inspect or redrive a dead-letter queue")
+    actions = dlq.add_subparsers(dest="action", required=True)
+    for name, run, limit in (("peek", _peek, 10), ("redrive", _redrive, None)):
+        action = actions.add_parser(name)
+        action.add_argument("queue", help="the source queue")
+        action.add_argument("--dead-letter-queue", default=None, help="default: <queue>-dlq")
+        action.add_argument("--limit", type=int, default=limit)
+        action.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``melange`` command; return its exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        with from_url(args.backend or default_backend_url()) as backend:
+            status: int = args.run(args, backend)
+            return status
+    except MelangeError as e:
+        print(f"melange: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Consumers and ``@listener``: handlers chosen by the type annotation of their event."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, TypeVar
+
+from melange.exceptions import ListenerDefinitionError
+from melange.models import Message
+
+__all__ = ["Consumer", "Handler", "listener"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Handler = Callable[[Any, Message], None]
+
+_LISTENER = "__melange_listener__"
+
+
+def listener(func: F) -> F:
+    """Mark a ``Consumer`` method as a handler for the event type its first parameter names.
+
+    The annotation may be a class, a union of classes, or a base class. An
+    optional second parameter annotated ``Message`` receives the envelope.
+    Mistakes are raised as ``ListenerDefinitionError`` when the class is defined.
+    """
+    setattr(func, _LISTENER, True)
+    return func
+
+
+class _Listener:
+    """One handler and what it accepts; ``types`` may be resolved lazily."""
+
+    __slots__ = ("event_param", "func", "localns", "message_param", "name", "owner", "types")
+
+    def __init__(
+        self, owner: type, name: str, func: Callable[..., Any], localns: dict[str, Any]
+    ) -> None:
+        self.owner, self.name, self.func, self.localns = owner, name, func, localns
+        self.types: tuple[type, ...] | None = None
+        self.event_param = ""
+        self.message_param: str | None = None
+
+    @property
+    def takes_message(self) -> bool:
+        return self.message_param is not None
+
+    def check_shape(self, skip_self: bool) -> inspect.Parameter:
+        params = list(inspect.signature(self.func).parameters.values())
+        if skip_self:
+            params = params[1:]
+        where = f"{self.owner.__qualname__}.{self.name}"
+        if not params or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise ListenerDefinitionError(f"listener {where} must take the event as a parameter")
+        if params[0].annotation is inspect.Parameter.empty:
+            raise ListenerDefinitionError(
+                f"listener {where} has no annotation on {params[0].name!r}:"
+                " annotate it with the event class(es) it handles"
+            )
+        extra = [p for p in params[1:] if p.default is inspect.Parameter.empty]
+        if len(extra) > 1:
+            raise ListenerDefinitionError(f"listener {where} takes more than (event, message)")
+        self.event_param = params[0].name
+        self.message_param = extra[0].name if extra else None
+        return params[0]
+
+    def resolve(self) -> tuple[type, ...]:
+        """Return the accepted classes, resolving string annotations on first use."""
+        if self.types is None:
+            where = f"{self.owner.__qualname__}.{self.name}"
+            module = inspect.getmodule(self.owner)
+            try:
+                hints = typing.get_type_hints(
+                    self.func, globalns=vars(module) if module else None, localns=self.localns
+                )
+            except NameError as e:
+                raise ListenerDefinitionError(
+                    f"listener {where}: cannot resolve annotation: {e}"
+                ) from e
+            if self.message_param is not None and hints.get(self.message_param) is not Message:
+                raise ListenerDefinitionError(
+                    f"listener {where}: the second parameter must be annotated Message"
+                )
+            self.types = _flatten(hints[self.event_param], where)
+        return self.types
+
+
+def _flatten(annotation: Any, where: str) -> tuple[type, ...]:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or isinstance(annotation, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return tuple(t for member in members for t in _flatten(member, where))
+    if origin is not None and isinstance(origin, type):
+        return (origin,)
+    if annotation is Any:
+        return (object,)
+    if not isinstance(annotation, type):
+        raise ListenerDefinitionError(f"listener {where}: {annotation!r} is not a class")
+    return (annotation,)
+
+
+class Consumer:
+    """Handles the events its ``@listener`` methods accept.
+
+    Subclass it and decorate methods with ``@listener``; or pass
+    ``on_message=callable`` (its first parameter's annotation, if any, says
+    what it accepts; without one it accepts every event). ``consumer_id``
+    names the consumer in idempotency keys; it defaults to the class path.
+    """
+
+    _listeners: ClassVar[dict[str, _Listener]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Names local to the function defining the class, for string annotations.
+        localns = dict(sys._getframe(1).f_locals)
+        found: dict[str, _Listener] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                func = value.__func__ if isinstance(value, staticmethod | classmethod) else value
+                if callable(func) and getattr(func, _LISTENER, False):
+                    entry = _Listener(klass, name, func, localns)
+                    entry.check_shape(skip_self=not isinstance(value, staticmethod))
+                    found[name] = entry
+                elif name in found:
+                    del found[name]  # overridden without @listener
+        cls._listeners = found
+        try:
+            _routing_table(found.values(), cls)
+        except ListenerDefinitionError as e:
+            if "cannot resolve annotation" not in str(e):
+                raise
+            # A forward reference defined later in the module: checked on first use.
+
+    def __init__(
+        self,
+        on_message: Callable[..., Any] | None = None,
+        *,
+        consumer_id: str | None = None,
+    ) -> None:
+        self.consumer_id = consumer_id or f"{type(self).__module__}.{type(self).__qualname__}"
+        self._on_message = on_message
+        self._table: dict[type, tuple[Callable[..., Any], bool]] | None = None
+        self._cache: dict[type, tuple[Callable[..., Any], bool] | None] = {}
+        if on_message is not None and consumer_id is None:
+            name = getattr(on_message, "__qualname__", type(on_message).__qualname__)
+            self.consumer_id = f"{self.consumer_id}[{name}]"
+
+    def accepted_types(self) -> tuple[type, ...]:
+        """Return the classes the listeners are annotated with."""
+        return tuple(self._routes())
+
+    def accepts(self, event_type: type) -> bool:
+        """Return whether some listener handles events of this class."""
+        return self.handler_for(event_type) is not None
+
+    def handler_for(self, event_type: type) -> tuple[Callable[..., Any], bool] | None:
+        """Return (bound handler, takes message) for the most specific listener, or ``None``."""
+        try:
+            return self._cache[event_type]
+        except KeyError:
+            pass
+        routes = self._routes()
+        found = next((routes[k] for k in event_type.__mro__ if k in routes), None)
+        self._cache[event_type] = found
+        return found
+
+    def handle(self, event: Any, message: Message) -> None:
+        """Run the listener that accepts ``event``.
+
+        Raises:
+            LookupError: no listener accepts the event's class.
+        """
+        found = self.handler_for(type(event))
+        if found is None:
+            raise LookupError(f"{type(self).__qualname__} has no listener for {type(event)!r}")
+        handler, takes_message = found
+        if takes_message:
+            handler(event, message)
+        else:
+            handler(event)
+
+    def _routes(self) -> dict[type, tuple[Callable[..., Any], bool]]:
+        if self._table is None:
+            table: dict[type, tuple[Callable[..., Any], bool]] = {}
+            if self._on_message is not None:
+                for event_type, takes in _callable_routes(self._on_message):
+                    table[event_type] = (self._on_message, takes)
+            for entry_type, entry in _routing_table(self._listeners.values(), type(self)).items():
+                table[entry_type] = (getattr(self, entry.name), entry.takes_message)
+            self._table = table
+        return self._table
+
+
+def _routing_table(entries: Iterable[_Listener], owner: type) -> dict[type, _Listener]:
+    table: dict[type, _Listener] = {}
+    for entry in entries:
+        for event_type in entry.resolve():
+            claimed = table.setdefault(event_type, entry)
+            if claimed is not entry:
+                raise ListenerDefinitionError(
+                    f"{owner.__qualname__}: listeners {claimed.name!r} and {entry.name!r}"
+                    f" both claim {event_type.__qualname__}"
+                )
+    return table
+
+
+def _callable_routes(func: Callable[..., Any]) -> list[tuple[type, bool]]:
+    params = [
+        p
+        for p in inspect.signature(func).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    takes_message = len([p for p in params[1:] if p.default is p.empty]) == 1
+    if not params or params[0].annotation is inspect.Parameter.empty:
+        return [(object, takes_message)]
+    hints = typing.get_type_hints(func)
+    where = getattr(func, "__qualname__", repr(func))
+    return [(t, takes_message) for t in _flatten(hints[params[0].name], where)]
