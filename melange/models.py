@@ -17,6 +17,8 @@ __all__ = [
     "new_message_id",
 ]
 
+_set = object.__setattr__
+
 CORRELATION_ID = "correlation_id"
 CAUSATION_ID = "causation_id"
 PUBLISHED_AT = "published_at"
@@ -60,6 +62,18 @@ class Message:
         """Return a copy with some fields replaced."""
         return replace(self, **changes)
 
+    def received(self, receive_count: int, receipt: Any) -> Message:
+        """Return a copy as handed out by a broker: a receive count and a receipt."""
+        return _unchecked(
+            self.content,
+            self.message_id,
+            self.metadata,
+            self.serializer_id,
+            self.manifest,
+            receive_count,
+            receipt,
+        )
+
     def header(self, name: str, default: str | None = None) -> str | None:
         """Return one header, or ``default``."""
         return self.metadata.get(name, default)
@@ -85,3 +99,24 @@ class TopicWrapper:
     def unwrap(self) -> Any:
         """Return the broker's own object for this topic."""
         return self.obj
+
+
+def _unchecked(  # noqa: PLR0917 - positional for speed on the hot path
+    content: str,
+    message_id: str,
+    metadata: Mapping[str, str],
+    serializer_id: int | None,
+    manifest: str | None,
+    receive_count: int = 0,
+    receipt: Any = None,
+) -> Message:
+    """Build a message from fields known to be valid, skipping ``__init__`` (hot paths)."""
+    message = object.__new__(Message)
+    _set(message, "content", content)
+    _set(message, "message_id", message_id)
+    _set(message, "metadata", metadata)
+    _set(message, "serializer_id", serializer_id)
+    _set(message, "manifest", manifest)
+    _set(message, "receive_count", receive_count)
+    _set(message, "receipt", receipt)
+    return message

@@ -10,7 +10,7 @@ from typing import Any
 from melange import signals
 from melange.backends.interfaces import MessagingBackend
 from melange.context import current_message
-from melange.exceptions import ConfigurationError
+from melange.exceptions import ConfigurationError, SerializationError
 from melange.models import (
     CAUSATION_ID,
     CORRELATION_ID,
@@ -18,6 +18,7 @@ from melange.models import (
     Message,
     QueueWrapper,
     TopicWrapper,
+    _unchecked,
     new_message_id,
 )
 from melange.serializers import SerializerRegistry
@@ -65,6 +66,13 @@ class MessagePublisher:
             BackendError: the backend refused the message.
         """
         message = self.build_message(event, headers)
+        if topic is None and queue is None and delay == 0:
+            wrapper = self._topics.get(message.manifest)  # type: ignore[arg-type]
+            if wrapper is not None:  # the common case: routing by type, topic known
+                self.backend.publish_to_topic(message, wrapper)
+                if signals.message_published.receivers:
+                    signals.message_published.send(self, message=message, event=event)
+                return message
         destination = self._destination(message, topic, queue)
         if isinstance(destination, QueueWrapper):
             if delay > 0:
@@ -111,25 +119,27 @@ class MessagePublisher:
     def build_message(self, event: Any, headers: Mapping[str, Any] | None = None) -> Message:
         """Serialize an event into a message with melange's headers."""
         content, manifest, serializer_id = self.serializers.serialize(event)
-        message_id = new_message_id()
-        metadata = {str(k): str(v) for k, v in headers.items()} if headers else {}
-        cause = current_message()
-        if cause is not None:
-            metadata.setdefault(
-                CORRELATION_ID, cause.metadata.get(CORRELATION_ID) or cause.message_id
+        if type(content) is not str:
+            raise SerializationError(
+                f"{type(self.serializers.serializer_for(event)).__qualname__} returned"
+                f" {type(content).__qualname__}, not str"
             )
-            metadata.setdefault(CAUSATION_ID, cause.message_id)
+        message_id = new_message_id()
+        cause = current_message()
+        if cause is None:
+            correlation_id = causation_id = message_id
         else:
-            metadata.setdefault(CORRELATION_ID, message_id)
-            metadata.setdefault(CAUSATION_ID, message_id)
-        metadata[PUBLISHED_AT] = datetime.now(UTC).isoformat()
-        return Message(
-            content=content,
-            message_id=message_id,
-            metadata=metadata,
-            serializer_id=serializer_id,
-            manifest=manifest,
-        )
+            correlation_id = cause.metadata.get(CORRELATION_ID) or cause.message_id
+            causation_id = cause.message_id
+        metadata = {
+            CORRELATION_ID: correlation_id,
+            CAUSATION_ID: causation_id,
+            PUBLISHED_AT: datetime.now(UTC).isoformat(),
+        }
+        if headers:
+            # The caller's headers win, except the publication time.
+            metadata.update({str(k): str(v) for k, v in headers.items() if k != PUBLISHED_AT})
+        return _unchecked(content, message_id, metadata, serializer_id, manifest)
 
     def _destination(
         self,

@@ -62,6 +62,8 @@ class InMemoryMessagingBackend(MessagingBackend):
         self._topics: dict[str, set[str]] = {}
         self._queues: dict[str, _Queue] = {}
         self._tokens = itertools.count(1)
+        self._waiting = 0
+        self._fanout: dict[str, list[_Queue]] = {}  # topic -> its queues; cleared on changes
 
     @classmethod
     def from_url(cls, url: str) -> InMemoryMessagingBackend:
@@ -107,6 +109,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                 dead_letter = QueueWrapper(dead_letter_queue_name)
             for topic in topics_to_bind:
                 self._topics.setdefault(topic.unwrap(), set()).add(queue_name)
+            self._fanout.clear()
         return QueueWrapper(queue_name), dead_letter
 
     def _declare(self, name: str) -> _Queue:
@@ -122,10 +125,12 @@ class InMemoryMessagingBackend(MessagingBackend):
             self._queues.pop(name, None)
             for subscribers in self._topics.values():
                 subscribers.discard(name)
+            self._fanout.clear()
 
     def delete_topic(self, topic: TopicWrapper) -> None:
         with self._lock:
             self._topics.pop(topic.unwrap(), None)
+            self._fanout.clear()
 
     # -- publishing -------------------------------------------------------------
 
@@ -135,27 +140,42 @@ class InMemoryMessagingBackend(MessagingBackend):
         topic: TopicWrapper,
         extra_attributes: dict[str, Any] | None = None,
     ) -> None:
-        self.publish_batch_to_topic((message,), topic)
+        with self._lock:
+            queues = self._subscribers(topic)
+            for queue in queues:
+                queue.ready.append((message, 0))
+            self._wake()
+        self._after_publish(queues)
 
     def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
         with self._lock:
-            subscribers = self._topics.get(topic.unwrap())
-            if subscribers is None:
-                raise TopicNotFoundError(f"topic {topic.unwrap()!r} does not exist")
-            queues = [self._queues[name] for name in subscribers]
+            queues = self._subscribers(topic)
             for queue in queues:
-                queue.ready.extend((message, 0) for message in messages)
-            self._arrived.notify_all()
+                queue.ready.extend([(message, 0) for message in messages])
+            self._wake()
         self._after_publish(queues)
 
+    def _subscribers(self, topic: TopicWrapper) -> list[_Queue]:
+        queues = self._fanout.get(topic.obj)
+        if queues is None:
+            subscribers = self._topics.get(topic.obj)
+            if subscribers is None:
+                raise TopicNotFoundError(f"topic {topic.obj!r} does not exist")
+            queues = self._fanout[topic.obj] = [self._queues[name] for name in subscribers]
+        return queues
+
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        self.publish_batch_to_queue((message,), queue)
+        with self._lock:
+            target = self._queue(queue)
+            target.ready.append((message, 0))
+            self._wake()
+        self._after_publish((target,))
 
     def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
         with self._lock:
             target = self._queue(queue)
             target.ready.extend((message, 0) for message in messages)
-            self._arrived.notify_all()
+            self._wake()
         self._after_publish((target,))
 
     def publish_delayed_to_queue(self, message: Message, queue: QueueWrapper, delay: float) -> None:
@@ -163,12 +183,17 @@ class InMemoryMessagingBackend(MessagingBackend):
             target = self._queue(queue)
             due = _monotonic() + max(delay, 0.0)
             heapq.heappush(target.delayed, (due, next(self._tokens), message, 0))
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiting:  # notify_all costs more than the publish itself
             self._arrived.notify_all()
 
     def _after_publish(self, queues: Iterable[_Queue]) -> None:
         for queue in queues:
-            for callback in list(queue.on_publish):
-                callback()
+            if queue.on_publish:
+                for callback in list(queue.on_publish):
+                    callback()
 
     # -- receiving ------------------------------------------------------------
 
@@ -186,7 +211,11 @@ class InMemoryMessagingBackend(MessagingBackend):
                 remaining = deadline - now
                 if remaining <= 0:
                     return []
-                self._arrived.wait(min(remaining, max(next_due - now, 0.001)))
+                self._waiting += 1
+                try:
+                    self._arrived.wait(min(remaining, max(next_due - now, 0.001)))
+                finally:
+                    self._waiting -= 1
 
     def _take(self, queue: _Queue, max_messages: int, now: float) -> list[Message]:
         taken = []
@@ -198,7 +227,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             count += 1
             token = next(self._tokens)
             in_flight[token] = (deadline, message, count)
-            taken.append(message.with_changes(receive_count=count, receipt=_Receipt(name, token)))
+            taken.append(message.received(count, _Receipt(name, token)))
         return taken
 
     def _make_due_visible(self, queue: _Queue, now: float) -> float:
@@ -257,7 +286,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             _, original, count = entry
             due = _monotonic() + max(delay, 0.0)
             heapq.heappush(queue.delayed, (due, next(self._tokens), original, count))
-            self._arrived.notify_all()
+            self._wake()
 
     # -- inspection and helpers ---------------------------------------------------
 

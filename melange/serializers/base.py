@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 from melange.manifests import EventTypes, manifest_of
 
@@ -11,7 +11,14 @@ __all__ = ["Serializer", "TypedSerializer"]
 
 
 class Serializer(abc.ABC):
-    """Turns events into text and back. Each class has a unique integer ``identifier()``."""
+    """Turns events into text and back. Each class has a unique integer ``identifier()``.
+
+    ``manifest_by_class`` says the manifest depends only on the event's class,
+    so a registry may remember it per class; set it to ``False`` when
+    ``manifest()`` looks at the instance.
+    """
+
+    manifest_by_class: ClassVar[bool] = True
 
     @staticmethod
     @abc.abstractmethod

@@ -30,7 +30,7 @@ class PydanticSerializer(TypedSerializer):
 
     def serialize(self, data: Any) -> str:
         try:
-            text: str = data.model_dump_json()
+            text: str = data.__pydantic_serializer__.to_json(data).decode()
         except (AttributeError, pydantic_core.PydanticSerializationError) as e:
             raise SerializationError(f"cannot serialize {type(data).__qualname__}: {e}") from e
         return text
@@ -38,9 +38,11 @@ class PydanticSerializer(TypedSerializer):
     def deserialize(self, data: str, manifest: str | None = None) -> Any:
         cls = self.event_types.resolve(manifest)
         try:
-            return cls.model_validate_json(data)  # type: ignore[attr-defined]
+            return cls.__pydantic_validator__.validate_json(data)  # type: ignore[attr-defined]
         except pydantic.ValidationError as e:
             raise _translate(e, cls) from e
+        except AttributeError as e:
+            raise SerializationError(f"{cls.__qualname__} is not a pydantic model") from e
 
 
 def _translate(error: pydantic.ValidationError, cls: type) -> DeserializationError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from melange.exceptions import ConfigurationError, NoSerializerError, UnknownSerializerError
@@ -48,6 +48,7 @@ class SerializerRegistry:
         self._bindings: dict[type, str] = {}
         self._default: str | None = None
         self._cache: dict[type, Serializer] = {}
+        self._writers: dict[type, tuple[Callable[[Any], str], str | None, int]] = {}
         self._lock = threading.Lock()
         self._configure(config if config is not None else _default_config())
 
@@ -76,12 +77,16 @@ class SerializerRegistry:
                 )
             self._by_name[name] = instance
             self._by_id[identifier] = instance
-            self._cache.clear()
+            self._clear_caches()
         if isinstance(instance, TypedSerializer):
             instance.bind_event_types(self.event_types)
             for cls in instance.classes():
                 self.event_types.register(cls)
                 self.bind(cls, name)
+
+    def _clear_caches(self) -> None:
+        self._cache.clear()
+        self._writers.clear()
 
     def bind(self, cls: type, name: str) -> None:
         """Make the serializer named ``name`` write instances of ``cls`` and its subclasses."""
@@ -91,7 +96,7 @@ class SerializerRegistry:
                     f"binding {cls.__qualname__} to unknown serializer {name!r}"
                 )
             self._bindings[cls] = name
-            self._cache.clear()
+            self._clear_caches()
 
     def set_default(self, name: str) -> None:
         """Use the serializer named ``name`` for classes with no binding."""
@@ -99,7 +104,7 @@ class SerializerRegistry:
             if name not in self._by_name:
                 raise ConfigurationError(f"default serializer {name!r} is not registered")
             self._default = name
-            self._cache.clear()
+            self._clear_caches()
 
     def register_event_type(self, cls: type) -> str:
         """Let messages with ``cls``'s manifest be read into ``cls``; return the manifest."""
@@ -159,8 +164,16 @@ class SerializerRegistry:
             NoSerializerError: no serializer writes this class.
             SerializationError: the serializer failed.
         """
-        serializer = self.serializer_for(obj)
-        return serializer.serialize(obj), serializer.manifest(obj), serializer.identifier()
+        known = self._writers.get(type(obj))
+        if known is None:
+            serializer = self.serializer_for(obj)
+            if not serializer.manifest_by_class:
+                return serializer.serialize(obj), serializer.manifest(obj), serializer.identifier()
+            known = (serializer.serialize, serializer.manifest(obj), serializer.identifier())
+            with self._lock:
+                self._writers[type(obj)] = known
+        write, manifest, identifier = known
+        return write(obj), manifest, identifier
 
     def deserialize(self, content: str, manifest: str | None, serializer_id: int | None) -> Any:
         """Rebuild an event; a message without a serializer id is read by the default.
