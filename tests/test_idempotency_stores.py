@@ -26,5 +26,5 @@ def test_expired_claims_are_swept() -> None:
 
 
 def test_ttl_and_lease_must_be_positive() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be positive"):
         InMemoryIdempotencyStore(ttl_seconds=0)
