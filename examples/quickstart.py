@@ -1,11 +1,18 @@
-"""Three services exchange typed events: orders -> billing -> shipping.
+"""Three services, three processes, one SQLite file: orders -> billing -> shipping.
 
-Run with ``make demo``, or ``python -m examples.quickstart --backend URL``.
+The orders service (this process) publishes ``OrderCreated``; a billing worker
+charges each order and publishes ``OrderPaid``; a shipping worker ships paid
+orders. The workers are ``melange worker`` processes on the same broker file.
+
+    python -m examples.quickstart [--orders 3] [--backend sqlite:///demo.db]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import tempfile
 from decimal import Decimal
 
 from pydantic import BaseModel
@@ -33,48 +40,81 @@ class Billing(Consumer):
         self.publisher = publisher
 
     @listener
-    def on_created(self, event: OrderCreated, message: Message) -> None:
-        print(f"  billing : charged {event.total} for {event.order_id}")
+    def on_created(self, event: OrderCreated) -> None:
+        print(f"  billing : charged {event.total} for {event.order_id}", flush=True)
         self.publisher.publish(OrderPaid(order_id=event.order_id, amount=event.total))
 
 
 class Shipping(Consumer):
-    def __init__(self) -> None:
-        super().__init__()
-        self.shipped: list[str] = []
-
     @listener
     def on_paid(self, event: OrderPaid, message: Message) -> None:
         correlation = message.metadata["correlation_id"][:8]
-        print(f"  shipping: shipped {event.order_id} (correlation {correlation})")
-        self.shipped.append(event.order_id)
+        print(f"  shipping: shipped {event.order_id} (correlation {correlation})", flush=True)
 
 
-def run(backend: MessagingBackend, orders: int = 3) -> list[str]:
-    """Publish ``orders`` orders and let billing and shipping handle them."""
-    publisher = MessagePublisher(backend)
-    billing = MessageDispatcher(backend, consumers=[Billing(publisher)])
-    shipping_consumer = Shipping()
-    shipping = MessageDispatcher(backend, consumers=[shipping_consumer])
-    billing.declare("billing")
-    shipping.declare("shipping")
-    for n in range(1, orders + 1):
-        print(f"  orders  : order o-{n} created")
-        publisher.publish(OrderCreated(order_id=f"o-{n}", total=Decimal("9.90") * n))
-    billing.consume_loop("billing", max_messages=orders, idle_timeout=5)
-    shipping.consume_loop("shipping", max_messages=orders, idle_timeout=5)
-    return shipping_consumer.shipped
+def billing_service(backend: MessagingBackend) -> list[Consumer]:
+    """The billing worker's consumers (``melange worker`` passes the backend)."""
+    return [Billing(MessagePublisher(backend))]
+
+
+def declare(backend: MessagingBackend) -> None:
+    """Create both services' queues, so no event is published before its queue exists."""
+    MessageDispatcher(backend, consumers=billing_service(backend)).declare("billing")
+    MessageDispatcher(backend, consumers=[Shipping()]).declare("shipping")
+
+
+def worker(url: str, consumers: str, queue: str, orders: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "melange",
+            "--backend",
+            url,
+            "worker",
+            consumers,
+            "--queue",
+            queue,
+            "--max-messages",
+            str(orders),
+            "--idle-timeout",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run(url: str, orders: int) -> int:
+    """Run the three services; return how many orders were shipped."""
+    with from_url(url) as backend:
+        declare(backend)
+        billing = worker(url, "examples.quickstart:billing_service", "billing", orders)
+        shipping = worker(url, "examples.quickstart:Shipping", "shipping", orders)
+        publisher = MessagePublisher(backend)
+        for n in range(1, orders + 1):
+            print(f"  orders  : order o-{n} created", flush=True)
+            publisher.publish(OrderCreated(order_id=f"o-{n}", total=Decimal("9.90") * n))
+    outputs = [process.communicate(timeout=120)[0].splitlines() for process in (billing, shipping)]
+    for line in outputs[0] + outputs[1]:
+        if not line.startswith("handled"):
+            print(line)
+    handled = [line for line in outputs[1] if line.startswith("handled")]
+    return int(handled[0].split()[1]) if handled else 0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="memory://", help="backend URL")
+    parser.add_argument("--backend", default=None, help="default: a new SQLite file")
     parser.add_argument("--orders", type=int, default=3)
     args = parser.parse_args()
-    print(f"melange demo on {args.backend}")
-    with from_url(args.backend) as backend:
-        shipped = run(backend, args.orders)
-    print(f"done: {len(shipped)} of {args.orders} orders shipped")
+    with tempfile.TemporaryDirectory() as folder:
+        url = args.backend or f"sqlite:///{folder}/demo.db"
+        print(f"melange demo: 3 services, 3 processes, broker {url}")
+        shipped = run(url, args.orders)
+    print(f"done: {shipped} of {args.orders} orders shipped")
+    if shipped != args.orders:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

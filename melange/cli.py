@@ -38,11 +38,12 @@ __all__ = ["main"]
 _ERROR_HEADERS = (ERROR_TYPE, ERROR_MESSAGE, ERROR_STAGE, ATTEMPTS, SOURCE_QUEUE, DEAD_LETTERED_AT)
 
 
-def load_consumers(target: str) -> list[Consumer]:
+def load_consumers(target: str, backend: MessagingBackend) -> list[Consumer]:
     """Import ``module:attribute`` and return the consumers it names.
 
     The attribute may be a ``Consumer`` subclass (built with no arguments),
-    an instance, or a list of either.
+    an instance, a list of either, or a function that takes the backend and
+    returns any of those (for consumers that publish).
 
     Raises:
         ConfigurationError: the target is malformed or names no consumer.
@@ -51,6 +52,8 @@ def load_consumers(target: str) -> list[Consumer]:
     if not module_name or not attribute:
         raise ConfigurationError(f"expected module:attribute, got {target!r}")
     found = getattr(importlib.import_module(module_name), attribute)
+    if callable(found) and not isinstance(found, type) and not isinstance(found, Consumer):
+        found = found(backend)
     items = found if isinstance(found, list | tuple) else [found]
     consumers = []
     for item in items:
@@ -62,7 +65,7 @@ def load_consumers(target: str) -> list[Consumer]:
 
 
 def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:
-    dispatcher = MessageDispatcher(backend, consumers=load_consumers(args.consumers))
+    dispatcher = MessageDispatcher(backend, consumers=load_consumers(args.consumers, backend))
     if not args.no_declare:
         dispatcher.declare(args.queue)
     stop = threading.Event()
@@ -75,7 +78,7 @@ def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:
         stop_event=stop,
         on_exception=lambda e: print(f"handler failed: {e!r}", file=sys.stderr),
     )
-    print(f"handled {handled} message(s) from {args.queue}")
+    print(f"handled {handled} message(s) from {args.queue}", flush=True)
     return 0
 
 

@@ -35,7 +35,7 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 def test_quickstart_example_ships_every_order() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "examples.quickstart", "--backend", "memory://", "--orders", "4"],
+        [sys.executable, "-m", "examples.quickstart", "--orders", "4"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -2,5 +2,6 @@
 
 from melange.idempotency.base import IdempotencyStore
 from melange.idempotency.memory import InMemoryIdempotencyStore
+from melange.idempotency.sqlite import SQLiteIdempotencyStore
 
-__all__ = ["IdempotencyStore", "InMemoryIdempotencyStore"]
+__all__ = ["IdempotencyStore", "InMemoryIdempotencyStore", "SQLiteIdempotencyStore"]

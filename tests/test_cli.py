@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from melange import Consumer, MessageDispatcher, MessagePublisher, RetryPolicy, listener
+from melange.backends.sqlite import SQLiteBackend
+from melange.cli import load_consumers, main
+from melange.exceptions import ConfigurationError
+from tests.conformance import receive
+from tests.events import OrderPaid
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Refuses(Consumer):
+    @listener
+    def on_paid(self, event: OrderPaid) -> None:
+        raise RuntimeError(f"no {event.order_id}")
+
+
+CONSUMERS = [Refuses()]
+
+
+def test_load_consumers_accepts_classes_instances_lists_and_factories(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path / "b.db")
+    assert isinstance(load_consumers("tests.test_cli:Refuses", backend)[0], Refuses)
+    assert load_consumers("tests.test_cli:CONSUMERS", backend) == CONSUMERS
+    [billing] = load_consumers("examples.quickstart:billing_service", backend)
+    assert billing.publisher.backend is backend  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError):
+        load_consumers("tests.test_cli", backend)
+    with pytest.raises(ConfigurationError):
+        load_consumers("tests.test_cli:ROOT", backend)
+    backend.close_connection()
+
+
+def test_dlq_peek_and_redrive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path}/b.db"
+    with SQLiteBackend(tmp_path / "b.db") as backend:
+        dispatcher = MessageDispatcher(backend, [Refuses()], retry=RetryPolicy.none())
+        dispatcher.declare("paid")
+        sent = MessagePublisher(backend).publish(OrderPaid(order_id="o-1"))
+        dispatcher.consume_loop("paid", idle_timeout=0)
+    assert main(["--backend", url, "dlq", "peek", "paid"]) == 0
+    peeked = capsys.readouterr().out
+    assert sent.message_id in peeked
+    assert "no o-1" in peeked
+    assert main(["--backend", url, "dlq", "redrive", "paid"]) == 0
+    assert "moved 1 message(s)" in capsys.readouterr().out
+    with SQLiteBackend(tmp_path / "b.db") as backend:
+        [back] = receive(backend, backend.get_queue("paid"), 1)
+        assert back.message_id == sent.message_id
+        assert back.content == sent.content
+        assert "error_type" not in back.metadata
+        assert backend.queue_depth(backend.get_queue("paid-dlq")) == 0
+
+
+def test_worker_command_consumes_a_queue(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/b.db"
+    with SQLiteBackend(tmp_path / "b.db") as backend:
+        MessageDispatcher(backend, [Refuses()]).declare("paid")
+        MessagePublisher(backend).publish(OrderPaid(order_id="o-2"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "melange",
+            "--backend",
+            url,
+            "worker",
+            "tests.test_cli:Refuses",
+            "--queue",
+            "paid",
+            "--max-messages",
+            "1",
+            "--idle-timeout",
+            "10",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "handled 1 message(s) from paid" in result.stdout
+    assert "no o-2" in result.stderr
+
+
+def test_a_broker_error_is_reported_not_raised(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--backend", f"sqlite:///{tmp_path}/missing/b.db", "dlq", "peek", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
