@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pydantic import BaseModel  # noqa: E402
+from pydantic import BaseModel
 
-from melange import Consumer, MessageDispatcher, MessagePublisher, listener  # noqa: E402
-from melange.backends.sqlite import SQLiteBackend  # noqa: E402
+from melange import Consumer, MessageDispatcher, MessagePublisher, listener
+from melange.backends.sqlite import SQLiteBackend
 
 BATCH = 100
 
@@ -136,8 +136,9 @@ def main() -> None:
                 Path(folder) / f"melange-{label}.db", args.messages, args.synchronous, batched
             )
             print(f"{label:8s} floor: raw sqlite3 insert+delete   {base:>9,.0f} msgs/s")
+            ratio = rate / base
             print(
-                f"{label:8s} melange: publish+consume+ack      {rate:>9,.0f} msgs/s   ratio {rate / base:.2f}"
+                f"{label:8s} melange: publish+consume+ack      {rate:>9,.0f} msgs/s   ratio {ratio:.2f}"
             )
 
 

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
+from melange.exceptions import IdempotencyError
 from melange.idempotency import (
     IdempotencyStore,
     InMemoryIdempotencyStore,
     SQLiteIdempotencyStore,
 )
-from melange.exceptions import IdempotencyError
 from tests.idempotency_contract import IdempotencyStoreContract, StoreFactory
 
 

@@ -303,7 +303,8 @@ class SQLiteBackend(MessagingBackend):
         receipt = _receipt(message)
         with self._file.transaction() as db:
             db.execute(
-                "UPDATE melange_messages SET visible_at = ?, claim = NULL WHERE id = ? AND claim = ?",
+                "UPDATE melange_messages SET visible_at = ?, claim = NULL"
+                " WHERE id = ? AND claim = ?",
                 (time.time() + max(delay, 0.0), receipt.row, receipt.claim),
             )
         self._wake()
