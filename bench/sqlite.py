@@ -136,10 +136,8 @@ def main() -> None:
                 Path(folder) / f"melange-{label}.db", args.messages, args.synchronous, batched
             )
             print(f"{label:8s} floor: raw sqlite3 insert+delete   {base:>9,.0f} msgs/s")
-            ratio = rate / base
-            print(
-                f"{label:8s} melange: publish+consume+ack      {rate:>9,.0f} msgs/s   ratio {ratio:.2f}"
-            )
+            print(f"{label:8s} melange: publish+consume+ack  ", end="")
+            print(f"    {rate:>9,.0f} msgs/s   ratio {rate / base:.2f}")
 
 
 if __name__ == "__main__":
