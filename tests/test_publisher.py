@@ -135,5 +135,7 @@ def test_message_ids_are_unique_uuid4_strings() -> None:
     ids = {Message(content="").message_id for _ in range(1000)}
     assert len(ids) == 1000
     assert all(uuid.UUID(i).version == 4 for i in ids)
+    assert all(uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    assert all(str(uuid.UUID(i)) == i for i in ids)
     with pytest.raises(TypeError):
         Message(content="", message_id=None)  # type: ignore[arg-type]

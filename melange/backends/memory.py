@@ -63,6 +63,7 @@ class InMemoryMessagingBackend(MessagingBackend):
         self._queues: dict[str, _Queue] = {}
         self._tokens = itertools.count(1)
         self._waiting = 0
+        self._linked = False  # whether some queue has publish callbacks
         self._fanout: dict[str, list[_Queue]] = {}  # topic -> its queues; cleared on changes
 
     @classmethod
@@ -144,8 +145,10 @@ class InMemoryMessagingBackend(MessagingBackend):
             queues = self._subscribers(topic)
             for queue in queues:
                 queue.ready.append((message, 0))
-            self._wake()
-        self._after_publish(queues)
+            if self._waiting:
+                self._arrived.notify_all()
+        if self._linked:
+            self._after_publish(queues)
 
     def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
         with self._lock:
@@ -168,8 +171,10 @@ class InMemoryMessagingBackend(MessagingBackend):
         with self._lock:
             target = self._queue(queue)
             target.ready.append((message, 0))
-            self._wake()
-        self._after_publish((target,))
+            if self._waiting:
+                self._arrived.notify_all()
+        if self._linked:
+            self._after_publish((target,))
 
     def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
         with self._lock:
@@ -300,6 +305,7 @@ class InMemoryMessagingBackend(MessagingBackend):
         """Call ``callback`` after every publish that lands in ``queue``."""
         with self._lock:
             self._queue(queue).on_publish.append(callback)
+            self._linked = True
 
     def _queue(self, queue: QueueWrapper) -> _Queue:
         try:
