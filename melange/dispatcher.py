@@ -280,13 +280,12 @@ class MessageDispatcher:
 
     def _run_one(
         self,
-        consumer: Consumer,
-        handler: Callable[..., Any],
-        takes_message: bool,
+        route: _Route,
         event: Any,
         message: Message,
         on_exception: ExceptionHook | None,
     ) -> BaseException | None:
+        consumer, handler, takes_message = route
         store = self.idempotency
         if store is not None:
             try:

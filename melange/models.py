@@ -30,18 +30,18 @@ PUBLISHED_AT = "published_at"
 _urandom = os.urandom
 # The RFC 4122 variant keeps the top two bits of digit 17 at 0b10.
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-_second_prefix: tuple[int, str] = (0, "")
+# [(unix second, its "YYYY-MM-DDTHH:MM:SS")], replaced whole so threads never see a mix.
+_second_prefix: list[tuple[int, str]] = [(0, "")]
 
 
 def utc_now_iso() -> str:
     """Return the current UTC time in ISO 8601, to the microsecond, like ``datetime.isoformat``."""
     # Formatting the date once per second halves the cost on the publish path.
-    global _second_prefix
     seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
-    cached_second, prefix = _second_prefix
+    cached_second, prefix = _second_prefix[0]
     if seconds != cached_second:
         prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second_prefix = (seconds, prefix)
+        _second_prefix[0] = (seconds, prefix)
     return f"{prefix}.{nanos // 1000:06d}+00:00"
 
 
