@@ -262,12 +262,11 @@ class MessageDispatcher:
         succeeded: set[str] = set(done_before or ())
         token = _current.set(message)
         try:
-            for consumer, handler, takes_message in routes:
+            for route in routes:
+                consumer = route[0]
                 if done_before and consumer.consumer_id in done_before:
                     continue
-                error = self._run_one(
-                    consumer, handler, takes_message, event, message, on_exception
-                )
+                error = self._run_one(route, event, message, on_exception)
                 if error is None:
                     succeeded.add(consumer.consumer_id)
                 else:
