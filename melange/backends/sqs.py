@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -262,22 +262,13 @@ class AWSBackend(MessagingBackend):
             self._sns.publish(**request)
 
     def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
-        sized = []
-        for n, message in enumerate(messages):
-            attributes = wire.attributes_for(message)
-            size = wire.check_size(message, attributes, topic.obj)
-            entry = {"Id": str(n), "Message": message.content, "MessageAttributes": attributes}
-            entry.update(_fifo(message, topic.obj, {}))
-            sized.append((entry, size))
-        failed: list[tuple[Any, str]] = []
-        for batch in wire.batches(sized):
+        def publish(entries: list[Any]) -> Any:
             with _translated(f"publish batch to {topic.obj}", topic=True):
-                response = self._sns.publish_batch(
-                    TopicArn=topic.obj, PublishBatchRequestEntries=batch
+                return self._sns.publish_batch(
+                    TopicArn=topic.obj, PublishBatchRequestEntries=entries
                 )
-            failed += [(messages[int(f["Id"])], _reason(f)) for f in response.get("Failed", [])]
-        if failed:
-            raise BatchPublishError(failed)
+
+        _send_in_batches(messages, topic.obj, "Message", publish)
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
         """Send to an SQS queue; FIFO queues take ``message_group_id`` and
@@ -323,20 +314,11 @@ class AWSBackend(MessagingBackend):
             self._sqs.send_message(**request)
 
     def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
-        sized = []
-        for n, message in enumerate(messages):
-            attributes = wire.attributes_for(message)
-            size = wire.check_size(message, attributes, queue.obj)
-            entry = {"Id": str(n), "MessageBody": message.content, "MessageAttributes": attributes}
-            entry.update(_fifo(message, queue.obj, {}))
-            sized.append((entry, size))
-        failed: list[tuple[Any, str]] = []
-        for batch in wire.batches(sized):
+        def send(entries: list[Any]) -> Any:
             with _translated(f"send batch to {queue.obj}", queue=True):
-                response = self._sqs.send_message_batch(QueueUrl=queue.obj, Entries=batch)
-            failed += [(messages[int(f["Id"])], _reason(f)) for f in response.get("Failed", [])]
-        if failed:
-            raise BatchPublishError(failed)
+                return self._sqs.send_message_batch(QueueUrl=queue.obj, Entries=entries)
+
+        _send_in_batches(messages, queue.obj, "MessageBody", send)
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -430,6 +412,30 @@ def _fifo(message: Message, destination: str, given: dict[str, Any]) -> dict[str
         or "default",
         "MessageDeduplicationId": given.get("MessageDeduplicationId") or message.message_id,
     }
+
+
+def _send_in_batches(
+    messages: Sequence[Message], destination: str, body_key: str, send: Callable[[list[Any]], Any]
+) -> None:
+    """Check every size first, send 10 (and at most 256 KiB) per request, report failures.
+
+    Raises:
+        MessageTooLargeError: one message is too large; nothing was sent.
+        BatchPublishError: some entries failed; the others were sent.
+    """
+    sized = []
+    for n, message in enumerate(messages):
+        attributes = wire.attributes_for(message)
+        size = wire.check_size(message, attributes, destination)
+        entry = {"Id": str(n), body_key: message.content, "MessageAttributes": attributes}
+        entry.update(_fifo(message, destination, {}))
+        sized.append((entry, size))
+    failed: list[tuple[Any, str]] = []
+    for batch in wire.batches(sized):
+        response = send(batch)
+        failed += [(messages[int(f["Id"])], _reason(f)) for f in response.get("Failed", [])]
+    if failed:
+        raise BatchPublishError(failed)
 
 
 def _reason(failure: Any) -> str:
