@@ -391,3 +391,24 @@ def test_a_queue_only_receives_the_types_its_listeners_accept(
     message = MessagePublisher(backend).publish(OrderPaid(order_id="not-billed"))
     assert message.manifest == "OrderPaid"
     assert receive(backend, backend.get_queue("billing"), 1, timeout=0.2) == []
+
+
+def test_a_base_class_listener_receives_subclass_events_from_their_topics(
+    backend: InMemoryMessagingBackend,
+) -> None:
+    from tests.events import OrderCancelled, OrderEvent
+
+    seen: list[OrderEvent] = []
+
+    class Audit(Consumer):
+        @listener
+        def on_any(self, event: OrderEvent) -> None:
+            seen.append(event)
+
+    dispatcher = MessageDispatcher(backend, consumers=[Audit()])
+    dispatcher.declare("audit")
+    publisher = MessagePublisher(backend)
+    publisher.publish(OrderPaid(order_id="p"))
+    publisher.publish(OrderCancelled(order_id="c", reason="r"))
+    assert dispatcher.consume_loop("audit", idle_timeout=0) == 2
+    assert seen == [OrderPaid(order_id="p"), OrderCancelled(order_id="c", reason="r")]
