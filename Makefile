@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check melange
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy melange
+	$(VENV)/bin/mypy --strict melange
 
 test: lint typecheck
 	$(PY) -m pytest
