@@ -339,9 +339,10 @@ class MessageDispatcher:
             self.backend.release(message, self.retry.delay_for(delivery))
             return False
         sent = state.dead_letters.send(message, error, Stage.HANDLE, attempts=attempts)
-        if not sent and policy is AckPolicy.AFTER_SUCCESS:
+        if not sent and policy is not AckPolicy.BEFORE_HANDLE:
+            # Nowhere to put it: keep it on the queue rather than lose it.
             self.backend.release(message, self.retry.max_backoff_seconds)
-        return sent or policy is AckPolicy.AFTER_HANDLE
+        return sent
 
     def _skip(self, message: Message, state: _QueueState, reason: str) -> bool:
         if signals.message_skipped.receivers:

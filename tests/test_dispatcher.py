@@ -375,10 +375,15 @@ def test_simple_dispatcher_takes_one_consumer(backend: InMemoryMessagingBackend)
     assert billing.effects == ["simple"]
 
 
-def test_missing_dead_letter_queue_keeps_the_message(backend: InMemoryMessagingBackend) -> None:
+@pytest.mark.parametrize("policy", [AckPolicy.AFTER_SUCCESS, AckPolicy.AFTER_HANDLE])
+def test_missing_dead_letter_queue_keeps_the_message(
+    backend: InMemoryMessagingBackend, policy: AckPolicy
+) -> None:
     billing = Billing(fail_on="p")
     backend.declare_queue("bare")  # declared elsewhere, without a dead-letter queue
-    dispatcher = MessageDispatcher(backend, consumers=[billing], retry=RetryPolicy.none())
+    dispatcher = MessageDispatcher(
+        backend, consumers=[billing], retry=RetryPolicy.none(), ack_policy=policy
+    )
     MessagePublisher(backend).publish(OrderCreated(order_id="p"), queue="bare")
     dispatcher.consume_loop("bare", idle_timeout=0)
     assert backend.queue_depth(backend.get_queue("bare")) == 1
