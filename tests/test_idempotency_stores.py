@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,51 @@ class TestSQLiteIdempotencyStore(IdempotencyStoreContract):
             return SQLiteIdempotencyStore(tmp_path / "claims.db", **options)
 
         return make
+
+
+@pytest.mark.redis
+class TestRedisIdempotencyStore(IdempotencyStoreContract):
+    @pytest.fixture
+    def make_store(self, redis_url: str) -> Iterator[StoreFactory]:
+        from melange.idempotency.redis import RedisIdempotencyStore
+
+        stores: list[IdempotencyStore] = []
+        prefix = f"test:{uuid.uuid4().hex}:"
+
+        def make(**options: Any) -> IdempotencyStore:
+            stores.append(RedisIdempotencyStore(redis_url, prefix=prefix, **options))
+            return stores[-1]
+
+        yield make
+        for store in stores:
+            store.close()
+
+
+@pytest.mark.redis
+def test_redis_store_down_is_an_error_not_a_silent_pass() -> None:
+    from melange.idempotency.redis import RedisIdempotencyStore
+    from tests.support import free_port
+
+    store = RedisIdempotencyStore(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(IdempotencyError, match="redis"):
+        store.claim("billing", "m-1")
+    store.close()
+
+
+@pytest.mark.redis
+def test_a_stale_worker_cannot_release_a_newer_claim(redis_url: str) -> None:
+    from melange.idempotency.redis import RedisIdempotencyStore
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    slow = RedisIdempotencyStore(redis_url, prefix=prefix, lease_seconds=0.2)
+    fast = RedisIdempotencyStore(redis_url, prefix=prefix)
+    assert slow.claim("billing", "m-1")
+    time.sleep(0.4)  # the slow worker's lease expired
+    assert fast.claim("billing", "m-1")
+    slow.release("billing", "m-1")  # must not drop the fast worker's claim
+    assert not fast.claim("billing", "m-1")
+    slow.close()
+    fast.close()
 
 
 def _claim_in_process(path: str, results: Any) -> None:

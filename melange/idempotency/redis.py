@@ -1,0 +1,92 @@
+"""An idempotency store in Redis: claims shared by workers on many hosts."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from melange.exceptions import IdempotencyError, MissingExtraError
+from melange.idempotency.base import IdempotencyStore
+
+try:
+    import redis
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise MissingExtraError("redis", "redis") from e
+
+__all__ = ["RedisIdempotencyStore"]
+
+# Only the worker holding the claim may complete or release it (its lease may
+# have expired and another worker claimed the message since).
+_IF_OURS_SET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2])
+end
+return nil
+"""
+_IF_OURS_DELETE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisIdempotencyStore(IdempotencyStore):
+    """Claims as Redis keys: ``SET NX PX`` to claim, compare-and-set to complete or release.
+
+    Takes a ``redis.Redis`` client or a URL. Any Redis error is raised as
+    ``IdempotencyError``: deduplication is never silently switched off.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | str,
+        *,
+        ttl_seconds: float = 86_400.0,
+        lease_seconds: float = 300.0,
+        prefix: str = "melange:claim:",
+    ) -> None:
+        super().__init__(ttl_seconds=ttl_seconds, lease_seconds=lease_seconds)
+        self._redis = redis.Redis.from_url(client) if isinstance(client, str) else client
+        self._prefix = prefix
+        self._tokens: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._set_if_ours = self._redis.register_script(_IF_OURS_SET)
+        self._delete_if_ours = self._redis.register_script(_IF_OURS_DELETE)
+
+    def claim(self, consumer_id: str, message_id: str) -> bool:
+        key = self._prefix + self.key(consumer_id, message_id)
+        token = os.urandom(8).hex()
+        won = self._call(self._redis.set, key, token, nx=True, px=_ms(self.lease_seconds))
+        if won:
+            with self._lock:
+                self._tokens[key] = token
+        return bool(won)
+
+    def complete(self, consumer_id: str, message_id: str) -> None:
+        key = self._prefix + self.key(consumer_id, message_id)
+        token = self._take_token(key)
+        if token is not None:
+            self._call(self._set_if_ours, keys=[key], args=[token, _ms(self.ttl_seconds)])
+
+    def release(self, consumer_id: str, message_id: str) -> None:
+        key = self._prefix + self.key(consumer_id, message_id)
+        token = self._take_token(key)
+        if token is not None:
+            self._call(self._delete_if_ours, keys=[key], args=[token])
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def _take_token(self, key: str) -> str | None:
+        with self._lock:
+            return self._tokens.pop(key, None)
+
+    def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except redis.RedisError as e:
+            raise IdempotencyError(f"redis: {e}") from e
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
