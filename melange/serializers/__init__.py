@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from melange.serializers.base import Serializer, TypedSerializer
@@ -25,6 +26,7 @@ __all__ = [
     "TypedSerializer",
 ]
 
+# These modules import their library at the top: load them on first use only.
 _LAZY = {
     "PydanticSerializer": "melange.serializers.pydantic_serializer",
     "MarshmallowSerializer": "melange.serializers.marshmallow_serializer",
@@ -32,9 +34,19 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    """Import ``PydanticSerializer`` or ``MarshmallowSerializer`` when first asked for.
+
+    Raises:
+        MissingExtraError: the library is not installed.
+        AttributeError: no such name.
+    """
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-    return getattr(importlib.import_module(module), name)
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+import threading
+from typing import Any, ClassVar, Literal
 
+from melange.exceptions import ConfigurationError
 from melange.manifests import EventTypes, manifest_of
 
 __all__ = ["Serializer", "TypedSerializer"]
@@ -26,7 +28,11 @@ class Serializer(abc.ABC):
         """Return the id that travels with every message this serializer wrote."""
 
     def manifest(self, data: Any) -> str | None:
-        """Return the name the event travels under (its class's manifest)."""
+        """Return the name the event travels under (its class's manifest).
+
+        Raises:
+            ConfigurationError: the class declares a manifest that is not a string.
+        """
         return manifest_of(type(data))
 
     @abc.abstractmethod
@@ -51,25 +57,63 @@ class Serializer(abc.ABC):
 class TypedSerializer(Serializer):
     """A serializer that rebuilds classes, found by manifest in ``event_types``.
 
-    A registry gives the serializers registered in it its own ``event_types``
-    unless one was passed here. The manifest is only looked up, never imported.
+    Given no ``event_types``, it uses those of the first registry it is
+    registered in. The manifest is only looked up there, never imported.
     """
 
+    # Class-level defaults keep subclasses that skip ``super().__init__`` working.
+    _event_types: EventTypes | None = None
+    _event_types_source: Literal["unset", "own", "given", "registry"] = "unset"
+    _binding_lock: ClassVar[threading.Lock] = threading.Lock()
+
     def __init__(self, event_types: EventTypes | None = None) -> None:
-        self._event_types = event_types
+        if event_types is not None:
+            self.event_types = event_types
 
     @property
     def event_types(self) -> EventTypes:
         """Return the manifest -> class map this serializer resolves with."""
-        if self._event_types is None:
-            self._event_types = EventTypes()
-        return self._event_types
+        types = self._event_types
+        if types is None:
+            with self._binding_lock:
+                if self._event_types is None:
+                    self._event_types, self._event_types_source = EventTypes(), "own"
+                types = self._event_types
+        return types
+
+    @event_types.setter
+    def event_types(self, event_types: EventTypes) -> None:
+        with self._binding_lock:
+            self._event_types, self._event_types_source = event_types, "given"
+        self._event_types_changed()
 
     def bind_event_types(self, event_types: EventTypes) -> None:
-        """Use ``event_types`` unless this serializer was given its own."""
-        if self._event_types is None:
-            self._event_types = event_types
+        """Resolve with a registry's ``event_types`` unless this serializer has been given its own.
+
+        Classes registered in a map this serializer made for itself (before it
+        was registered anywhere) are carried over.
+
+        Raises:
+            ConfigurationError: it already resolves with another registry's event types.
+        """
+        with self._binding_lock:
+            current, source = self._event_types, self._event_types_source
+            if source == "given" or current is event_types:
+                return
+            if source == "registry":
+                raise ConfigurationError(
+                    f"this {type(self).__qualname__} already reads with another registry's"
+                    " event types: give each registry its own instance, or pass event_types"
+                )
+            if current is not None:
+                for manifest in current.manifests():
+                    event_types.register(current.resolve(manifest))
+            self._event_types, self._event_types_source = event_types, "registry"
+        self._event_types_changed()
+
+    def _event_types_changed(self) -> None:
+        """Drop whatever was cached from the previous ``event_types`` (for subclasses)."""
 
     def classes(self) -> tuple[type, ...]:
-        """Return the classes this serializer is made for (registered on binding)."""
+        """Return the classes this serializer is made for (registered and bound by a registry)."""
         return ()

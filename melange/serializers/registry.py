@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from melange.exceptions import ConfigurationError, NoSerializerError, UnknownSerializerError
+from melange.exceptions import (
+    ConfigurationError,
+    MissingExtraError,
+    NoSerializerError,
+    UnknownSerializerError,
+)
 from melange.manifests import EventTypes
 from melange.serializers.base import Serializer, TypedSerializer
 from melange.serializers.dataclass_serializer import DataclassSerializer
@@ -16,24 +20,69 @@ from melange.serializers.json_serializer import JsonSerializer
 
 __all__ = ["SerializerRegistry"]
 
-_DATACLASS = "dataclass"
+_SETTINGS = frozenset({"serializers", "serializer_bindings", "default"})
+
+# (write, manifest, serializer id) for one class
+_Writer = tuple[Callable[[Any], str], str | None, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Setup:
+    """One immutable configuration, swapped whole, so a reader never sees half a change.
+
+    ``choices`` and ``writers`` cache per-class answers for this setup only:
+    a change makes a new setup with empty caches.
+    """
+
+    by_name: Mapping[str, Serializer]
+    by_id: Mapping[int, Serializer]
+    bindings: Mapping[type, str]
+    default: str | None
+    choices: dict[type, Serializer] = dataclasses.field(default_factory=dict)
+    writers: dict[type, _Writer] = dataclasses.field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> _Setup:
+        return dataclasses.replace(self, choices={}, writers={}, **changes)
+
+    def serializer_for(self, cls: type) -> Serializer:
+        found = self.choices.get(cls)
+        if found is None:
+            found = self.choices[cls] = self._choose(cls)
+        return found
+
+    def _choose(self, cls: type) -> Serializer:
+        for klass in cls.__mro__:
+            name = self.bindings.get(klass)
+            if name is not None:
+                return self.by_name[name]
+        if dataclasses.is_dataclass(cls):
+            for serializer in self.by_id.values():
+                if isinstance(serializer, DataclassSerializer):
+                    return serializer
+        if self.default is None:
+            raise NoSerializerError(
+                f"no serializer is bound to {cls.__qualname__} and there is no default"
+            )
+        return self.by_name[self.default]
 
 
 class SerializerRegistry:
     """Named serializers, class bindings (the most specific class wins) and a default.
 
-    ``config`` takes the original form::
+    ``config`` takes the original form (serializers as classes or instances)::
 
         {"serializers": {"json": JsonSerializer, "pydantic": PydanticSerializer()},
          "serializer_bindings": {dict: "json", BaseModel: "pydantic"},
          "default": "json"}
 
     Without ``config``: JSON for dicts and lists, pydantic models (when
-    pydantic is installed) and dataclasses, JSON as the default. Pickle is
-    never registered unless the config names a ``PickleSerializer`` with a key.
+    pydantic is installed), dataclasses, and JSON as the default. Pickle is
+    never registered unless the user registers a ``PickleSerializer`` with a key.
+    Reads may come from any number of threads, also while it is reconfigured.
 
     Raises:
-        ConfigurationError: duplicate ids, a binding or default naming no serializer.
+        ConfigurationError: two serializers share an id, a binding or the default
+            names no serializer, or the config has an unknown setting.
     """
 
     def __init__(
@@ -43,83 +92,105 @@ class SerializerRegistry:
         event_types: EventTypes | None = None,
     ) -> None:
         self.event_types = event_types if event_types is not None else EventTypes()
-        self._by_name: dict[str, Serializer] = {}
-        self._by_id: dict[int, Serializer] = {}
-        self._bindings: dict[type, str] = {}
-        self._default: str | None = None
-        self._cache: dict[type, Serializer] = {}
-        self._writers: dict[type, tuple[Callable[[Any], str], str | None, int]] = {}
         self._lock = threading.Lock()
+        self._setup = _Setup(by_name={}, by_id={}, bindings={}, default=None)
         self._configure(config if config is not None else _default_config())
 
     def _configure(self, config: Mapping[str, Any]) -> None:
-        unknown = set(config) - {"serializers", "serializer_bindings", "default"}
+        if not isinstance(config, Mapping):
+            raise ConfigurationError(f"serializer config must be a mapping, not {config!r}")
+        unknown = set(config) - _SETTINGS
         if unknown:
-            raise ConfigurationError(f"unknown serializer settings: {sorted(unknown)}")
-        for name, serializer in config.get("serializers", {}).items():
+            known = ", ".join(sorted(_SETTINGS))
+            raise ConfigurationError(
+                f"unknown serializer settings {sorted(map(str, unknown))} (known: {known})"
+            )
+        for name, serializer in _mapping(config, "serializers").items():
             self.register(name, serializer)
-        for cls, name in config.get("serializer_bindings", {}).items():
+        for cls, name in _mapping(config, "serializer_bindings").items():
             self.bind(cls, name)
         if config.get("default") is not None:
             self.set_default(config["default"])
 
     def register(self, name: str, serializer: Serializer | type[Serializer]) -> None:
-        """Register a serializer (an instance, or a class built with no arguments) by name."""
-        instance = serializer() if isinstance(serializer, type) else serializer
-        if not isinstance(instance, Serializer):
-            raise ConfigurationError(f"{serializer!r} is not a Serializer")
-        identifier = instance.identifier()
-        with self._lock:
-            taken = self._by_id.get(identifier)
-            if taken is not None and self._by_name.get(name) is not taken:
-                raise ConfigurationError(
-                    f"serializer id {identifier} is taken by {type(taken).__qualname__}"
-                )
-            self._by_name[name] = instance
-            self._by_id[identifier] = instance
-            self._clear_caches()
-        if isinstance(instance, TypedSerializer):
-            instance.bind_event_types(self.event_types)
-            for cls in instance.classes():
-                self.event_types.register(cls)
-                self.bind(cls, name)
+        """Register a serializer (an instance, or a class built with no arguments) under a name.
 
-    def _clear_caches(self) -> None:
-        self._cache.clear()
-        self._writers.clear()
+        A name registered again is replaced. A ``TypedSerializer`` given no event
+        types reads with this registry's; its ``classes()`` are registered as
+        event types and bound to it.
+
+        Raises:
+            ConfigurationError: not a serializer, or another serializer has its id.
+        """
+        instance = _instantiate(name, serializer)
+        identifier = instance.identifier()
+        if not isinstance(identifier, int) or isinstance(identifier, bool):
+            raise ConfigurationError(f"{type(instance).__qualname__}.identifier() is not an int")
+        with self._lock:
+            setup = self._setup
+            by_name = {**setup.by_name, name: instance}
+            by_id: dict[int, Serializer] = {}
+            for registered in by_name.values():
+                taken = by_id.setdefault(registered.identifier(), registered)
+                if taken is not registered:
+                    raise ConfigurationError(
+                        f"serializer id {registered.identifier()} is claimed by both"
+                        f" {type(taken).__qualname__} and {type(registered).__qualname__}"
+                    )
+            bindings = dict(setup.bindings)
+            if isinstance(instance, TypedSerializer):
+                instance.bind_event_types(self.event_types)
+                for cls in instance.classes():
+                    self.event_types.register(cls)
+                    bindings[cls] = name
+            self._setup = setup.replace(by_name=by_name, by_id=by_id, bindings=bindings)
 
     def bind(self, cls: type, name: str) -> None:
-        """Make the serializer named ``name`` write instances of ``cls`` and its subclasses."""
+        """Make the serializer named ``name`` write ``cls`` and its subclasses.
+
+        Raises:
+            ConfigurationError: ``cls`` is not a class, or no serializer has that name.
+        """
+        if not isinstance(cls, type):
+            raise ConfigurationError(f"only a class can be bound to a serializer, not {cls!r}")
         with self._lock:
-            if name not in self._by_name:
+            setup = self._setup
+            if name not in setup.by_name:
                 raise ConfigurationError(
-                    f"binding {cls.__qualname__} to unknown serializer {name!r}"
+                    f"{cls.__qualname__} is bound to {name!r}, but no serializer has that name"
                 )
-            self._bindings[cls] = name
-            self._clear_caches()
+            self._setup = setup.replace(bindings={**setup.bindings, cls: name})
 
     def set_default(self, name: str) -> None:
-        """Use the serializer named ``name`` for classes with no binding."""
+        """Write unbound classes, and read messages with no serializer id, with ``name``.
+
+        Raises:
+            ConfigurationError: no serializer has that name.
+        """
         with self._lock:
-            if name not in self._by_name:
-                raise ConfigurationError(f"default serializer {name!r} is not registered")
-            self._default = name
-            self._clear_caches()
+            setup = self._setup
+            if name not in setup.by_name:
+                raise ConfigurationError(f"the default {name!r} is not a registered serializer")
+            self._setup = setup.replace(default=name)
 
     def register_event_type(self, cls: type) -> str:
-        """Let messages with ``cls``'s manifest be read into ``cls``; return the manifest."""
+        """Let messages with ``cls``'s manifest be read into ``cls``; return the manifest.
+
+        Raises:
+            ConfigurationError: another class already has that manifest.
+        """
         return self.event_types.register(cls)
 
     def by_name(self, name: str) -> Serializer:
-        """Return a serializer by name.
+        """Return the serializer registered under ``name``.
 
         Raises:
             UnknownSerializerError: none has that name.
         """
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise UnknownSerializerError(f"no serializer named {name!r}") from None
+        found = self._setup.by_name.get(name)
+        if found is None:
+            raise UnknownSerializerError(f"no serializer named {name!r}")
+        return found
 
     def by_id(self, identifier: int) -> Serializer:
         """Return the serializer with this id.
@@ -127,35 +198,21 @@ class SerializerRegistry:
         Raises:
             UnknownSerializerError: none has that id.
         """
-        try:
-            return self._by_id[identifier]
-        except KeyError:
-            raise UnknownSerializerError(f"no serializer with id {identifier}") from None
+        found = self._setup.by_id.get(identifier)
+        if found is None:
+            raise UnknownSerializerError(f"no serializer with id {identifier}")
+        return found
 
     def serializer_for(self, obj: Any) -> Serializer:
         """Return the serializer bound to the most specific class of ``obj``.
 
+        Bindings are looked up along the class's MRO; then a dataclass goes to
+        the registered ``DataclassSerializer``; then the default.
+
         Raises:
             NoSerializerError: nothing is bound and there is no default.
         """
-        cls = type(obj)
-        found = self._cache.get(cls)
-        if found is None:
-            found = self._lookup(cls)
-            with self._lock:
-                self._cache[cls] = found
-        return found
-
-    def _lookup(self, cls: type) -> Serializer:
-        for klass in cls.__mro__:
-            name = self._bindings.get(klass)
-            if name is not None:
-                return self._by_name[name]
-        if dataclasses.is_dataclass(cls) and _DATACLASS in self._by_name:
-            return self._by_name[_DATACLASS]
-        if self._default is None:
-            raise NoSerializerError(f"no serializer is bound to {cls.__qualname__}")
-        return self._by_name[self._default]
+        return self._setup.serializer_for(type(obj))
 
     def serialize(self, obj: Any) -> tuple[str, str | None, int]:
         """Return (content, manifest, serializer id) for an event.
@@ -164,14 +221,13 @@ class SerializerRegistry:
             NoSerializerError: no serializer writes this class.
             SerializationError: the serializer failed.
         """
-        known = self._writers.get(type(obj))
+        setup = self._setup
+        known = setup.writers.get(type(obj))
         if known is None:
-            serializer = self.serializer_for(obj)
-            if not serializer.manifest_by_class:
-                return serializer.serialize(obj), serializer.manifest(obj), serializer.identifier()
+            serializer = setup.serializer_for(type(obj))
             known = (serializer.serialize, serializer.manifest(obj), serializer.identifier())
-            with self._lock:
-                self._writers[type(obj)] = known
+            if serializer.manifest_by_class:
+                setup.writers[type(obj)] = known
         write, manifest, identifier = known
         return write(obj), manifest, identifier
 
@@ -179,31 +235,64 @@ class SerializerRegistry:
         """Rebuild an event; a message without a serializer id is read by the default.
 
         Raises:
-            UnknownSerializerError: no serializer has the id.
-            DeserializationError: the content is malformed or invalid.
+            UnknownSerializerError: no serializer has the id (or there is no default).
             UnknownManifestError: no class is known for the manifest.
+            DeserializationError: the content is malformed (``MessageValidationError``:
+                invalid; ``UnsafePayloadError``: a bad signature).
         """
+        setup = self._setup
         if serializer_id is None:
-            if self._default is None:
+            if setup.default is None:
                 raise UnknownSerializerError("message has no serializer id and there is no default")
-            return self._by_name[self._default].deserialize(content, manifest)
-        serializer = self._by_id.get(serializer_id)
-        if serializer is None:
-            raise UnknownSerializerError(f"no serializer with id {serializer_id}")
+            serializer = setup.by_name[setup.default]
+        else:
+            found = setup.by_id.get(serializer_id)
+            if found is None:
+                raise UnknownSerializerError(f"no serializer with id {serializer_id}")
+            serializer = found
         return serializer.deserialize(content, manifest)
+
+
+def _mapping(config: Mapping[str, Any], key: str) -> Mapping[Any, Any]:
+    value = config.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{key!r} must be a mapping, not {value!r}")
+    return value
+
+
+def _instantiate(name: str, serializer: Any) -> Serializer:
+    if isinstance(serializer, type) and issubclass(serializer, Serializer):
+        try:
+            serializer = serializer()
+        except TypeError as e:
+            raise ConfigurationError(
+                f"serializer {name!r}: {serializer.__qualname__} needs arguments,"
+                f" register an instance ({e})"
+            ) from e
+    if not isinstance(serializer, Serializer):
+        raise ConfigurationError(f"serializer {name!r}: {serializer!r} is not a Serializer")
+    return serializer
 
 
 def _default_config() -> dict[str, Any]:
     serializers: dict[str, Serializer] = {
         "json": JsonSerializer(),
-        _DATACLASS: DataclassSerializer(),
+        "dataclass": DataclassSerializer(),
     }
     bindings: dict[type, str] = {dict: "json", list: "json"}
-    if importlib.util.find_spec("pydantic") is not None:
-        import pydantic
-
-        from melange.serializers.pydantic_serializer import PydanticSerializer
-
-        serializers["pydantic"] = PydanticSerializer()
-        bindings[pydantic.BaseModel] = "pydantic"
+    pydantic_binding = _pydantic_binding()
+    if pydantic_binding is not None:
+        serializers["pydantic"], base_model = pydantic_binding
+        bindings[base_model] = "pydantic"
     return {"serializers": serializers, "serializer_bindings": bindings, "default": "json"}
+
+
+def _pydantic_binding() -> tuple[Serializer, type] | None:
+    """Return (PydanticSerializer(), BaseModel), or ``None`` when pydantic is not installed."""
+    try:
+        from melange.serializers.pydantic_serializer import PydanticSerializer
+    except MissingExtraError:
+        return None
+    import pydantic
+
+    return PydanticSerializer(), pydantic.BaseModel
