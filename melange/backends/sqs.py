@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs, urlsplit
 
-from melange.backends import sqs_wire as wire
-from melange.backends.interfaces import MessagingBackend
 from melange.exceptions import (
-    BackendConnectionError,
     BackendError,
     BatchPublishError,
+    ConfigurationError,
     MissingExtraError,
-    QueueNotFoundError,
-    TopicNotFoundError,
     UnsupportedOperationError,
 )
-from melange.models import Message, QueueWrapper, TopicWrapper
 
 try:
     import boto3
-    import botocore.exceptions
-except ImportError as e:  # pragma: no cover - exercised only without the extra
+except ImportError as e:  # pragma: no cover - only without the extra
     raise MissingExtraError("boto3", "sqs") from e
+
+from melange.backends import sqs_wire as wire
+from melange.backends.sqs_errors import NOT_IN_FLIGHT_CODES, translated
+from melange.backends.sqs_topology import MAX_VISIBILITY_SECONDS, SQSTopology
+from melange.models import Message, QueueWrapper, TopicWrapper
 
 if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
@@ -35,210 +32,111 @@ if TYPE_CHECKING:
 
 __all__ = ["AWSBackend", "LocalSQSBackend"]
 
-_MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-_MISSING_TOPIC = {"NotFound", "NotFoundException"}
-_MAX_DELAY_SECONDS = 900
-_MAX_VISIBILITY_SECONDS = 43_200
+_SESSION_OPTIONS = frozenset(
+    {
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "region_name",
+        "profile_name",
+        "botocore_session",
+    }
+)
+# publish_to_topic's extra_attributes: Publish parameters melange passes on.
+_TOPIC_OPTIONS = {
+    "MessageGroupId": "MessageGroupId",
+    "message_group_id": "MessageGroupId",
+    "MessageDeduplicationId": "MessageDeduplicationId",
+    "message_deduplication_id": "MessageDeduplicationId",
+    "Subject": "Subject",
+}
+_QUEUE_OPTIONS = {
+    "message_group_id": "MessageGroupId",
+    "message_deduplication_id": "MessageDeduplicationId",
+}
+_URL_OPTIONS = frozenset({"region", "secure", "profile"})
 
 
-@contextmanager
-def _translated(what: str, queue: bool = False, topic: bool = False) -> Iterator[None]:
-    """Turn boto3/botocore errors into melange's: the one place this backend does it."""
-    try:
-        yield
-    except botocore.exceptions.ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "")
-        if queue and code in _MISSING_QUEUE:
-            raise QueueNotFoundError(f"{what}: the queue does not exist") from e
-        if topic and code in _MISSING_TOPIC:
-            raise TopicNotFoundError(f"{what}: the topic does not exist") from e
-        raise BackendError(f"{what}: {code}: {e}") from e
-    except (
-        botocore.exceptions.EndpointConnectionError,
-        botocore.exceptions.ConnectionClosedError,
-        botocore.exceptions.ConnectTimeoutError,
-        botocore.exceptions.ReadTimeoutError,
-    ) as e:
-        raise BackendConnectionError(f"{what}: {e}") from e
-    except botocore.exceptions.BotoCoreError as e:
-        raise BackendError(f"{what}: {e}") from e
+class AWSBackend(SQSTopology):
+    """Topics are SNS topics, queues are SQS queues; options go to ``boto3.Session`` and clients.
 
-
-class AWSBackend(MessagingBackend):
-    """Topics are SNS topics, queues are SQS queues; options go to ``boto3.Session``/clients.
-
-    ``declare_queue`` subscribes the queue to its topics with raw message
-    delivery and writes a queue policy that lets exactly those topics send;
-    a dead-letter queue gets a redrive policy with the caller's
-    ``max_receive_count``. Names with characters SNS/SQS refuse (such as the
-    dot of ``orders.created``) are mapped with ``_``. Names ending in
-    ``.fifo`` make FIFO topics and queues.
-
-    Manifest, serializer id, message id and headers travel as message
-    attributes (headers are packed into one when more than 7). A message over
-    256 KiB is refused before any request. Batches go 10 (and at most
-    256 KiB) per request; acknowledgements are deleted in batches.
+    Session options (``region_name``, ``profile_name``, ``aws_access_key_id``…)
+    build one session; the rest (``endpoint_url``, ``config``…) go to both
+    clients. See docs/backends/sqs.md for names, FIFO, attributes, limits,
+    the queue policy, error mapping and request costs.
     """
 
+    #: Largest message (UTF-8 body plus attribute names, types and values) sent, in bytes.
+    max_message_bytes: int = 262_144
+    #: Largest SendMessageBatch / PublishBatch request, added up the same way.
+    max_batch_bytes: int = 262_144
+    #: Longest ``DelaySeconds`` SQS takes.
+    max_delay_seconds: int = 900
+    #: Longest ``WaitTimeSeconds`` SQS takes; ``yield_messages`` long-polls this long.
+    max_wait_seconds: int = 20
+    #: The header a FIFO message group id is taken from when none is given.
+    group_id_header: str = "message_group_id"
+    #: The FIFO message group when neither an argument nor the header gives one.
+    default_group_id: str = "default"
+
     def __init__(self, **options: Any) -> None:
-        session_keys = {
-            "aws_access_key_id",
-            "aws_secret_access_key",
-            "aws_session_token",
-            "region_name",
-            "profile_name",
-            "botocore_session",
-        }
-        session = boto3.Session(**{k: v for k, v in options.items() if k in session_keys})
-        client_options = {k: v for k, v in options.items() if k not in session_keys}
-        self._sns: SNSClient = session.client("sns", **client_options)
-        self._sqs: SQSClient = session.client("sqs", **client_options)
-        self._topics: dict[str, str] = {}
-        self._queue_urls: dict[str, str] = {}
-        self._queue_arns: dict[str, str] = {}
+        session_options = {k: v for k, v in options.items() if k in _SESSION_OPTIONS}
+        client_options = {k: v for k, v in options.items() if k not in _SESSION_OPTIONS}
+        with translated("create the SNS and SQS clients"):
+            session = boto3.Session(**session_options)
+            self._sns: SNSClient = session.client("sns", **client_options)
+            self._sqs: SQSClient = session.client("sqs", **client_options)
         self._lock = threading.Lock()
+        self._queue_urls: dict[str, str] = {}  # melange name -> URL
+        self._queue_arns: dict[str, str] = {}  # URL -> ARN
 
     @classmethod
     def from_url(cls, url: str) -> AWSBackend:
-        """Build from ``sqs://`` (AWS, usual credentials) or ``sqs://host:port?region=…``.
+        """Build from ``sqs://`` (AWS, the usual boto3 credentials) or ``sqs://host:port``.
 
-        With a host the endpoint is ``http://host:port`` (``?secure=true`` for
-        https) and dummy credentials are used unless the environment has some.
+        Query options: ``region``, ``profile``, and ``secure=true`` (https) with a host.
+
+        Raises:
+            ConfigurationError: an unknown option or a malformed URL.
         """
         parts = urlsplit(url)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        region = query.get("region")
-        if not parts.hostname:
-            return cls(region_name=region) if region else cls()
-        return LocalSQSBackend(
-            parts.hostname,
-            parts.port or 9324,
-            region=region or "us-east-1",
-            secure=query.get("secure", "false").lower() == "true",
-        )
+        unknown = sorted(set(query) - _URL_OPTIONS)
+        if unknown:
+            raise ConfigurationError(f"unknown sqs:// options {unknown} in {url!r}")
+        options: dict[str, Any] = {}
+        if "profile" in query:
+            options["profile_name"] = query["profile"]
+        secure = query.get("secure", "false").lower()
+        if secure not in {"true", "false"}:
+            raise ConfigurationError(f"secure must be true or false in {url!r}")
+        try:
+            port = parts.port
+        except ValueError as e:
+            raise ConfigurationError(f"bad port in {url!r}") from e
+        if parts.hostname:
+            region = query.get("region", "us-east-1")
+            return LocalSQSBackend(
+                parts.hostname, port or 9324, region=region, secure=secure == "true", **options
+            )
+        if issubclass(cls, LocalSQSBackend):
+            raise ConfigurationError(f"LocalSQSBackend needs sqs://host:port, not {url!r}")
+        if "region" in query:
+            options["region_name"] = query["region"]
+        return cls(**options)
 
     @property
-    def clients(self) -> tuple[Any, Any]:
-        """Return the (sns, sqs) boto3 clients, e.g. to count requests."""
-        return self._sns, self._sqs
+    def sns_client(self) -> SNSClient:
+        """Return the boto3 SNS client (to count requests or do what melange does not)."""
+        return self._sns
 
-    # -- topology --------------------------------------------------------------------
+    @property
+    def sqs_client(self) -> SQSClient:
+        """Return the boto3 SQS client."""
+        return self._sqs
 
-    def declare_topic(self, topic_name: str) -> TopicWrapper:
-        arn = self._topics.get(topic_name)
-        if arn is None:
-            name = wire.entity_name(topic_name)
-            attributes = {"FifoTopic": "true"} if name.endswith(".fifo") else {}
-            with _translated(f"create topic {name}"):
-                arn = self._sns.create_topic(Name=name, Attributes=attributes)["TopicArn"]
-            with self._lock:
-                self._topics[topic_name] = arn
-        return TopicWrapper(arn)
-
-    def get_queue(self, queue_name: str) -> QueueWrapper:
-        url = self._queue_urls.get(queue_name)
-        if url is None:
-            with _translated(f"get queue {queue_name}", queue=True):
-                url = self._sqs.get_queue_url(QueueName=wire.entity_name(queue_name))["QueueUrl"]
-            with self._lock:
-                self._queue_urls[queue_name] = url
-        return QueueWrapper(url)
-
-    def declare_queue(
-        self,
-        queue_name: str,
-        *topics_to_bind: TopicWrapper,
-        dead_letter_queue_name: str | None = None,
-        visibility_timeout: float | None = None,
-        max_receive_count: int | None = None,
-        **kwargs: Any,
-    ) -> tuple[QueueWrapper, QueueWrapper | None]:
-        url = self._create_queue(queue_name)
-        arn = self._queue_arn(url)
-        attributes: dict[Any, str] = {}
-        if visibility_timeout is not None:
-            attributes["VisibilityTimeout"] = str(math.ceil(visibility_timeout))
-        dead_letter = None
-        if dead_letter_queue_name is not None:
-            dead_letter = QueueWrapper(self._create_queue(dead_letter_queue_name))
-            redrive = {
-                "deadLetterTargetArn": self._queue_arn(dead_letter.obj),
-                "maxReceiveCount": max_receive_count or self.default_max_receive_count,
-            }
-            attributes["RedrivePolicy"] = json.dumps(redrive)
-        if topics_to_bind:
-            with _translated(f"read policy of {queue_name}", queue=True):
-                current = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
-            allowed = wire.topics_in_policy(current.get("Attributes", {}).get("Policy"))
-            allowed |= {topic.obj for topic in topics_to_bind}
-            attributes["Policy"] = wire.queue_policy(arn, allowed)
-        if attributes:
-            with _translated(f"configure queue {queue_name}", queue=True):
-                self._sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
-        for topic in topics_to_bind:
-            with _translated(f"subscribe {queue_name} to {topic.obj}", topic=True):
-                self._sns.subscribe(
-                    TopicArn=topic.obj,
-                    Protocol="sqs",
-                    Endpoint=arn,
-                    Attributes={"RawMessageDelivery": "true"},
-                    ReturnSubscriptionArn=True,
-                )
-        return QueueWrapper(url), dead_letter
-
-    def _create_queue(self, queue_name: str) -> str:
-        name = wire.entity_name(queue_name)
-        attributes: dict[Any, str] = {"FifoQueue": "true"} if name.endswith(".fifo") else {}
-        with _translated(f"create queue {name}"):
-            url = self._sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
-        with self._lock:
-            self._queue_urls[queue_name] = url
-        return url
-
-    def _queue_arn(self, url: str) -> str:
-        arn = self._queue_arns.get(url)
-        if arn is None:
-            with _translated(f"read queue {url}", queue=True):
-                response = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-            arn = response["Attributes"]["QueueArn"]
-            with self._lock:
-                self._queue_arns[url] = arn
-        return arn
-
-    def queue_policy(self, queue: QueueWrapper) -> str | None:
-        """Return the queue's access policy JSON, as SQS holds it."""
-        with _translated("read queue policy", queue=True):
-            response = self._sqs.get_queue_attributes(QueueUrl=queue.obj, AttributeNames=["Policy"])
-        return response.get("Attributes", {}).get("Policy")
-
-    def delete_queue(self, queue: QueueWrapper) -> None:
-        arn = self._queue_arn(queue.obj)
-        with _translated("list subscriptions"):
-            pages = self._sns.get_paginator("list_subscriptions").paginate()
-            subscriptions = [s for page in pages for s in page["Subscriptions"]]
-        for subscription in subscriptions:
-            if subscription["Endpoint"] == arn:
-                with _translated("unsubscribe"):
-                    self._sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
-        with _translated("delete queue", queue=True):
-            self._sqs.delete_queue(QueueUrl=queue.obj)
-        with self._lock:
-            self._queue_urls = {k: v for k, v in self._queue_urls.items() if v != queue.obj}
-            self._queue_arns.pop(queue.obj, None)
-
-    def delete_topic(self, topic: TopicWrapper) -> None:
-        with _translated("list topic subscriptions", topic=True):
-            pages = self._sns.get_paginator("list_subscriptions_by_topic").paginate(
-                TopicArn=topic.obj
-            )
-            subscriptions = [s["SubscriptionArn"] for page in pages for s in page["Subscriptions"]]
-        for arn in subscriptions:
-            with _translated("unsubscribe"):
-                self._sns.unsubscribe(SubscriptionArn=arn)
-        with _translated("delete topic", topic=True):
-            self._sns.delete_topic(TopicArn=topic.obj)
-        with self._lock:
-            self._topics = {k: v for k, v in self._topics.items() if v != topic.obj}
+    def __enter__(self) -> Self:
+        return self
 
     # -- publishing --------------------------------------------------------------------
 
@@ -248,137 +146,237 @@ class AWSBackend(MessagingBackend):
         topic: TopicWrapper,
         extra_attributes: dict[str, Any] | None = None,
     ) -> None:
-        """Publish to an SNS topic; ``extra_attributes`` may set ``MessageGroupId``
-        and ``MessageDeduplicationId`` (FIFO topics) or go to ``Publish`` as they are."""
+        """Publish to an SNS topic (``Publish``).
+
+        ``extra_attributes`` may hold ``MessageGroupId``, ``MessageDeduplicationId``
+        (FIFO topics; defaults: the ``message_group_id`` header or ``"default"``,
+        and the message id) and ``Subject``.
+
+        Raises:
+            MessageTooLargeError: over ``max_message_bytes``; nothing was sent.
+            TopicNotFoundError: the topic does not exist.
+            PublishError: SNS refused the message.
+        """
+        given = _renamed(extra_attributes or {}, _TOPIC_OPTIONS, "extra_attributes")
+        arn = topic.unwrap()
         attributes = wire.attributes_for(message)
-        wire.check_size(message, attributes, topic.obj)
+        wire.check_size(message.content, attributes, self.max_message_bytes, arn)
         request: dict[str, Any] = {
-            "TopicArn": topic.obj,
+            "TopicArn": arn,
             "Message": message.content,
             "MessageAttributes": attributes,
         }
-        request.update(_fifo(message, topic.obj, extra_attributes or {}))
-        with _translated(f"publish to {topic.obj}", topic=True):
+        request.update(self._ordering(message, arn, given))
+        with translated(f"publish to SNS topic {arn}", publishing=True):
             self._sns.publish(**request)
 
-    def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
-        def publish(entries: list[Any]) -> Any:
-            with _translated(f"publish batch to {topic.obj}", topic=True):
-                return self._sns.publish_batch(
-                    TopicArn=topic.obj, PublishBatchRequestEntries=entries
-                )
-
-        _send_in_batches(messages, topic.obj, "Message", publish)
-
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        """Send to an SQS queue; FIFO queues take ``message_group_id`` and
-        ``message_deduplication_id`` (defaults: ``"default"`` and the message id)."""
-        self._send(message, queue, 0, kwargs)
+        """Send to an SQS queue (``SendMessage``).
 
-    def publish_delayed_to_queue(self, message: Message, queue: QueueWrapper, delay: float) -> None:
-        """Send with ``DelaySeconds`` (SQS allows at most 900 s).
+        FIFO queues take ``message_group_id`` and ``message_deduplication_id``
+        (defaults: the ``message_group_id`` header or ``"default"``, and the message id).
 
         Raises:
-            UnsupportedOperationError: over 900 s, or a FIFO queue (no per-message delay).
+            MessageTooLargeError: over ``max_message_bytes``; nothing was sent.
+            QueueNotFoundError: the queue does not exist.
+            PublishError: SQS refused the message.
         """
-        seconds = math.ceil(max(delay, 0.0))
-        if seconds > _MAX_DELAY_SECONDS:
-            raise UnsupportedOperationError(f"SQS delays a message at most 900 s, not {seconds}")
-        if seconds and queue.obj.endswith(".fifo"):
-            raise UnsupportedOperationError("FIFO queues cannot delay a single message")
-        self._send(message, queue, seconds, {})
+        self._send(message, queue.unwrap(), 0, _renamed(kwargs, _QUEUE_OPTIONS, "options"))
 
-    def _send(
-        self, message: Message, queue: QueueWrapper, delay: int, options: dict[str, Any]
-    ) -> None:
+    def publish_delayed_to_queue(self, message: Message, queue: QueueWrapper, delay: float) -> None:
+        """Send with ``DelaySeconds``: the delay rounded up to whole seconds.
+
+        Raises:
+            UnsupportedOperationError: over ``max_delay_seconds`` (900), or a
+                delay on a FIFO queue (SQS delays those per queue only).
+        """
+        url = queue.unwrap()
+        seconds = math.ceil(max(delay, 0.0))
+        if seconds > self.max_delay_seconds:
+            raise UnsupportedOperationError(
+                f"SQS delays a message at most {self.max_delay_seconds} s, not {seconds} s"
+            )
+        if seconds and wire.is_fifo(url):
+            raise UnsupportedOperationError("SQS FIFO queues cannot delay a single message")
+        self._send(message, url, seconds, {})
+
+    def _send(self, message: Message, url: str, delay: int, given: dict[str, Any]) -> None:
         attributes = wire.attributes_for(message)
-        wire.check_size(message, attributes, queue.obj)
+        wire.check_size(message.content, attributes, self.max_message_bytes, url)
         request: dict[str, Any] = {
-            "QueueUrl": queue.obj,
+            "QueueUrl": url,
             "MessageBody": message.content,
             "MessageAttributes": attributes,
         }
         if delay:
             request["DelaySeconds"] = delay
-        request.update(
-            _fifo(
-                message,
-                queue.obj,
-                {
-                    "MessageGroupId": options.get("message_group_id"),
-                    "MessageDeduplicationId": options.get("message_deduplication_id"),
-                },
-            )
-        )
-        with _translated(f"send to {queue.obj}", queue=True):
+        request.update(self._ordering(message, url, given))
+        with translated(f"send to SQS queue {url}", publishing=True):
             self._sqs.send_message(**request)
 
     def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
-        def send(entries: list[Any]) -> Any:
-            with _translated(f"send batch to {queue.obj}", queue=True):
-                return self._sqs.send_message_batch(QueueUrl=queue.obj, Entries=entries)
+        """Send with ``SendMessageBatch``: 10 messages and ``max_batch_bytes`` per request.
 
-        _send_in_batches(messages, queue.obj, "MessageBody", send)
+        Raises:
+            MessageTooLargeError: one message is too large; nothing was sent.
+            BatchPublishError: some messages were not sent (the others were); it lists them.
+            QueueNotFoundError, PublishError: the first request failed; nothing was sent.
+        """
+        url = queue.unwrap()
+
+        def send(entries: list[Any]) -> list[Any]:
+            with translated(f"send a batch to SQS queue {url}", publishing=True):
+                response = self._sqs.send_message_batch(QueueUrl=url, Entries=entries)
+            return list(response.get("Failed", []))
+
+        self._publish_batch(messages, url, "MessageBody", send)
+
+    def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
+        """Publish with SNS ``PublishBatch``: 10 messages and ``max_batch_bytes`` per request.
+
+        Raises:
+            MessageTooLargeError: one message is too large; nothing was sent.
+            BatchPublishError: some messages were not published (the others were).
+            TopicNotFoundError, PublishError: the first request failed; nothing was sent.
+        """
+        arn = topic.unwrap()
+
+        def send(entries: list[Any]) -> list[Any]:
+            with translated(f"publish a batch to SNS topic {arn}", publishing=True):
+                response = self._sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=entries)
+            return list(response.get("Failed", []))
+
+        self._publish_batch(messages, arn, "Message", send)
+
+    def _publish_batch(
+        self,
+        messages: Sequence[Message],
+        destination: str,
+        body_key: str,
+        send: Callable[[list[Any]], list[Any]],
+    ) -> None:
+        sized = []
+        for n, message in enumerate(messages):  # every size is checked before any request
+            attributes = wire.attributes_for(message)
+            size = wire.check_size(message.content, attributes, self.max_message_bytes, destination)
+            entry = {"Id": str(n), body_key: message.content, "MessageAttributes": attributes}
+            entry.update(self._ordering(message, destination, {}))
+            sized.append((entry, size))
+        batches = wire.batches(sized, self.max_batch_bytes)
+        failed: list[tuple[Any, str]] = []
+        for position, batch in enumerate(batches):
+            try:
+                refused = send(batch)
+            except BackendError as e:
+                if position == 0:
+                    raise
+                unsent = [entry for later in batches[position:] for entry in later]
+                failed += [(messages[int(entry["Id"])], str(e)) for entry in unsent]
+                raise BatchPublishError(failed) from e
+            failed += [(messages[int(f["Id"])], _reason(f)) for f in refused]
+        if failed:
+            raise BatchPublishError(failed)
+
+    def _ordering(
+        self, message: Message, destination: str, given: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Return the FIFO parameters (with defaults on FIFO destinations) and other options."""
+        if not wire.is_fifo(destination):
+            return given
+        defaults = {
+            "MessageGroupId": message.metadata.get(self.group_id_header) or self.default_group_id,
+            "MessageDeduplicationId": message.message_id,
+        }
+        return defaults | given
 
     # -- receiving ---------------------------------------------------------------------
 
     def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
-        """Receive up to 10 messages, long-polling up to ``wait_seconds`` (at most 20)."""
-        wanted = max(1, min(10, int(kwargs.get("max_messages", 10))))
-        wait = min(20, math.ceil(float(kwargs.get("wait_seconds", 0))))
-        with _translated(f"receive from {queue.obj}", queue=True):
+        """Receive up to ``max_messages`` (at most 10), long-polling ``wait_seconds``.
+
+        ``wait_seconds`` is rounded up to whole seconds, at most 20.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            BackendError: SQS refused.
+        """
+        wanted = max(1, min(10, int(kwargs.pop("max_messages", 10))))
+        wait = max(0, min(self.max_wait_seconds, math.ceil(float(kwargs.pop("wait_seconds", 0)))))
+        if kwargs:
+            raise TypeError(f"retrieve_messages() got unexpected options {sorted(kwargs)}")
+        url = queue.unwrap()
+        with translated(f"receive from SQS queue {url}"):
             response = self._sqs.receive_message(
-                QueueUrl=queue.obj,
+                QueueUrl=url,
                 MaxNumberOfMessages=wanted,
                 WaitTimeSeconds=wait,
                 MessageAttributeNames=["All"],
-                AttributeNames=["ApproximateReceiveCount"],
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
             )
-        return [wire.message_from(m, queue.obj) for m in response.get("Messages", [])]
+        return [wire.message_from(m, url) for m in response.get("Messages", [])]
 
     def yield_messages(self, queue: QueueWrapper, **kwargs: Any) -> Iterator[Message]:
-        """Long-poll forever (20 s per request unless ``wait_seconds`` says otherwise)."""
-        kwargs.setdefault("wait_seconds", 20)
+        """Long-poll until closed: 10 per request, ``wait_seconds`` (default 20) per request.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            BackendError: SQS refused.
+        """
+        kwargs.setdefault("wait_seconds", self.max_wait_seconds)
         while not self._closed:
             yield from self.retrieve_messages(queue, **kwargs)
 
     def acknowledge(self, message: Message) -> None:
+        """Delete a received message (``DeleteMessage``).
+
+        Raises:
+            QueueNotFoundError: its queue is gone.
+            BackendError: SQS refused (e.g. an expired receipt handle).
+        """
         url, handle = _receipt(message)
-        with _translated(f"delete from {url}", queue=True):
+        with translated(f"delete from SQS queue {url}"):
             self._sqs.delete_message(QueueUrl=url, ReceiptHandle=handle)
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
-        """Delete received messages, 10 per ``DeleteMessageBatch`` per queue.
+        """Delete received messages with ``DeleteMessageBatch``: 10 per request, per queue.
 
         Raises:
-            BackendError: SQS refused some deletions; they will be delivered again.
+            BackendError: SQS refused some deletions; those messages come back.
         """
         by_queue: dict[str, list[str]] = {}
         for message in messages:
             url, handle = _receipt(message)
             by_queue.setdefault(url, []).append(handle)
-        failures = []
+        failures: list[str] = []
         for url, handles in by_queue.items():
             for first in range(0, len(handles), 10):
+                chunk = handles[first : first + 10]
                 entries: list[Any] = [
-                    {"Id": str(n), "ReceiptHandle": h}
-                    for n, h in enumerate(handles[first : first + 10])
+                    {"Id": str(n), "ReceiptHandle": h} for n, h in enumerate(chunk)
                 ]
-                with _translated(f"delete batch from {url}", queue=True):
+                with translated(f"delete a batch from SQS queue {url}"):
                     response = self._sqs.delete_message_batch(QueueUrl=url, Entries=entries)
                 failures += [_reason(f) for f in response.get("Failed", [])]
         if failures:
-            raise BackendError(f"{len(failures)} acknowledgement(s) failed: {failures[0]}")
+            raise BackendError(f"{len(failures)} acknowledgement(s) failed, first: {failures[0]}")
 
     def release(self, message: Message, delay: float = 0.0) -> None:
+        """Make a received message visible again after ``delay`` (rounded up to seconds).
+
+        Raises:
+            QueueNotFoundError: its queue is gone.
+            BackendError: SQS refused (e.g. an expired receipt handle).
+        """
         url, handle = _receipt(message)
-        seconds = min(_MAX_VISIBILITY_SECONDS, math.ceil(max(delay, 0.0)))
-        with _translated(f"change visibility in {url}", queue=True):
+        seconds = min(MAX_VISIBILITY_SECONDS, math.ceil(max(delay, 0.0)))
+        # A message no longer in flight is back in the queue already (or gone): nothing to release.
+        with translated(f"change visibility in SQS queue {url}", tolerate=NOT_IN_FLIGHT_CODES):
             self._sqs.change_message_visibility(
                 QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=seconds
             )
 
     def close_connection(self) -> None:
+        """Close both clients' connections; safe to call more than once."""
         if not self._closed:
             super().close_connection()
             self._sns.close()
@@ -386,7 +384,10 @@ class AWSBackend(MessagingBackend):
 
 
 class LocalSQSBackend(AWSBackend):
-    """An SQS/SNS-compatible endpoint at ``host:port`` (ElasticMQ, LocalStack, moto's server)."""
+    """An SQS/SNS-compatible endpoint at ``host:port``: ElasticMQ, LocalStack, moto's server.
+
+    Dummy credentials are used unless given (or a profile is).
+    """
 
     def __init__(
         self,
@@ -397,48 +398,21 @@ class LocalSQSBackend(AWSBackend):
         secure: bool = False,
         **options: Any,
     ) -> None:
-        options.setdefault("aws_access_key_id", "melange")
-        options.setdefault("aws_secret_access_key", "melange")
+        if "profile_name" not in options:
+            options.setdefault("aws_access_key_id", "melange")
+            options.setdefault("aws_secret_access_key", "melange")
         scheme = "https" if secure else "http"
         super().__init__(endpoint_url=f"{scheme}://{host}:{port}", region_name=region, **options)
 
 
-def _fifo(message: Message, destination: str, given: dict[str, Any]) -> dict[str, str]:
-    if not destination.endswith(".fifo"):
-        return {k: v for k, v in given.items() if v is not None}
-    return {
-        "MessageGroupId": given.get("MessageGroupId")
-        or message.metadata.get("message_group_id")
-        or "default",
-        "MessageDeduplicationId": given.get("MessageDeduplicationId") or message.message_id,
-    }
+def _renamed(given: Mapping[str, Any], known: Mapping[str, str], what: str) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise TypeError(f"unknown {what} {unknown}; known: {sorted(known)}")
+    return {known[key]: value for key, value in given.items() if value is not None}
 
 
-def _send_in_batches(
-    messages: Sequence[Message], destination: str, body_key: str, send: Callable[[list[Any]], Any]
-) -> None:
-    """Check every size first, send 10 (and at most 256 KiB) per request, report failures.
-
-    Raises:
-        MessageTooLargeError: one message is too large; nothing was sent.
-        BatchPublishError: some entries failed; the others were sent.
-    """
-    sized = []
-    for n, message in enumerate(messages):
-        attributes = wire.attributes_for(message)
-        size = wire.check_size(message, attributes, destination)
-        entry = {"Id": str(n), body_key: message.content, "MessageAttributes": attributes}
-        entry.update(_fifo(message, destination, {}))
-        sized.append((entry, size))
-    failed: list[tuple[Any, str]] = []
-    for batch in wire.batches(sized):
-        response = send(batch)
-        failed += [(messages[int(f["Id"])], _reason(f)) for f in response.get("Failed", [])]
-    if failed:
-        raise BatchPublishError(failed)
-
-
-def _reason(failure: Any) -> str:
+def _reason(failure: Mapping[str, Any]) -> str:
     return f"{failure.get('Code', '?')}: {failure.get('Message', '')}"
 
 

@@ -1,31 +1,31 @@
-"""How melange's messages, names and policies look on SNS/SQS (no I/O here)."""
+"""How melange's messages and names look on SNS/SQS: attributes, sizes, batches (no I/O)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from melange.exceptions import MessageTooLargeError
 from melange.models import Message, _unchecked
 
 __all__ = [
+    "MANIFEST",
     "MAX_ATTRIBUTES",
-    "MAX_BATCH_BYTES",
-    "MAX_MESSAGE_BYTES",
+    "MESSAGE_ID",
+    "PACKED_HEADERS",
+    "SERIALIZER_ID",
     "attributes_for",
+    "batches",
+    "check_size",
     "entity_name",
+    "is_fifo",
     "message_from",
-    "queue_policy",
     "size_of",
-    "topics_in_policy",
 ]
 
-#: SQS and SNS both refuse a message (body plus attributes) over 256 KiB.
-MAX_MESSAGE_BYTES = 262_144
-#: SendMessageBatch and PublishBatch refuse a request whose messages add up to more.
-MAX_BATCH_BYTES = 262_144
 #: SQS and SNS carry at most 10 message attributes.
 MAX_ATTRIBUTES = 10
 
@@ -33,32 +33,58 @@ MANIFEST = "melange.manifest"
 SERIALIZER_ID = "melange.serializer_id"
 MESSAGE_ID = "melange.message_id"
 PACKED_HEADERS = "melange.headers"
-_FIXED = 3
-_POLICY_SID = "melange-topics"
+
+Attributes = dict[str, dict[str, str]]
+
+# SQS/SNS attribute names: letters, digits, "_", "-", "." (not first, last or doubled),
+# at most 256 characters, and not starting with the reserved "AWS." or "Amazon.".
 _ATTRIBUTE_NAME = re.compile(
-    r"^(?!aws\.|amazon\.|melange\.)[A-Za-z0-9_\-][A-Za-z0-9_\-.]{0,255}$", re.I
+    r"(?!(?i:aws|amazon|melange)\.)[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*", re.ASCII
 )
-_NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_\-]")
+# The characters SQS accepts in a body or a string attribute.
+_VALID_TEXT = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
+_INTEGER = re.compile(r"-?[0-9]+")
+_NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_-]")
+_FIFO_MARK = re.compile(r"\.fifo(?![A-Za-z0-9])")
 
 
 def entity_name(name: str) -> str:
     """Return a valid SNS topic or SQS queue name: ``orders.created`` -> ``orders_created``.
 
-    Both allow letters, digits, ``-`` and ``_`` only, and ``.fifo`` at the end.
+    Both allow letters, digits, ``-`` and ``_``, plus ``.fifo`` at the end. A
+    ``.fifo`` inside the name moves to the end, so the dead-letter queue the
+    dispatcher names ``orders.fifo-dlq`` is the FIFO queue ``orders-dlq.fifo``.
     """
-    base, fifo = (name[: -len(".fifo")], ".fifo") if name.endswith(".fifo") else (name, "")
-    return _NOT_IN_NAMES.sub("_", base) + fifo
+    base, marks = _FIFO_MARK.subn("", name)
+    return _NOT_IN_NAMES.sub("_", base) + (".fifo" if marks else "")
+
+
+def is_fifo(queue_url_or_arn: str) -> bool:
+    """Return whether a queue URL or topic ARN names a FIFO queue or topic."""
+    return queue_url_or_arn.endswith(".fifo")
 
 
 def _string(value: str) -> dict[str, str]:
     return {"DataType": "String", "StringValue": value}
 
 
-def attributes_for(message: Message) -> dict[str, dict[str, str]]:
-    """Return the message attributes that carry a message's manifest, ids and headers.
+def _fits_one_each(headers: Mapping[str, str], room: int) -> bool:
+    return len(headers) <= room and all(
+        len(name) <= 256
+        and _ATTRIBUTE_NAME.fullmatch(name)
+        and isinstance(value, str)
+        and value
+        and _VALID_TEXT.fullmatch(value)
+        for name, value in headers.items()
+    )
 
-    Headers travel one attribute each while they fit (so SNS filter policies
-    can use them); otherwise they are packed into one JSON attribute.
+
+def attributes_for(message: Message) -> Attributes:
+    """Return the message attributes that carry a message's ids, manifest and headers.
+
+    Headers travel one attribute each while all of them fit in the limit of
+    10 (so SNS filter policies can use them) and SQS accepts their names and
+    values; otherwise they are packed, as JSON, into ``melange.headers``.
     """
     attributes = {MESSAGE_ID: _string(message.message_id)}
     if message.manifest is not None:
@@ -69,18 +95,20 @@ def attributes_for(message: Message) -> dict[str, dict[str, str]]:
             "StringValue": str(message.serializer_id),
         }
     headers = message.metadata
-    fits = len(headers) <= MAX_ATTRIBUTES - _FIXED and all(
-        _ATTRIBUTE_NAME.match(name) and value for name, value in headers.items()
-    )
-    if fits:
+    if not headers:
+        return attributes
+    if _fits_one_each(headers, MAX_ATTRIBUTES - len(attributes)):
         attributes.update({name: _string(value) for name, value in headers.items()})
-    elif headers:
-        attributes[PACKED_HEADERS] = _string(json.dumps(dict(headers), ensure_ascii=False))
+    else:
+        packed = json.dumps(dict(headers), ensure_ascii=False, separators=(",", ":"))
+        if not _VALID_TEXT.fullmatch(packed):  # lone surrogates: only escapes survive
+            packed = json.dumps(dict(headers), separators=(",", ":"))
+        attributes[PACKED_HEADERS] = _string(packed)
     return attributes
 
 
 def size_of(body: str, attributes: Mapping[str, Mapping[str, str]]) -> int:
-    """Return the size SQS/SNS count against their limit.
+    """Return the size SQS and SNS count against their limit.
 
     That is the body plus every attribute's name, type and value, in UTF-8 bytes.
     """
@@ -90,74 +118,29 @@ def size_of(body: str, attributes: Mapping[str, Mapping[str, str]]) -> int:
     return size
 
 
-def check_size(message: Message, attributes: Mapping[str, Mapping[str, str]], where: str) -> int:
+def check_size(
+    body: str, attributes: Mapping[str, Mapping[str, str]], limit: int, where: str
+) -> int:
     """Return the message's size, or raise before anything is sent.
 
     Raises:
-        MessageTooLargeError: it is over ``MAX_MESSAGE_BYTES``.
+        MessageTooLargeError: the body and attributes add up to more than ``limit`` bytes.
     """
-    size = size_of(message.content, attributes)
-    if size > MAX_MESSAGE_BYTES:
-        raise MessageTooLargeError(size, MAX_MESSAGE_BYTES, where)
+    size = size_of(body, attributes)
+    if size > limit:
+        raise MessageTooLargeError(size, limit, where)
     return size
 
 
-def message_from(received: Mapping[str, Any], queue_url: str) -> Message:
-    """Rebuild a melange message from an SQS ``ReceiveMessage`` entry."""
-    attributes: Mapping[str, Mapping[str, str]] = received.get("MessageAttributes", {})
-    values = {name: value.get("StringValue", "") for name, value in attributes.items()}
-    headers = {k: v for k, v in values.items() if not k.startswith("melange.")}
-    if PACKED_HEADERS in values:
-        headers.update(json.loads(values[PACKED_HEADERS]))
-    serializer_id = values.get(SERIALIZER_ID)
-    return _unchecked(
-        received["Body"],
-        values.get(MESSAGE_ID) or received["MessageId"],
-        headers,
-        int(serializer_id) if serializer_id is not None else None,
-        values.get(MANIFEST),
-        int(received.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
-        (queue_url, received["ReceiptHandle"]),
-    )
-
-
-def topics_in_policy(policy: str | None) -> set[str]:
-    """Return the topic ARNs melange's statement in a queue policy lets send."""
-    if not policy:
-        return set()
-    for statement in json.loads(policy).get("Statement", []):
-        if statement.get("Sid") == _POLICY_SID:
-            arns = statement.get("Condition", {}).get("ArnEquals", {}).get("aws:SourceArn", [])
-            return {arns} if isinstance(arns, str) else set(arns)
-    return set()
-
-
-def queue_policy(queue_arn: str, topic_arns: Iterable[str]) -> str:
-    """Return a queue policy that lets exactly these topics send to the queue."""
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Sid": _POLICY_SID,
-                    "Effect": "Allow",
-                    "Principal": {"Service": "sns.amazonaws.com"},
-                    "Action": "sqs:SendMessage",
-                    "Resource": queue_arn,
-                    "Condition": {"ArnEquals": {"aws:SourceArn": sorted(topic_arns)}},
-                }
-            ],
-        }
-    )
-
-
-def batches(sized: list[tuple[Any, int]], max_entries: int = 10) -> list[list[Any]]:
-    """Split (entry, size) pairs into batches of at most 10 entries and ``MAX_BATCH_BYTES``."""
+def batches(
+    sized: Sequence[tuple[Any, int]], max_bytes: int, max_entries: int = 10
+) -> list[list[Any]]:
+    """Split (entry, size) pairs, in order, into batches of ``max_entries`` and ``max_bytes``."""
     result: list[list[Any]] = []
     current: list[Any] = []
     total = 0
     for entry, size in sized:
-        if current and (len(current) == max_entries or total + size > MAX_BATCH_BYTES):
+        if current and (len(current) == max_entries or total + size > max_bytes):
             result.append(current)
             current, total = [], 0
         current.append(entry)
@@ -165,3 +148,53 @@ def batches(sized: list[tuple[Any, int]], max_entries: int = 10) -> list[list[An
     if current:
         result.append(current)
     return result
+
+
+def _value(attribute: Mapping[str, Any]) -> str:
+    if "StringValue" in attribute:
+        return str(attribute["StringValue"])
+    # Binary attributes come from other producers; keep them readable as text.
+    return base64.b64encode(attribute.get("BinaryValue", b"")).decode("ascii")
+
+
+def _unpacked(packed: str) -> dict[str, str] | None:
+    try:
+        headers = json.loads(packed)
+    except ValueError:
+        return None
+    if isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values()):
+        return headers
+    return None
+
+
+def message_from(received: Mapping[str, Any], queue_url: str) -> Message:
+    """Rebuild a melange message from one ``ReceiveMessage`` entry.
+
+    Attributes melange did not write become headers; a message another
+    producer sent keeps SQS's own ``MessageId``.
+    """
+    attributes: Mapping[str, Mapping[str, Any]] = received.get("MessageAttributes", {})
+    headers: dict[str, str] = {}
+    manifest = serializer_id = message_id = None
+    for name, attribute in attributes.items():
+        value = _value(attribute)
+        if name == MESSAGE_ID:
+            message_id = value
+        elif name == MANIFEST:
+            manifest = value
+        elif name == SERIALIZER_ID and _INTEGER.fullmatch(value):
+            serializer_id = int(value)
+        elif name == PACKED_HEADERS and (unpacked := _unpacked(value)) is not None:
+            headers.update(unpacked)
+        else:
+            headers[name] = value
+    receive_count = received.get("Attributes", {}).get("ApproximateReceiveCount", "1")
+    return _unchecked(
+        received["Body"],
+        message_id or received["MessageId"],
+        headers,
+        serializer_id,
+        manifest,
+        int(receive_count),
+        (queue_url, received["ReceiptHandle"]),
+    )

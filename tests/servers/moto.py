@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -15,6 +17,9 @@ from tests.support import broker_unavailable, free_port
 class MotoServer:
     host: str
     port: int
+    region: str = "us-east-1"
+    access_key: str = "testing"
+    secret_key: str = "testing"
 
     @property
     def endpoint(self) -> str:
@@ -22,7 +27,22 @@ class MotoServer:
 
     @property
     def url(self) -> str:
-        return f"sqs://{self.host}:{self.port}?region=us-east-1"
+        return f"sqs://{self.host}:{self.port}?region={self.region}"
+
+    def client_options(self) -> dict[str, Any]:
+        """Options for ``boto3.client`` (or ``AWSBackend``) that point at this server."""
+        return {
+            "endpoint_url": self.endpoint,
+            "region_name": self.region,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+        }
+
+    def reset(self) -> None:
+        """Forget every topic, queue and message (``POST /moto-api/reset``)."""
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +54,15 @@ def moto_server() -> Iterator[MotoServer]:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
-    host, port = server.get_host_and_port()
     try:
+        host, port = server.get_host_and_port()
         yield MotoServer(host, port)
     finally:
         server.stop()
+
+
+@pytest.fixture
+def moto(moto_server: MotoServer) -> MotoServer:
+    """The session's moto server, emptied for this test (keeps its queues shallow and fast)."""
+    moto_server.reset()
+    return moto_server

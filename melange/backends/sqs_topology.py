@@ -1,0 +1,228 @@
+"""SNS topics and SQS queues as melange's topology: names, URLs, ARNs, policies, subscriptions."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import threading
+from typing import TYPE_CHECKING, Any
+
+from melange.backends import sqs_wire as wire
+from melange.backends.interfaces import MessagingBackend
+from melange.backends.sqs_errors import translated
+from melange.backends.sqs_policy import merged_policy, topics_in_policy
+from melange.exceptions import ConfigurationError, QueueNotFoundError, TopicNotFoundError
+from melange.models import QueueWrapper, TopicWrapper
+
+if TYPE_CHECKING:
+    from mypy_boto3_sns import SNSClient
+    from mypy_boto3_sqs import SQSClient
+
+__all__ = ["MAX_VISIBILITY_SECONDS", "SQSTopology"]
+
+#: Longest visibility timeout SQS takes (12 hours).
+MAX_VISIBILITY_SECONDS = 43_200
+_MAX_RECEIVE_COUNT = 1_000
+
+
+class SQSTopology(MessagingBackend):
+    """The topology half of ``AWSBackend``: topics, queues, dead letters, policies.
+
+    Every name goes through ``sqs_wire.entity_name``. Queue URLs (by name) and
+    ARNs (by URL) are cached; policies are always read fresh, since another
+    process may have added topics.
+    """
+
+    _sns: SNSClient
+    _sqs: SQSClient
+    _lock: threading.Lock
+    _queue_urls: dict[str, str]  # melange name -> URL
+    _queue_arns: dict[str, str]  # URL -> ARN
+
+    def declare_topic(self, topic_name: str) -> TopicWrapper:
+        """Create or get the SNS topic (FIFO when the name ends in ``.fifo``).
+
+        Raises:
+            BackendError: SNS refused.
+        """
+        name = wire.entity_name(topic_name)
+        attributes = {"FifoTopic": "true"} if wire.is_fifo(name) else {}
+        with translated(f"create SNS topic {name!r}"):
+            arn = self._sns.create_topic(Name=name, Attributes=attributes)["TopicArn"]
+        return TopicWrapper(arn)
+
+    def get_queue(self, queue_name: str) -> QueueWrapper:
+        """Return an existing queue (``GetQueueUrl``, then cached); never creates one.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        url = self._queue_urls.get(queue_name)
+        if url is None:
+            name = wire.entity_name(queue_name)
+            with translated(f"get SQS queue {name!r}"):
+                url = self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            with self._lock:
+                self._queue_urls[queue_name] = url
+        return QueueWrapper(url)
+
+    def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        visibility_timeout: float | None = None,
+        max_receive_count: int | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Create or get the queue, its dead-letter queue, its topic subscriptions and policy.
+
+        Raises:
+            ConfigurationError: FIFO and standard mixed, or a value SQS cannot take.
+            TopicNotFoundError: a topic to bind does not exist.
+            BackendError: SNS or SQS refused.
+        """
+        if kwargs:
+            raise TypeError(f"declare_queue() got unexpected options {sorted(kwargs)}")
+        name = wire.entity_name(queue_name)
+        topic_arns = [topic.unwrap() for topic in topics_to_bind]
+        _check_queue_options(
+            name, topic_arns, dead_letter_queue_name, visibility_timeout, max_receive_count
+        )
+        url = self._create_queue(queue_name)
+        attributes: dict[Any, str] = {}
+        if visibility_timeout is not None:
+            attributes["VisibilityTimeout"] = str(math.ceil(visibility_timeout))
+        dead_letter = None
+        if dead_letter_queue_name is not None:
+            dead_letter = QueueWrapper(self._create_queue(dead_letter_queue_name))
+            if max_receive_count is None:
+                max_receive_count = self.default_max_receive_count
+            redrive = {
+                "deadLetterTargetArn": self._arn_and_policy(dead_letter.obj)[0],
+                "maxReceiveCount": max_receive_count,
+            }
+            attributes["RedrivePolicy"] = json.dumps(redrive)
+        if topic_arns:
+            arn, policy = self._arn_and_policy(url, with_policy=True)
+            new_policy = merged_policy(policy, arn, topic_arns)
+            if new_policy is not None:
+                attributes["Policy"] = new_policy
+        if attributes:
+            with translated(f"configure SQS queue {name!r}"):
+                self._sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+        for topic_arn in topic_arns:
+            with translated(f"subscribe SQS queue {name!r} to {topic_arn}"):
+                self._sns.subscribe(
+                    TopicArn=topic_arn,
+                    Protocol="sqs",
+                    Endpoint=self._arn_and_policy(url)[0],
+                    Attributes={"RawMessageDelivery": "true"},
+                )
+        return QueueWrapper(url), dead_letter
+
+    def _create_queue(self, queue_name: str) -> str:
+        name = wire.entity_name(queue_name)
+        attributes: dict[Any, str] = {"FifoQueue": "true"} if wire.is_fifo(name) else {}
+        with translated(f"create SQS queue {name!r}"):
+            url = self._sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        with self._lock:
+            self._queue_urls[queue_name] = url
+        return url
+
+    def _arn_and_policy(self, url: str, with_policy: bool = False) -> tuple[str, str | None]:
+        """Return the queue's ARN (cached) and, when asked, its current policy (never cached)."""
+        arn = self._queue_arns.get(url)
+        if arn is not None and not with_policy:
+            return arn, None
+        names: list[Any] = ["QueueArn", "Policy"] if with_policy else ["QueueArn"]
+        with translated(f"read attributes of SQS queue {url}"):
+            found = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)
+        attributes = found.get("Attributes", {})
+        arn = attributes["QueueArn"]
+        with self._lock:
+            self._queue_arns[url] = arn
+        return arn, attributes.get("Policy")
+
+    def queue_policy(self, queue: QueueWrapper) -> str | None:
+        """Return the queue's access policy JSON as SQS holds it, or ``None``.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        return self._arn_and_policy(queue.unwrap(), with_policy=True)[1]
+
+    def delete_queue(self, queue: QueueWrapper) -> None:
+        """Unsubscribe the queue from the topics its policy names, then delete it.
+
+        Deleting a queue that is already gone does nothing.
+
+        Raises:
+            BackendError: SNS or SQS refused.
+        """
+        url = queue.unwrap()
+        with contextlib.suppress(QueueNotFoundError):
+            arn, policy = self._arn_and_policy(url, with_policy=True)
+            for topic_arn in sorted(topics_in_policy(policy)):
+                self._unsubscribe(topic_arn, endpoint=arn)
+            with translated(f"delete SQS queue {url}"):
+                self._sqs.delete_queue(QueueUrl=url)
+        with self._lock:
+            self._queue_urls = {k: v for k, v in self._queue_urls.items() if v != url}
+            self._queue_arns.pop(url, None)
+
+    def delete_topic(self, topic: TopicWrapper) -> None:
+        """Unsubscribe every subscriber of the topic, then delete it; a gone topic is fine.
+
+        Raises:
+            BackendError: SNS refused.
+        """
+        arn = topic.unwrap()
+        with contextlib.suppress(TopicNotFoundError):
+            self._unsubscribe(arn)
+            with translated(f"delete SNS topic {arn}"):
+                self._sns.delete_topic(TopicArn=arn)
+
+    def _unsubscribe(self, topic_arn: str, endpoint: str | None = None) -> None:
+        """Remove the topic's subscriptions (only those to ``endpoint`` when given)."""
+        with contextlib.suppress(TopicNotFoundError):
+            with translated(f"list subscriptions of {topic_arn}"):
+                pages = self._sns.get_paginator("list_subscriptions_by_topic")
+                subscriptions = [
+                    s
+                    for page in pages.paginate(TopicArn=topic_arn)
+                    for s in page.get("Subscriptions", [])
+                ]
+            for subscription in subscriptions:
+                if endpoint is None or subscription.get("Endpoint") == endpoint:
+                    with translated(f"unsubscribe from {topic_arn}"):
+                        self._sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+
+
+def _check_queue_options(
+    name: str,
+    topic_arns: list[str],
+    dead_letter_queue_name: str | None,
+    visibility_timeout: float | None,
+    max_receive_count: int | None,
+) -> None:
+    """Refuse, before any request, what SQS would refuse with a less helpful message."""
+    standard_topics = [arn for arn in topic_arns if not wire.is_fifo(arn)]
+    if wire.is_fifo(name) and standard_topics:
+        raise ConfigurationError(
+            f"FIFO queue {name!r} can only subscribe to FIFO topics, not {standard_topics}"
+        )
+    if dead_letter_queue_name is not None:
+        dead_letter = wire.entity_name(dead_letter_queue_name)
+        if wire.is_fifo(dead_letter) != wire.is_fifo(name):
+            raise ConfigurationError(
+                f"queue {name!r} and its dead-letter queue {dead_letter!r} must both be FIFO "
+                "(names ending in .fifo) or both standard"
+            )
+    if visibility_timeout is not None and not 0 <= visibility_timeout <= MAX_VISIBILITY_SECONDS:
+        raise ConfigurationError(
+            f"visibility_timeout must be 0 to {MAX_VISIBILITY_SECONDS} s on SQS"
+        )
+    if max_receive_count is not None and not 1 <= max_receive_count <= _MAX_RECEIVE_COUNT:
+        raise ConfigurationError(f"max_receive_count must be 1 to {_MAX_RECEIVE_COUNT} on SQS")
