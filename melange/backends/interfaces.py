@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from melange.exceptions import UnsupportedOperationError
 from melange.models import Message, QueueWrapper, TopicWrapper
@@ -152,7 +152,7 @@ class MessagingBackend(abc.ABC):
         while not self._closed:
             yield from self.retrieve_messages(queue, **kwargs)
 
-    def __enter__(self) -> MessagingBackend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

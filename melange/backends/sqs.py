@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from melange.exceptions import (
@@ -134,9 +134,6 @@ class AWSBackend(SQSTopology):
     def sqs_client(self) -> SQSClient:
         """Return the boto3 SQS client."""
         return self._sqs
-
-    def __enter__(self) -> Self:
-        return self
 
     # -- publishing --------------------------------------------------------------------
 
