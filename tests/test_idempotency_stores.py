@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -9,12 +10,14 @@ from typing import Any
 
 import pytest
 
+from melange.backends.sqlite import SQLiteBackend
 from melange.exceptions import IdempotencyError
 from melange.idempotency import (
     IdempotencyStore,
     InMemoryIdempotencyStore,
     SQLiteIdempotencyStore,
 )
+from melange.models import Message
 from tests.idempotency_contract import IdempotencyStoreContract, StoreFactory
 
 
@@ -81,28 +84,82 @@ def test_a_stale_worker_cannot_release_a_newer_claim(redis_url: str) -> None:
     fast.close()
 
 
-def _claim_in_process(path: str, results: Any) -> None:
+KEYS = 200
+
+
+def _claim_in_process(path: str, start: Any, results: Any) -> None:
     store = SQLiteIdempotencyStore(path)
-    results.put(store.claim("billing", "race"))
+    start.wait()
+    results.put([n for n in range(KEYS) if store.claim("billing", f"m-{n}")])
     store.close()
 
 
 def test_sqlite_claims_are_exclusive_across_processes(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
+    start = context.Event()
     path = str(tmp_path / "claims.db")
     SQLiteIdempotencyStore(path).close()  # create the schema once
-    workers = [context.Process(target=_claim_in_process, args=(path, results)) for _ in range(4)]
+    workers = [
+        context.Process(target=_claim_in_process, args=(path, start, results)) for _ in range(4)
+    ]
     for worker in workers:
         worker.start()
+    start.set()
+    won = [results.get(timeout=120) for _ in workers]
     for worker in workers:
         worker.join(timeout=60)
-    assert sorted(results.get(timeout=5) for _ in workers) == [False, False, False, True]
+        assert worker.exitcode == 0
+    # Every key was won exactly once, whichever process won it.
+    assert sorted(n for wins in won for n in wins) == list(range(KEYS))
+
+
+def test_sqlite_store_shares_the_brokers_file(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with SQLiteBackend(path) as backend:
+        queue, _ = backend.declare_queue("q")
+        store = SQLiteIdempotencyStore(path)
+        assert store.claim("billing", "m-1")
+        backend.publish_to_queue(Message(content="x"), queue)
+        assert backend.queue_depth(queue) == 1
+        other = SQLiteIdempotencyStore(path)
+        assert other.claim("billing", "m-1") is False
+        store.close()
+        other.close()
+        assert backend.integrity_check() == "ok"
 
 
 def test_sqlite_store_in_a_missing_folder_is_a_typed_error(tmp_path: Path) -> None:
-    with pytest.raises(IdempotencyError):
+    with pytest.raises(IdempotencyError, match="does not exist"):
         SQLiteIdempotencyStore(tmp_path / "missing" / "claims.db")
+
+
+def test_sqlite_store_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"not a database\n" * 100)
+    with pytest.raises(IdempotencyError, match="not a database"):
+        SQLiteIdempotencyStore(path)
+    assert path.read_bytes() == b"not a database\n" * 100
+
+
+def test_a_closed_sqlite_store_raises_a_typed_error(tmp_path: Path) -> None:
+    store = SQLiteIdempotencyStore(tmp_path / "claims.db")
+    store.close()
+    with pytest.raises(IdempotencyError, match="closed"):
+        store.claim("billing", "m-1")
+
+
+def test_expired_sqlite_claims_are_swept(tmp_path: Path) -> None:
+    store = SQLiteIdempotencyStore(tmp_path / "claims.db", lease_seconds=0.001)
+    for n in range(1000):
+        store.claim("c", str(n))
+    db = sqlite3.connect(tmp_path / "claims.db")
+    try:
+        [(left,)] = db.execute("SELECT count(*) FROM melange_idempotency").fetchall()
+    finally:
+        db.close()
+    store.close()
+    assert left < 1000
 
 
 def test_expired_claims_are_swept() -> None:

@@ -4,75 +4,61 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from melange.backends import sqlite_queries as queries
 from melange.backends.interfaces import MessagingBackend
-from melange.backends.sqlite_store import SQLiteFile, translate_errors
+from melange.backends.sqlite_store import SQLiteFile
 from melange.exceptions import ConfigurationError, QueueNotFoundError, TopicNotFoundError
 from melange.models import Message, QueueWrapper, TopicWrapper, _unchecked
 
 __all__ = ["SQLiteBackend"]
 
-_INSERT = (
-    "INSERT INTO melange_messages"
-    " (queue, message_id, content, metadata, serializer_id, manifest, visible_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_FAN_OUT = (
-    "INSERT INTO melange_messages"
-    " (queue, message_id, content, metadata, serializer_id, manifest, visible_at)"
-    " SELECT queue, ?, ?, ?, ?, ?, ? FROM melange_subscriptions WHERE topic = ?"
-)
-_CANDIDATES = (
-    "SELECT id, receive_count FROM melange_messages WHERE queue = ? AND visible_at <= ?"
-    " ORDER BY visible_at, id LIMIT ?"
-)
-_CLAIM = (
-    "UPDATE melange_messages SET visible_at = ?, receive_count = receive_count + 1, claim = ?"
-    " WHERE id IN ({ids})"
-    " RETURNING id, message_id, content, metadata, serializer_id, manifest, receive_count"
-)
+_decode = json.JSONDecoder().decode
+_now = time.time
+_MAX_IDS = 500  # bound parameters per statement: old SQLite builds allow 999
+_URL_OPTIONS = {"synchronous": str, "busy_timeout": float, "poll_interval": float}
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+class _Receipt(NamedTuple):
+    """Where a received delivery is and the claim that proves this receive owns it."""
 
-
-@dataclass(frozen=True, slots=True)
-class _Receipt:
+    queue: str
+    visible_at: float
     row: int
-    claim: str
-
-
-@dataclass(frozen=True, slots=True)
-class _QueueSettings:
-    visibility_timeout: float
-    max_receive_count: int
-    dead_letter_queue: str | None
+    claim: bytes
 
 
 class SQLiteBackend(MessagingBackend):
     """A broker in one SQLite file: durable, and safe for several processes at once.
 
     Topics fan out to their subscribed queues in the publishing transaction.
-    A receive claims messages atomically (``BEGIN IMMEDIATE``), hides them for
-    the queue's visibility timeout and raises their receive count; the claim
-    token in each receipt means a late acknowledgement cannot delete a
-    message that was handed out again. After ``max_receive_count`` receives a
-    message moves to the dead-letter queue when the queue is next read.
+    A receive claims messages in one short ``BEGIN IMMEDIATE`` transaction:
+    it hides them for the queue's visibility timeout, raises their receive
+    count and stamps a fresh random claim, so no two consumers get the same
+    message while its visibility lasts and a late acknowledgement cannot
+    delete a message that was handed out again. A message received
+    ``max_receive_count`` times and not acknowledged moves to the dead-letter
+    queue when its queue is next read, as on SQS.
 
-    The file is in WAL mode with ``synchronous=FULL`` by default: a publish
-    that returned survives ``kill -9`` and power loss (``NORMAL`` keeps it
-    across process crashes only, and is much faster). Each thread gets its
-    own connection. An empty queue is polled every ``poll_interval`` seconds
-    at most (publishes from this process wake waiters at once).
+    Durability: WAL with ``synchronous=FULL`` by default, so a publish that
+    returned survives ``kill -9`` and a power cut (``NORMAL`` survives process
+    crashes only, and is faster). Concurrency: each thread that uses the
+    backend gets its own connection; other processes may use the same file at
+    the same time; writers wait up to ``busy_timeout`` seconds for the lock.
+    Waiting: an empty queue is checked again after 2 ms, doubling up to
+    ``poll_interval`` (50 ms), so a message from another process is seen
+    within about ``poll_interval``; a publish in this process wakes waiters at
+    once. Times are the wall clock, shared by every process on the machine.
 
     Raises:
+        ConfigurationError: an option is out of range.
         StorageError: the folder is missing or the file is not a database.
     """
 
@@ -84,44 +70,53 @@ class SQLiteBackend(MessagingBackend):
         busy_timeout: float = 30.0,
         poll_interval: float = 0.05,
     ) -> None:
+        if not poll_interval > 0:
+            raise ConfigurationError(f"poll_interval must be > 0, not {poll_interval!r}")
         self._file = SQLiteFile(path, synchronous=synchronous, busy_timeout=busy_timeout)
         self.path = self._file.path
+        self.synchronous = self._file.synchronous
         self.poll_interval = poll_interval
-        self._settings: dict[str, _QueueSettings] = {}
         self._published = threading.Condition()
+        self._waiting = 0
+        self._busy: set[str] = set()  # queues whose last receive here found messages
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteBackend:
         """Build from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
 
-        Query options: ``synchronous``, ``busy_timeout``, ``poll_interval``.
+        Query options: ``synchronous``, ``busy_timeout``, ``poll_interval``,
+        e.g. ``sqlite:///broker.db?synchronous=NORMAL``.
 
         Raises:
-            ConfigurationError: the URL names no file or an unknown option.
+            ConfigurationError: the URL names no file, or an unknown or bad option.
+            StorageError: the file cannot be used.
         """
         parts = urlsplit(url)
         path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
-        if parts.netloc or not path:
+        if parts.scheme.lower() != "sqlite" or parts.netloc or not path:
             raise ConfigurationError(f"expected sqlite:///path/to.db, got {url!r}")
         options: dict[str, Any] = {}
-        for key, values in parse_qs(parts.query).items():
-            if key == "synchronous":
-                options[key] = values[-1]
-            elif key in ("busy_timeout", "poll_interval"):
-                options[key] = float(values[-1])
-            else:
-                raise ConfigurationError(f"unknown sqlite option {key!r}")
+        for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+            convert = _URL_OPTIONS.get(key)
+            if convert is None:
+                known = ", ".join(_URL_OPTIONS)
+                raise ConfigurationError(f"unknown sqlite URL option {key!r} (known: {known})")
+            try:
+                options[key] = convert(values[-1])
+            except ValueError as e:
+                raise ConfigurationError(f"bad value for {key}: {values[-1]!r}") from e
         return cls(path, **options)
 
-    # -- topology -------------------------------------------------------------------
+    # -- topology ---------------------------------------------------------------------
 
     def declare_topic(self, topic_name: str) -> TopicWrapper:
         with self._file.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO melange_topics (name) VALUES (?)", (topic_name,))
+            db.execute("INSERT OR IGNORE INTO melange_topics VALUES (?)", (topic_name,))
         return TopicWrapper(topic_name)
 
     def get_queue(self, queue_name: str) -> QueueWrapper:
-        self._queue_settings(queue_name)
+        if not self._file.read("SELECT 1 FROM melange_queues WHERE name = ?", (queue_name,)):
+            raise QueueNotFoundError(f"queue {queue_name!r} does not exist in {self.path}")
         return QueueWrapper(queue_name)
 
     def declare_queue(
@@ -140,26 +135,24 @@ class SQLiteBackend(MessagingBackend):
                 db, queue_name, visibility_timeout, max_receive_count, dead_letter_queue_name
             )
             for topic in topics_to_bind:
-                db.execute("INSERT OR IGNORE INTO melange_topics (name) VALUES (?)", (topic.obj,))
+                db.execute("INSERT OR IGNORE INTO melange_topics VALUES (?)", (topic.obj,))
                 db.execute(
-                    "INSERT OR IGNORE INTO melange_subscriptions (topic, queue) VALUES (?, ?)",
+                    "INSERT OR IGNORE INTO melange_subscriptions VALUES (?, ?)",
                     (topic.obj, queue_name),
                 )
-        self._settings.pop(queue_name, None)
         dead_letter = QueueWrapper(dead_letter_queue_name) if dead_letter_queue_name else None
         return QueueWrapper(queue_name), dead_letter
 
     def _upsert_queue(
         self,
-        db: Any,
+        db: sqlite3.Connection,
         name: str,
         visibility_timeout: float | None,
         max_receive_count: int | None,
         dead_letter_queue: str | None,
     ) -> None:
         db.execute(
-            "INSERT OR IGNORE INTO melange_queues"
-            " (name, visibility_timeout, max_receive_count) VALUES (?, ?, ?)",
+            "INSERT OR IGNORE INTO melange_queues VALUES (?, ?, ?, NULL)",
             (name, self.default_visibility_timeout, self.default_max_receive_count),
         )
         db.execute(
@@ -172,20 +165,16 @@ class SQLiteBackend(MessagingBackend):
 
     def delete_queue(self, queue: QueueWrapper) -> None:
         with self._file.transaction() as db:
-            for table, column in (
-                ("melange_messages", "queue"),
-                ("melange_subscriptions", "queue"),
-                ("melange_queues", "name"),
-            ):
-                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (queue.obj,))
-        self._settings.pop(queue.obj, None)
+            db.execute("DELETE FROM melange_deliveries WHERE queue = ?", (queue.obj,))
+            db.execute("DELETE FROM melange_subscriptions WHERE queue = ?", (queue.obj,))
+            db.execute("DELETE FROM melange_queues WHERE name = ?", (queue.obj,))
 
     def delete_topic(self, topic: TopicWrapper) -> None:
         with self._file.transaction() as db:
             db.execute("DELETE FROM melange_subscriptions WHERE topic = ?", (topic.obj,))
             db.execute("DELETE FROM melange_topics WHERE name = ?", (topic.obj,))
 
-    # -- publishing ------------------------------------------------------------------
+    # -- publishing -------------------------------------------------------------------
 
     def publish_to_topic(
         self,
@@ -196,167 +185,177 @@ class SQLiteBackend(MessagingBackend):
         self.publish_batch_to_topic((message,), topic)
 
     def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
-        now = time.time()
+        """Publish messages to every queue subscribed to the topic, in one transaction.
+
+        Raises:
+            TopicNotFoundError: the topic does not exist.
+        """
         with self._file.transaction() as db:
-            exists = db.execute("SELECT 1 FROM melange_topics WHERE name = ?", (topic.obj,))
-            if exists.fetchone() is None:
-                raise TopicNotFoundError(f"topic {topic.obj!r} does not exist")
-            db.executemany(_FAN_OUT, [(*_row(m), now, topic.obj) for m in messages])
+            subscribers = db.execute(
+                "SELECT s.queue FROM melange_topics AS t LEFT JOIN melange_subscriptions AS s"
+                " ON s.topic = t.name WHERE t.name = ?",
+                (topic.obj,),
+            ).fetchall()
+            if not subscribers:
+                raise TopicNotFoundError(f"topic {topic.obj!r} does not exist in {self.path}")
+            queues = [queue for (queue,) in subscribers if queue is not None]
+            if queues and messages:
+                first, now = queries.next_id(db), _now()
+                for n, queue in enumerate(queues):
+                    queries.insert(db, messages, queue, now, first + n * len(messages))
         self._wake()
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        self.publish_batch_to_queue((message,), queue)
+        self._publish((message,), queue, 0.0)
 
     def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
-        self._insert(messages, queue, time.time())
+        """Publish messages to one queue, in one transaction.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        self._publish(messages, queue, 0.0)
 
     def publish_delayed_to_queue(self, message: Message, queue: QueueWrapper, delay: float) -> None:
-        self._insert((message,), queue, time.time() + max(delay, 0.0))
+        """Publish a message that stays invisible for ``delay`` seconds.
 
-    def _insert(self, messages: Sequence[Message], queue: QueueWrapper, visible_at: float) -> None:
-        self._queue_settings(queue.obj)
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        self._publish((message,), queue, max(delay, 0.0))
+
+    def _publish(self, messages: Sequence[Message], queue: QueueWrapper, delay: float) -> None:
+        if not messages:
+            return
         with self._file.transaction() as db:
-            db.executemany(_INSERT, [(queue.obj, *_row(m), visible_at) for m in messages])
+            exists, first = db.execute(queries.QUEUE_AND_NEXT_ID, (queue.obj,)).fetchone()
+            if not exists:
+                raise QueueNotFoundError(f"queue {queue.obj!r} does not exist in {self.path}")
+            queries.insert(db, messages, queue.obj, _now() + delay, first)
         self._wake()
 
     def _wake(self) -> None:
-        with self._published:
-            self._published.notify_all()
+        if self._waiting:
+            with self._published:
+                self._published.notify_all()
 
-    # -- receiving ---------------------------------------------------------------------
+    # -- receiving ----------------------------------------------------------------------
 
     def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        """Receive up to ``max_messages`` (10), waiting up to ``wait_seconds`` (0) for one.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            ValueError: ``max_messages`` is below 1.
+        """
         max_messages: int = kwargs.get("max_messages", 10)
         wait_seconds: float = kwargs.get("wait_seconds", 0.0)
-        settings = self._queue_settings(queue.obj)
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, not {max_messages!r}")
         deadline = time.monotonic() + wait_seconds
-        pause = 0.002
+        pause = min(0.002, self.poll_interval)
         while True:
-            messages = self._claim(queue.obj, settings, max_messages)
+            messages = self._receive(queue.obj, max_messages)
             remaining = deadline - time.monotonic()
-            if messages or remaining <= 0:
+            if messages or remaining <= 0 or self._closed:
                 return messages
             with self._published:
-                self._published.wait(min(pause, remaining))
+                self._waiting += 1
+                try:
+                    self._published.wait(min(pause, remaining))
+                finally:
+                    self._waiting -= 1
             pause = min(pause * 2, self.poll_interval)
 
-    def _claim(self, queue: str, settings: _QueueSettings, limit: int) -> list[Message]:
-        db = self._file.connection()
-        now = time.time()
-        with translate_errors(self.path):
-            # A read first, so that idle consumers never take the write lock.
-            ready = db.execute(
-                "SELECT 1 FROM melange_messages WHERE queue = ? AND visible_at <= ? LIMIT 1",
-                (queue, now),
-            ).fetchone()
-        if ready is None:
+    def _receive(self, queue: str, limit: int) -> list[Message]:
+        # A read first, so that idle consumers never take the write lock.
+        if queue not in self._busy and not self._file.read(queries.PEEK, (queue, _now())):
+            self.get_queue(queue)  # only to raise QueueNotFoundError
             return []
-        claim = os.urandom(8).hex()
-        with self._file.transaction() as db:
-            candidates = db.execute(_CANDIDATES, (queue, now, limit)).fetchall()
-            dead_letter = settings.dead_letter_queue
-            moved = {
-                row
-                for row, count in candidates
-                if dead_letter is not None and count >= settings.max_receive_count
-            }
-            if moved:
-                # SQS semantics: moved when read after its last allowed receive.
-                db.executemany(
-                    "UPDATE melange_messages SET queue = ?, receive_count = 0, claim = NULL"
-                    " WHERE id = ?",
-                    [(dead_letter, row) for row in moved],
-                )
-            ids = [row for row, _ in candidates if row not in moved]
-            if not ids:
-                return []
-            rows = db.execute(
-                _CLAIM.format(ids=",".join("?" * len(ids))),
-                (now + settings.visibility_timeout, claim, *ids),
-            ).fetchall()
-        rows.sort()
+        messages = self._claim(queue, limit)
+        if messages:
+            self._busy.add(queue)
+        else:
+            self._busy.discard(queue)
+        return messages
+
+    def _claim(self, queue: str, limit: int) -> list[Message]:
+        token = os.urandom(8)
+        try:
+            with self._file.transaction() as db:
+                deadline, rows = queries.claim(db, queue, limit, token, _now())
+        except QueueNotFoundError as e:
+            raise QueueNotFoundError(f"{e} in {self.path}") from None
+        if not rows:
+            return []
+        # One parse for the whole batch instead of one call per message.
+        metadata = _decode(f"[{','.join([row[4] for row in rows])}]")
         return [
             _unchecked(
                 content,
                 message_id,
-                json.loads(metadata),
+                meta,
                 serializer_id,
                 manifest,
-                receive_count,
-                _Receipt(row, claim),
+                count,
+                _Receipt(queue, deadline, row, token),
             )
-            for row, message_id, content, metadata, serializer_id, manifest, receive_count in rows
+            for (row, count, message_id, content, _, serializer_id, manifest), meta in zip(
+                rows, metadata, strict=True
+            )
         ]
 
     def acknowledge(self, message: Message) -> None:
+        """Delete a received message, unless it was handed out again since.
+
+        Raises:
+            ValueError: the message was not received from an ``SQLiteBackend``.
+        """
         self.acknowledge_batch((message,))
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        """Delete received messages in one transaction; late acknowledgements do nothing.
+
+        Raises:
+            ValueError: a message was not received from an ``SQLiteBackend``.
+        """
         receipts = [_receipt(m) for m in messages]
+        if not receipts:
+            return
+        groups: dict[tuple[str, float, bytes], list[int]] = {}
+        for queue, visible_at, row, claim in receipts:
+            groups.setdefault((queue, visible_at, claim), []).append(row)
         with self._file.transaction() as db:
-            db.executemany(
-                "DELETE FROM melange_messages WHERE id = ? AND claim = ?",
-                [(r.row, r.claim) for r in receipts],
-            )
+            for key, rows in groups.items():
+                for first in range(0, len(rows), _MAX_IDS):
+                    chunk = rows[first : first + _MAX_IDS]
+                    sql = queries.ACKNOWLEDGE_CLAIM.format(ids=",".join("?" * len(chunk)))
+                    db.execute(sql, (*key, *chunk))
 
     def release(self, message: Message, delay: float = 0.0) -> None:
-        receipt = _receipt(message)
+        """Make a received message visible again after ``delay`` seconds (its count is kept)."""
+        queue, visible_at, row, claim = _receipt(message)
         with self._file.transaction() as db:
-            db.execute(
-                "UPDATE melange_messages SET visible_at = ?, claim = NULL"
-                " WHERE id = ? AND claim = ?",
-                (time.time() + max(delay, 0.0), receipt.row, receipt.claim),
-            )
+            db.execute(queries.RELEASE, (_now() + max(delay, 0.0), queue, visible_at, row, claim))
         self._wake()
 
-    # -- helpers ----------------------------------------------------------------------
+    # -- inspection and lifecycle ---------------------------------------------------------
 
     def queue_depth(self, queue: QueueWrapper) -> int:
         """Return how many messages the queue holds, visible or not."""
-        with translate_errors(self.path):
-            row = (
-                self._file.connection()
-                .execute("SELECT count(*) FROM melange_messages WHERE queue = ?", (queue.obj,))
-                .fetchone()
-            )
-        return int(row[0])
+        [(count,)] = self._file.read(
+            "SELECT count(*) FROM melange_deliveries WHERE queue = ?", (queue.obj,)
+        )
+        return int(count)
 
     def integrity_check(self) -> str:
-        """Return SQLite's ``PRAGMA integrity_check`` verdict (``"ok"`` when sound)."""
-        with translate_errors(self.path):
-            return str(self._file.connection().execute("PRAGMA integrity_check").fetchone()[0])
-
-    def _queue_settings(self, name: str) -> _QueueSettings:
-        settings = self._settings.get(name)
-        if settings is None:
-            with translate_errors(self.path):
-                row = (
-                    self._file.connection()
-                    .execute(
-                        "SELECT visibility_timeout, max_receive_count, dead_letter_queue"
-                        " FROM melange_queues WHERE name = ?",
-                        (name,),
-                    )
-                    .fetchone()
-                )
-            if row is None:
-                raise QueueNotFoundError(f"queue {name!r} does not exist in {self.path}")
-            settings = self._settings[name] = _QueueSettings(*row)
-        return settings
+        """Return SQLite's ``PRAGMA integrity_check`` verdict: ``"ok"`` when the file is sound."""
+        return "\n".join(str(row[0]) for row in self._file.read("PRAGMA integrity_check"))
 
     def close_connection(self) -> None:
+        """Close this backend's connections; safe to call more than once."""
         super().close_connection()
         self._file.close()
-
-
-def _row(message: Message) -> tuple[Any, ...]:
-    return (
-        message.message_id,
-        message.content,
-        _encode(dict(message.metadata)),
-        message.serializer_id,
-        message.manifest,
-    )
 
 
 def _receipt(message: Message) -> _Receipt:

@@ -2,103 +2,229 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from melange.exceptions import BackendError, StorageError
+from melange.exceptions import BackendError, ConfigurationError, StorageError
 
-__all__ = ["SQLiteFile", "translate_errors"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SYNCHRONOUS_MODES",
+    "SQLiteFile",
+    "translate_errors",
+]
 
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS melange_topics (
-    name TEXT PRIMARY KEY
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS melange_queues (
-    name TEXT PRIMARY KEY,
-    visibility_timeout REAL NOT NULL,
-    max_receive_count INTEGER NOT NULL,
-    dead_letter_queue TEXT
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS melange_subscriptions (
-    topic TEXT NOT NULL,
-    queue TEXT NOT NULL,
-    PRIMARY KEY (topic, queue)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS melange_messages (
-    id INTEGER PRIMARY KEY,
-    queue TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    content TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    serializer_id INTEGER,
-    manifest TEXT,
-    visible_at REAL NOT NULL,
-    receive_count INTEGER NOT NULL DEFAULT 0,
-    claim TEXT
-);
-CREATE INDEX IF NOT EXISTS melange_messages_visible
-    ON melange_messages (queue, visible_at, id);
-CREATE TABLE IF NOT EXISTS melange_idempotency (
-    key TEXT PRIMARY KEY,
-    expires_at REAL NOT NULL
-) WITHOUT ROWID;
-"""
+SCHEMA_VERSION = 2
+#: ``PRAGMA application_id`` stamped on files melange creates ("mlng").
+APPLICATION_ID = 0x6D6C6E67
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+# UPSERT (the idempotency claim) needs 3.24.
+_MINIMUM_SQLITE = (3, 24, 0)
 
-_SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
+# A message is an immutable body plus one small delivery row per queue. Claims
+# rewrite only the delivery (a few dozen bytes), whose primary key is the
+# receive order, so a receive is one index range scan and a few page writes.
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS melange_schema (version INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS melange_topics (name TEXT PRIMARY KEY) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS melange_queues (
+        name TEXT PRIMARY KEY,
+        visibility_timeout REAL NOT NULL,
+        max_receive_count INTEGER NOT NULL,
+        dead_letter_queue TEXT
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS melange_subscriptions (
+        topic TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        PRIMARY KEY (topic, queue)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS melange_bodies (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        content TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        serializer_id INTEGER,
+        manifest TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS melange_deliveries (
+        queue TEXT NOT NULL,
+        visible_at REAL NOT NULL,
+        id INTEGER NOT NULL,
+        receive_count INTEGER NOT NULL DEFAULT 0,
+        claim BLOB,
+        PRIMARY KEY (queue, visible_at, id)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS melange_delivery_done
+        AFTER DELETE ON melange_deliveries
+        BEGIN DELETE FROM melange_bodies WHERE id = old.id; END""",
+    """CREATE TABLE IF NOT EXISTS melange_idempotency (
+        key TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+)
+# Version 1 kept whole messages in one table; move them over once.
+_FROM_VERSION_1 = (
+    "INSERT INTO melange_bodies (id, message_id, content, metadata, serializer_id, manifest)"
+    " SELECT id, message_id, content, metadata, serializer_id, manifest FROM melange_messages",
+    "INSERT INTO melange_deliveries (queue, visible_at, id, receive_count)"
+    " SELECT queue, visible_at, id, receive_count FROM melange_messages",
+    "DROP TABLE melange_messages",
+)
+
+# Primary result codes (the low byte of an extended code) that mean the file
+# itself cannot be used, as opposed to one operation failing.
+_STORAGE_CODES = {
+    sqlite3.SQLITE_PERM,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_NOTADB,
+}
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+# Connections a forked child inherited: kept referenced so the child never
+# closes (and so never touches the locks of) its parent's connections.
+_inherited: list[sqlite3.Connection] = []
 
 
 @contextmanager
 def translate_errors(path: str) -> Iterator[None]:
-    """Turn sqlite3's errors into melange's: the one place this backend does it."""
+    """Turn sqlite3's errors into melange's: the one place the SQLite code does it.
+
+    Raises:
+        StorageError: the file is missing, unreadable, read-only, full or not a database.
+        BackendError: any other failure, such as a lock held past the busy timeout.
+    """
     try:
         yield
-    except sqlite3.DatabaseError as e:
-        text = str(e)
-        if "not a database" in text or "malformed" in text or "unable to open" in text:
-            raise StorageError(f"{path}: {text}") from e
-        raise BackendError(f"{path}: {text}") from e
+    except sqlite3.Error as e:
+        code = getattr(e, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        if primary in _STORAGE_CODES:
+            raise StorageError(f"{path}: {e}") from e
+        if primary in _BUSY_CODES:
+            raise BackendError(f"{path}: {e} (still locked after the busy timeout)") from e
+        raise BackendError(f"{path}: {e}") from e
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that closes itself when dropped: its thread ended, or its owner went."""
+
+    _opened = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._opened = True  # a failed open leaves nothing to close
+
+    def __del__(self) -> None:
+        if self._opened:
+            self.close()
 
 
 class SQLiteFile:
-    """One database file, one connection per thread, the schema in place.
+    """One database file in WAL mode, one connection per thread, the schema in place.
 
-    Connections are in autocommit mode: every write is its own short
-    transaction, or an explicit ``BEGIN IMMEDIATE`` block.
+    Connections are in autocommit mode: a write is a single statement or an
+    explicit ``BEGIN IMMEDIATE`` block (``transaction()``), so writers queue
+    on the busy timeout instead of failing on a lock upgrade. A process that
+    forks gets new connections in the child.
 
     Raises:
-        StorageError: the folder is missing, or the file is not a database.
+        ConfigurationError: ``synchronous`` is not a SQLite mode, or SQLite is too old.
+        StorageError: the folder is missing, the file is not a database (it is
+            left untouched), or it belongs to another application.
     """
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 30.0):
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 30.0
+    ) -> None:
         self.path = str(path)
         self.synchronous = synchronous.upper()
-        if self.synchronous not in _SYNCHRONOUS:
-            raise StorageError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}")
+        if self.synchronous not in SYNCHRONOUS_MODES:
+            raise ConfigurationError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}"
+            )
+        if busy_timeout < 0:
+            raise ConfigurationError(f"busy_timeout must be >= 0, not {busy_timeout!r}")
+        if sqlite3.sqlite_version_info < _MINIMUM_SQLITE:
+            raise ConfigurationError(f"SQLite {sqlite3.sqlite_version} is too old: 3.24+ needed")
+        if self.path in ("", ":memory:") or self.path.startswith("file:"):
+            raise ConfigurationError(f"expected a file path, not {self.path!r} (try memory://)")
         self.busy_timeout = busy_timeout
-        folder = Path(self.path).resolve().parent
+        folder = Path(self.path).absolute().parent
         if not folder.is_dir():
-            raise StorageError(f"{self.path}: folder {folder} does not exist")
+            raise StorageError(f"{self.path}: the folder {folder} does not exist")
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self._closed = False
         self.connection()  # fail now, not on first use, if the file is unusable
 
     def connection(self) -> sqlite3.Connection:
-        """Return this thread's connection, opening it on first use."""
+        """Return this thread's connection, opening it on first use.
+
+        Raises:
+            BackendError: the file was closed.
+            StorageError: the file cannot be opened.
+        """
+        if os.getpid() != self._pid:
+            self._forget_parent_connections()
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             if self._closed:
-                raise BackendError(f"{self.path}: the backend is closed")
+                raise BackendError(f"{self.path}: closed")
             connection = self._open()
             self._local.connection = connection
             with self._lock:
-                self._all.append(connection)
+                self._all.add(connection)
         return connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run a block in one ``BEGIN IMMEDIATE`` write transaction; roll back on error.
+
+        Raises:
+            BackendError: the write lock stayed taken past the busy timeout.
+            StorageError: the file cannot be written.
+        """
+        connection = self.connection()
+        with translate_errors(self.path):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+
+    def read(self, sql: str, parameters: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one read-only statement outside any transaction and return its rows.
+
+        Raises:
+            BackendError: the query failed.
+        """
+        with translate_errors(self.path):
+            return self.connection().execute(sql, parameters).fetchall()
+
+    def close(self) -> None:
+        """Close every connection this object opened; safe to call again."""
+        with self._lock:
+            self._closed = True
+            connections = list(self._all)
+            self._all = weakref.WeakSet()
+        for connection in connections:
+            connection.close()
+        self._local = threading.local()
 
     def _open(self) -> sqlite3.Connection:
         with translate_errors(self.path):
@@ -107,41 +233,70 @@ class SQLiteFile:
                 timeout=self.busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
+                factory=_Connection,
             )
             try:
-                # Read the header before anything could write to the file.
-                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                connection.execute("PRAGMA journal_mode=WAL").fetchone()
-                connection.execute(f"PRAGMA synchronous={self.synchronous}")
-                connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-                version = connection.execute("PRAGMA user_version").fetchone()[0]
-                if version < SCHEMA_VERSION:
-                    connection.executescript(
-                        f"BEGIN IMMEDIATE; {SCHEMA}; PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+                # Reading the header first means a file that is not a
+                # database is refused before anything is written to it.
+                tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                application = connection.execute("PRAGMA application_id").fetchone()[0]
+                if application not in (0, APPLICATION_ID):
+                    raise StorageError(
+                        f"{self.path}: a database of another application"
+                        f" (application_id {application:#x}); not touching it"
                     )
+                mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StorageError(f"{self.path}: WAL journal unavailable (got {mode!r})")
+                connection.execute(f"PRAGMA synchronous={self.synchronous}")
+                if self._schema_version(connection) != SCHEMA_VERSION:
+                    self._create_schema(connection, fresh=tables == 0)
             except BaseException:
                 connection.close()
                 raise
         return connection
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run a block in one ``BEGIN IMMEDIATE`` write transaction."""
-        connection = self.connection()
-        with translate_errors(self.path):
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+    def _schema_version(self, connection: sqlite3.Connection) -> int | None:
+        found = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'melange_schema'"
+        ).fetchone()
+        if found is None:
+            return None
+        row = connection.execute("SELECT max(version) FROM melange_schema").fetchone()
+        return None if row[0] is None else int(row[0])
 
-    def close(self) -> None:
-        """Close every connection this object opened; safe to call again."""
+    def _create_schema(self, connection: sqlite3.Connection, *, fresh: bool) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have done it while this one waited for the lock.
+            version = self._schema_version(connection)
+            if version is not None and version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path}: made by a newer melange (schema {version}, this one knows"
+                    f" {SCHEMA_VERSION})"
+                )
+            if version != SCHEMA_VERSION:
+                old = connection.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'melange_messages'"
+                ).fetchone()
+                for statement in _SCHEMA:
+                    connection.execute(statement)
+                if old is not None:
+                    for statement in _FROM_VERSION_1:
+                        connection.execute(statement)
+                connection.execute("DELETE FROM melange_schema")
+                connection.execute("INSERT INTO melange_schema VALUES (?)", (SCHEMA_VERSION,))
+                if fresh:
+                    connection.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+    def _forget_parent_connections(self) -> None:
         with self._lock:
-            self._closed = True
-            connections, self._all = self._all, []
-        for connection in connections:
-            connection.close()
-        self._local = threading.local()
+            _inherited.extend(self._all)
+            self._all = weakref.WeakSet()
+            self._local = threading.local()
+            self._pid = os.getpid()
