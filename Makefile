@@ -27,6 +27,8 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(PY) bench/inmemory.py
+	$(PY) bench/sqlite.py
+	$(PY) bench/sqs.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
