@@ -1,0 +1,199 @@
+"""melange on RabbitMQ beside raw pika doing the same work, against one broker.
+
+Publishing: raw pika waits for each confirm (``BlockingConnection`` with
+``confirm_delivery``); melange publishes a pydantic event in batches through
+``MessagePublisher.publish_batch`` (``publish_batch_to_queue``: every confirm
+in flight at once, each one checked). Consuming: raw pika ``basic_consume``
+with prefetch 100 and a ``basic_ack`` per message; melange runs the same
+messages through ``MessageDispatcher`` to a typed ``@listener``. Both sides use
+the same kind of queue (quorum, which melange declares). With no ``--url`` a
+throwaway rabbitmq-server is started and stopped.
+
+    .venv/bin/python bench/rabbitmq.py --messages 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pika
+from pydantic import BaseModel
+
+from melange import Consumer, MessageDispatcher, MessagePublisher, listener
+from melange.backends.rabbitmq import RabbitMQBackend
+from tests.servers.rabbitmq import start_node
+
+QUORUM = {"x-queue-type": "quorum"}
+
+
+class Numbered(BaseModel):
+    number: int
+    customer_id: str
+    note: str
+
+
+class Counter(Consumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    @listener
+    def on_number(self, event: Numbered) -> None:
+        self.count += 1
+
+
+def events(n: int) -> list[Numbered]:
+    return [Numbered(number=i, customer_id="c-1", note="x" * 40) for i in range(n)]
+
+
+def raw_messages(n: int) -> list[tuple[bytes, pika.BasicProperties]]:
+    """The bytes and properties melange sends for the same events, built up front."""
+    headers = {
+        "correlation_id": "x" * 36,
+        "causation_id": "x" * 36,
+        "published_at": "2026-11-28T00:00:00.000000+00:00",
+        "x-melange-serializer": 3,
+    }
+    return [
+        (
+            event.model_dump_json().encode(),
+            pika.BasicProperties(
+                delivery_mode=2, message_id=str(uuid.uuid4()), type="Numbered", headers=headers
+            ),
+        )
+        for event in events(n)
+    ]
+
+
+def raw_publish(url: str, queue: str, n: int) -> float:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True, arguments=QUORUM)
+    channel.confirm_delivery()
+    messages = raw_messages(n)
+    started = time.perf_counter()
+    for body, properties in messages:
+        channel.basic_publish("", queue, body, properties, mandatory=True)  # waits for the confirm
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return n / elapsed
+
+
+def raw_consume(url: str, queue: str, n: int) -> float:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=100)
+    seen = [0]
+
+    def on_message(ch: object, method: object, properties: object, body: bytes) -> None:
+        channel.basic_ack(method.delivery_tag)  # type: ignore[attr-defined]
+        seen[0] += 1
+        if seen[0] == n:
+            channel.stop_consuming()
+
+    channel.basic_consume(queue, on_message)
+    started = time.perf_counter()
+    channel.start_consuming()
+    elapsed = time.perf_counter() - started
+    channel.queue_delete(queue)
+    connection.close()
+    assert seen[0] == n
+    return n / elapsed
+
+
+def melange_publish(url: str, queue: str, n: int, batch: int) -> float:
+    with RabbitMQBackend(url) as backend:
+        MessageDispatcher(backend, consumers=[Counter()]).declare(queue)
+        publisher = MessagePublisher(backend)
+        payload = events(n)
+        started = time.perf_counter()
+        for first in range(0, n, batch):
+            publisher.publish_batch(payload[first : first + batch], queue=queue)
+        elapsed = time.perf_counter() - started
+    return n / elapsed
+
+
+def melange_publish_single(url: str, queue: str, n: int) -> float:
+    with RabbitMQBackend(url) as backend:
+        MessageDispatcher(backend, consumers=[Counter()]).declare(queue)
+        publisher = MessagePublisher(backend)
+        payload = events(n)
+        started = time.perf_counter()
+        for event in payload:
+            publisher.publish(event, queue=queue)
+        elapsed = time.perf_counter() - started
+        backend.delete_queue(backend.get_queue(queue))
+    return n / elapsed
+
+
+def melange_consume(url: str, queue: str, n: int, batch_size: int) -> float:
+    with RabbitMQBackend(url) as backend:
+        counter = Counter()
+        dispatcher = MessageDispatcher(backend, consumers=[counter], batch_size=batch_size)
+        dispatcher.declare(queue)
+        started = time.perf_counter()
+        dispatcher.consume_loop(queue, max_messages=n)
+        elapsed = time.perf_counter() - started
+        assert counter.count == n, counter.count
+        backend.delete_queue(backend.get_queue(queue))
+        backend.delete_queue(backend.get_queue(f"{queue}-dlq"))
+    return n / elapsed
+
+
+def run(url: str, n: int, batch: int, dispatch_batch: int, rounds: int) -> None:
+    figures: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        tag = uuid.uuid4().hex[:6]
+        for name, rate in (
+            ("raw_pub", raw_publish(url, f"bench-raw-{tag}", n)),
+            ("raw_con", raw_consume(url, f"bench-raw-{tag}", n)),
+            ("single", melange_publish_single(url, f"bench-single-{tag}", min(n, 2000))),
+            ("mel_pub", melange_publish(url, f"bench-melange-{tag}", n, batch)),
+            ("mel_con", melange_consume(url, f"bench-melange-{tag}", n, dispatch_batch)),
+        ):
+            figures.setdefault(name, []).append(rate)
+    raw_pub, raw_con, single, mel_pub, mel_con = (
+        statistics.median(figures[name])
+        for name in ("raw_pub", "raw_con", "single", "mel_pub", "mel_con")
+    )
+    print(f"{n:,} messages, quorum queues, persistent, prefetch 100; median of {rounds} rounds")
+    print(f"publish  raw pika, one confirm awaited per message   {raw_pub:>9,.0f} msgs/s")
+    print(f"publish  melange, one publish() at a time            {single:>9,.0f} msgs/s")
+    label = f"melange, publish_batch of {batch}, all confirmed"
+    print(
+        f"publish  {label:<44s}{mel_pub:>9,.0f} msgs/s   x{mel_pub / raw_pub:.1f} raw (target x5)"
+    )
+    print(f"consume  raw pika, basic_ack per message             {raw_con:>9,.0f} msgs/s")
+    label = f"melange, typed dispatch (batch {dispatch_batch})"
+    print(
+        f"consume  {label:<44s}{mel_con:>9,.0f} msgs/s   x{mel_con / raw_con:.2f} raw (target x0.9)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=500, help="events per publish_batch")
+    parser.add_argument("--dispatch-batch", type=int, default=10, help="dispatcher batch_size")
+    parser.add_argument("--rounds", type=int, default=3, help="each figure is the median")
+    parser.add_argument("--url", help="an existing broker (default: start a throwaway node)")
+    args = parser.parse_args()
+    if args.url:
+        run(args.url, args.messages, args.batch, args.dispatch_batch, args.rounds)
+        return
+    node = start_node()
+    try:
+        run(node.url, args.messages, args.batch, args.dispatch_batch, args.rounds)
+    finally:
+        node.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,490 @@
+"""RabbitMQ over pika: fanout exchanges for topics, quorum queues, publisher confirms.
+
+See docs/backends/rabbitmq.md for the topology, the delivery limit, how the
+visibility timeout is emulated, delays, reconnects and the threading model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from melange.backends.interfaces import MessagingBackend
+from melange.backends.rabbitmq_codec import outgoing, receipt_of, to_message
+from melange.backends.rabbitmq_connection import Link, Step
+from melange.backends.rabbitmq_consumer import ACK, REJECT, REQUEUE, QueueConsumer, Receipt
+from melange.backends.rabbitmq_errors import translate
+from melange.backends.rabbitmq_publisher import Outgoing, PublishBatch
+from melange.backends.rabbitmq_topology import (
+    QUORUM,
+    bind,
+    declare_exchange,
+    declare_queue,
+    delay_bucket_ms,
+    delay_route,
+    delete_exchange,
+    delete_queue,
+    parse_url,
+    queue_arguments,
+)
+from melange.exceptions import (
+    BackendError,
+    BatchPublishError,
+    ConfigurationError,
+    MissingExtraError,
+)
+from melange.models import Message, QueueWrapper, TopicWrapper
+
+try:
+    import pika
+    import pika.exceptions as pika_errors
+except ImportError as e:
+    raise MissingExtraError("pika", "rabbitmq") from e
+
+__all__ = ["RabbitMQBackend"]
+
+log = logging.getLogger("melange.backends.rabbitmq")
+
+_PRECONDITION_FAILED = 406
+
+
+class RabbitMQBackend(MessagingBackend):
+    """Topics are durable fanout exchanges; queues are durable quorum queues.
+
+    Every publish is persistent and waits for the broker's confirm (up to
+    ``confirm_timeout`` seconds): a message that was not confirmed raises.
+    Consuming uses ``basic_consume`` with ``prefetch`` messages buffered per
+    queue. A message handed out and not acknowledged is requeued after the
+    queue's visibility timeout; after ``max_receive_count`` receives it goes to
+    the dead-letter queue (the quorum queue's ``x-delivery-limit``). One I/O
+    thread owns the connection, so a backend may be shared by threads; it
+    reconnects with backoff and declares again what it declared.
+
+    Raises:
+        ConfigurationError: the URL or an option is invalid.
+    """
+
+    def __init__(
+        self,
+        parameters: Any = "amqp://guest:guest@localhost:5672/%2F",
+        *,
+        prefetch: int | None = None,
+        heartbeat: int | None = None,
+        confirm_timeout: float | None = None,
+        operation_timeout: float | None = None,
+        visibility_timeout: float | None = None,
+        idle_release: float | None = None,
+        reconnect_delay: float = 0.2,
+        max_reconnect_delay: float = 10.0,
+    ) -> None:
+        options: dict[str, Any] = {}
+        if isinstance(parameters, str):
+            parameters, options = parse_url(parameters)
+        elif isinstance(parameters, pika.connection.Parameters):
+            parameters = copy.copy(parameters)
+        else:
+            raise ConfigurationError("expected an AMQP URL or pika connection parameters")
+
+        def pick(value: Any, name: str, default: Any) -> Any:
+            return value if value is not None else options.get(name, default)
+
+        self.prefetch: int = pick(prefetch, "prefetch", 100)
+        self.confirm_timeout: float = pick(confirm_timeout, "confirm_timeout", 30.0)
+        self.operation_timeout: float = pick(operation_timeout, "operation_timeout", 30.0)
+        self.default_visibility_timeout = pick(visibility_timeout, "visibility_timeout", 30.0)
+        self.idle_release: float = pick(idle_release, "idle_release", 30.0)
+        beat = pick(heartbeat, "heartbeat", None)
+        parameters.heartbeat = beat if beat is not None else (parameters.heartbeat or 30)
+        if self.prefetch < 1:
+            raise ConfigurationError("prefetch must be at least 1")
+        self.parameters = parameters
+        self._link = Link(
+            parameters, reconnect_delay=reconnect_delay, max_reconnect_delay=max_reconnect_delay
+        )
+        self._lock = threading.Lock()
+        self._consumers: dict[str, QueueConsumer] = {}
+        self._settings: dict[str, tuple[float, int | None, bool]] = {}
+        self._known_queues: set[str] = set()
+        self._known_exchanges: set[str] = set()
+        self._delay_routes: set[int] = set()
+        # A finalizer on the link (not on self) lets an abandoned backend be collected.
+        self._finalizer = weakref.finalize(self, self._link.close)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RabbitMQBackend:
+        """Build from ``amqp://user:pass@host:5672/vhost`` (or ``amqps://``).
+
+        pika's query options (``heartbeat``, ``connection_attempts``…) and
+        melange's (``prefetch``, ``confirm_timeout``, ``operation_timeout``,
+        ``visibility_timeout``, ``idle_release``) may be given in the query.
+
+        Raises:
+            ConfigurationError: the URL is not an AMQP URL or has a bad option.
+        """
+        return cls(url, **options)
+
+    # -- topology ---------------------------------------------------------------------
+
+    def _run(self, steps: list[Step], *, queue: str | None = None, topic: str | None = None) -> Any:
+        try:
+            return self._link.run_steps(steps, self.operation_timeout)
+        except (pika_errors.AMQPError, OSError) as e:
+            raise translate(e, queue=queue, topic=topic) from e
+
+    def _remember(self, key: tuple[str, ...], steps: list[Step]) -> None:
+        with self._link.topology_lock:
+            self._link.topology[key] = steps
+
+    def _forget(self, match: Callable[[tuple[str, ...]], bool]) -> None:
+        with self._link.topology_lock:
+            for key in [k for k in self._link.topology if match(k)]:
+                del self._link.topology[key]
+
+    def declare_topic(self, topic_name: str) -> TopicWrapper:
+        """Declare a durable fanout exchange.
+
+        Raises:
+            ConfigurationError: an exchange of that name exists with another type.
+            BackendConnectionError: RabbitMQ cannot be reached.
+        """
+        steps = [declare_exchange(topic_name)]
+        self._run(steps, topic=topic_name)
+        self._remember(("exchange", topic_name), steps)
+        self._known_exchanges.add(topic_name)
+        return TopicWrapper(topic_name)
+
+    def get_queue(self, queue_name: str) -> QueueWrapper:
+        """Check that the queue exists (a passive declare) and return it.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            BackendConnectionError: RabbitMQ cannot be reached.
+        """
+        self._run([declare_queue(queue_name, None, passive=True)], queue=queue_name)
+        self._known_queues.add(queue_name)
+        return QueueWrapper(queue_name)
+
+    def queue_depth(self, queue: QueueWrapper) -> int:
+        """Return how many messages the queue holds ready (not counting unacknowledged ones).
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        name = queue.unwrap()
+        [reply] = self._run([declare_queue(name, None, passive=True)], queue=name)
+        count: int = reply.method.message_count
+        return count
+
+    def _ensure_queue(self, name: str, arguments: dict[str, Any] | None) -> None:
+        """Declare a queue with melange's arguments; with none, accept one that exists as it is."""
+        steps = [declare_queue(name, arguments or QUORUM)]
+        try:
+            self._link.run_steps(steps, self.operation_timeout)
+        except pika_errors.ChannelClosedByBroker as e:
+            if arguments is not None or e.reply_code != _PRECONDITION_FAILED:
+                raise translate(e, queue=name) from e
+            # It exists with other arguments (classic, or another dead-letter setup).
+            steps = [declare_queue(name, None, passive=True)]
+            self._run(steps, queue=name)
+        except (pika_errors.AMQPError, OSError) as e:
+            raise translate(e, queue=name) from e
+        self._remember(("queue", name), steps)
+        self._known_queues.add(name)
+
+    def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        visibility_timeout: float | None = None,
+        max_receive_count: int | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Declare a quorum queue (and its dead-letter queue) bound to the topics' exchanges.
+
+        With a dead-letter queue, ``max_receive_count`` becomes the queue's
+        ``x-delivery-limit``. Without one, an existing queue is used as it is.
+
+        Raises:
+            ConfigurationError: the queue exists with other arguments.
+            BackendConnectionError: RabbitMQ cannot be reached.
+        """
+        arguments = None
+        limit = None
+        if dead_letter_queue_name is not None:
+            limit = max_receive_count or self.default_max_receive_count
+            arguments = queue_arguments(dead_letter_queue_name, limit)
+            self._ensure_queue(dead_letter_queue_name, None)
+        self._ensure_queue(queue_name, arguments)
+        for topic in topics_to_bind:
+            name = topic.unwrap()
+            steps = [declare_exchange(name), bind(queue_name, name)]
+            self._run(steps, queue=queue_name, topic=name)
+            self._remember(("exchange", name), [steps[0]])
+            self._remember(("bind", queue_name, name), [steps[1]])
+            self._known_exchanges.add(name)
+        with self._lock:
+            visibility, earlier_limit, dead_letters = self._settings.get(
+                queue_name, (self.default_visibility_timeout, None, False)
+            )
+            if visibility_timeout is not None:
+                visibility = visibility_timeout
+            if dead_letter_queue_name is None:  # declared without: it keeps what it had
+                limit = earlier_limit
+            else:
+                dead_letters = True
+            self._settings[queue_name] = (visibility, limit, dead_letters)
+            consumer = self._consumers.get(queue_name)
+        if consumer is not None:
+            self._configure(consumer)
+        dead_letter = QueueWrapper(dead_letter_queue_name) if dead_letter_queue_name else None
+        return QueueWrapper(queue_name), dead_letter
+
+    def delete_queue(self, queue: QueueWrapper) -> None:
+        """Delete the queue, its bindings and its messages.
+
+        Raises:
+            BackendConnectionError: RabbitMQ cannot be reached.
+        """
+        name = queue.unwrap()
+        with self._lock:
+            consumer = self._consumers.pop(name, None)
+            self._settings.pop(name, None)
+        self._known_queues.discard(name)
+        self._forget(lambda key: key[0] in ("queue", "bind") and key[1] == name)
+        if consumer is not None:
+            self._link.call_soon(lambda: self._drop_consumer(consumer))
+        self._run([delete_queue(name)], queue=name)
+
+    def delete_topic(self, topic: TopicWrapper) -> None:
+        """Delete the exchange and its bindings.
+
+        Raises:
+            BackendConnectionError: RabbitMQ cannot be reached.
+        """
+        name = topic.unwrap()
+        self._known_exchanges.discard(name)
+        self._forget(lambda key: key == ("exchange", name) or (key[0] == "bind" and key[2] == name))
+        self._run([delete_exchange(name)], topic=name)
+
+    # -- publishing -------------------------------------------------------------------
+
+    def _send(self, items: list[Outgoing], messages: Sequence[Message]) -> None:
+        batch = PublishBatch(len(items))
+        self._link.publish(items, batch)
+        failures = batch.wait(self.confirm_timeout)
+        if not failures:
+            return
+        if len(items) == 1:
+            raise failures[0]
+        raise BatchPublishError([(messages[i], str(failures[i])) for i in sorted(failures)])
+
+    def _check_queue(self, name: str) -> None:
+        if name not in self._known_queues:
+            self.get_queue(name)
+
+    def _check_topic(self, name: str) -> None:
+        if name not in self._known_exchanges:
+            # A publish to a missing exchange would close the shared confirm channel.
+            self._run([declare_exchange(name, passive=True)], topic=name)
+            self._known_exchanges.add(name)
+
+    def publish_to_topic(
+        self,
+        message: Message,
+        topic: TopicWrapper,
+        extra_attributes: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish persistently to the topic's exchange and wait for the confirm.
+
+        ``extra_attributes`` are added to the AMQP headers.
+
+        Raises:
+            TopicNotFoundError: the exchange does not exist.
+            PublishError: the broker did not confirm the message.
+        """
+        name = topic.unwrap()
+        self._check_topic(name)
+        self._send(
+            [outgoing(message, name, "", mandatory=False, extra_headers=extra_attributes)],
+            (message,),
+        )
+
+    def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        """Publish persistently to one queue (default exchange, mandatory) and wait for the confirm.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            PublishError: the broker did not confirm the message.
+        """
+        name = queue.unwrap()
+        self._check_queue(name)
+        self._send([outgoing(message, "", name, mandatory=True)], (message,))
+
+    def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
+        """Publish many messages with all their confirms in flight; each one is checked.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            BatchPublishError: some messages were not confirmed; it lists them.
+        """
+        if not messages:
+            return
+        name = queue.unwrap()
+        self._check_queue(name)
+        self._send([outgoing(m, "", name, mandatory=True) for m in messages], messages)
+
+    def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
+        """Publish many messages to a topic with all their confirms in flight.
+
+        Raises:
+            TopicNotFoundError: the exchange does not exist.
+            BatchPublishError: some messages were not confirmed; it lists them.
+        """
+        if not messages:
+            return
+        name = topic.unwrap()
+        self._check_topic(name)
+        # Not mandatory: a topic nobody subscribes to takes the message and drops it.
+        self._send([outgoing(m, name, "", mandatory=False) for m in messages], messages)
+
+    def publish_delayed_to_queue(self, message: Message, queue: QueueWrapper, delay: float) -> None:
+        """Publish a message that reaches the queue after ``delay`` seconds (rounded up).
+
+        It waits in a holding queue whose TTL dead-letters it into the queue.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            PublishError: the broker did not confirm the message.
+        """
+        name = queue.unwrap()
+        self._check_queue(name)
+        if delay <= 0:
+            self._send([outgoing(message, "", name, mandatory=True)], (message,))
+            return
+        self._send_delayed(message, name, delay, receives=0)
+
+    def _send_delayed(self, message: Message, queue: str, delay: float, *, receives: int) -> None:
+        ttl = delay_bucket_ms(delay)
+        route, steps = delay_route(ttl)
+        if ttl not in self._delay_routes:
+            self._run(steps, queue=route, topic=route)
+            self._remember(("delay", route), steps)
+            self._delay_routes.add(ttl)
+        item = outgoing(message, route, queue, mandatory=True, receives=receives)
+        self._send([item], (message,))
+
+    # -- consuming --------------------------------------------------------------------
+
+    def _consumer(self, name: str) -> QueueConsumer:
+        consumer = self._consumers.get(name)
+        if consumer is None:
+            with self._lock:
+                consumer = self._consumers.get(name)
+                if consumer is None:
+                    consumer = QueueConsumer(
+                        self._link,
+                        name,
+                        prefetch=self.prefetch,
+                        visibility_timeout=self.default_visibility_timeout,
+                        idle_release=self.idle_release,
+                    )
+                    self._configure(consumer)
+                    self._consumers[name] = consumer
+                    self._link.subscribers.append(consumer)
+        return consumer
+
+    def _configure(self, consumer: QueueConsumer) -> None:
+        settings = self._settings.get(consumer.queue)
+        if settings is not None:
+            visibility, limit, dead_letters = settings
+            consumer.visibility_timeout = visibility
+            consumer.max_receive_count = limit
+            consumer.dead_letters = dead_letters
+
+    def _drop_consumer(self, consumer: QueueConsumer) -> None:
+        if consumer in self._link.subscribers:
+            self._link.subscribers.remove(consumer)
+        consumer.discard()
+
+    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        """Receive up to ``max_messages`` (10), waiting up to ``wait_seconds`` (0) for the first.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            BackendConnectionError: RabbitMQ cannot be reached.
+        """
+        max_messages: int = kwargs.get("max_messages", 10)
+        wait_seconds: float = kwargs.get("wait_seconds", 0.0)
+        name = queue.unwrap()
+        consumer = self._consumer(name)
+        if not consumer.active:
+            try:
+                consumer.start(self.operation_timeout)
+            except (pika_errors.AMQPError, OSError) as e:
+                raise translate(e, queue=name) from e
+        messages = []
+        limit = consumer.max_receive_count if consumer.dead_letters else None
+        for receipt, delivery in consumer.take(max_messages, wait_seconds):
+            message = to_message(receipt, delivery)
+            if limit is not None and message.receive_count > limit:
+                # Counted across releases: the broker's own limit restarts on each new copy.
+                consumer.settle([receipt], REJECT)
+                continue
+            messages.append(message)
+        return messages
+
+    def acknowledge(self, message: Message) -> None:
+        """Acknowledge on the channel the message came from; a stale receipt is a no-op.
+
+        Raises:
+            ValueError: the message was not received from this backend.
+        """
+        receipt = receipt_of(message)
+        receipt.consumer.settle((receipt,), ACK)
+
+    def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        """Acknowledge several messages, with ``multiple=True`` where the delivery tags allow."""
+        groups: dict[QueueConsumer, list[Receipt]] = {}
+        for message in messages:
+            receipt = receipt_of(message)
+            groups.setdefault(receipt.consumer, []).append(receipt)
+        for consumer, receipts in groups.items():
+            consumer.settle(receipts, ACK)
+
+    def release(self, message: Message, delay: float = 0.0) -> None:
+        """Hand a received message back, to come again after ``delay`` seconds.
+
+        Without a delay it is requeued (the broker counts the receive); with
+        one, a copy carrying the receive count goes through a holding queue and
+        the original is acknowledged once the copy is confirmed. A message at
+        its queue's ``max_receive_count`` goes to the dead-letter queue instead.
+        """
+        receipt = receipt_of(message)
+        consumer = receipt.consumer
+        limit = consumer.max_receive_count
+        if consumer.dead_letters and limit is not None and message.receive_count >= limit:
+            consumer.settle((receipt,), REJECT)
+            return
+        if delay <= 0:
+            consumer.settle((receipt,), REQUEUE)
+            return
+        generation, owned = consumer.claim((receipt,))
+        if not owned:
+            return  # already requeued (visibility timeout or lost channel)
+        try:
+            self._send_delayed(message, consumer.queue, delay, receives=message.receive_count)
+        except BackendError as e:
+            log.warning("could not delay %s (%s); requeueing it now", message.message_id, e)
+            consumer.settle_claimed(generation, owned, REQUEUE)
+            return
+        consumer.settle_claimed(generation, owned, ACK)
+
+    def close_connection(self) -> None:
+        """Stop consuming (buffered messages go back uncounted) and close; idempotent."""
+        super().close_connection()
+        self._finalizer()

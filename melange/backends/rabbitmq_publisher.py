@@ -1,0 +1,184 @@
+"""Publisher confirms: every message published on the confirm channel is settled exactly once.
+
+A ``PublishBatch`` is what a caller waits on; ``Confirms`` (I/O thread only)
+maps the channel's delivery tags to batches and settles them from the
+broker's ``basic.ack``/``basic.nack`` (one at a time or ``multiple``), from
+``basic.return`` (a mandatory message no queue took), or from the channel
+or connection going away before the confirm came.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from melange.backends.rabbitmq_errors import nacked, returned, translate
+from melange.exceptions import MissingExtraError, PublishError
+
+try:
+    import pika.exceptions as pika_errors
+    from pika.spec import Basic
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise MissingExtraError("pika", "rabbitmq") from e
+
+__all__ = ["Confirms", "Outgoing", "PublishBatch"]
+
+#: What one publish sends: exchange, routing key, body, properties, mandatory.
+Outgoing = tuple[str, str, bytes, Any, bool]
+
+_PENDING, _CONFIRMED, _FAILED = 0, 1, 2
+
+
+class PublishBatch:
+    """Messages published together, settled one by one as their outcomes come."""
+
+    __slots__ = ("_lock", "_on_done", "_status", "done", "failures", "remaining")
+
+    def __init__(self, size: int, on_done: Callable[[PublishBatch], None] | None = None) -> None:
+        self.remaining = size
+        self.failures: dict[int, Exception] = {}
+        self.done = threading.Event()
+        self._status = bytearray(size)
+        self._on_done = on_done
+        self._lock = threading.Lock()
+
+    def settle(self, index: int, failure: Exception | None) -> None:
+        """Record the outcome of message ``index``; the first outcome wins."""
+        with self._lock:
+            if self._status[index] != _PENDING or self.done.is_set():
+                return
+            if failure is None:
+                self._status[index] = _CONFIRMED
+            else:
+                self._status[index] = _FAILED
+                self.failures[index] = failure
+            self.remaining -= 1
+            if self.remaining:
+                return
+            self.done.set()
+        if self._on_done is not None:
+            self._on_done(self)
+
+    def fail_unsettled(self, failure: Exception) -> None:
+        """Fail every message not settled yet (no confirm can come for them any more)."""
+        for index in range(len(self._status)):
+            self.settle(index, failure)
+
+    def wait(self, timeout: float) -> dict[int, Exception]:
+        """Wait for every outcome; return index -> failure (empty when all were confirmed).
+
+        A message still unconfirmed after ``timeout`` seconds counts as failed,
+        and one not sent yet by then is never sent.
+        """
+        if not self.done.wait(timeout):
+            late = PublishError(f"no confirm from RabbitMQ within {timeout:g} s")
+            with self._lock:
+                if not self.done.is_set():
+                    for index, status in enumerate(self._status):
+                        if status == _PENDING:
+                            self._status[index] = _FAILED
+                            self.failures[index] = late
+                    self.remaining = 0
+                    self.done.set()
+        return self.failures
+
+
+class _Pending:
+    __slots__ = ("batch", "exchange", "failure", "index", "message_id", "routing_key")
+
+    def __init__(
+        self, batch: PublishBatch, index: int, exchange: str, routing_key: str, message_id: Any
+    ) -> None:
+        self.batch = batch
+        self.index = index
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.message_id = message_id
+        self.failure: Exception | None = None
+
+
+class Confirms:
+    """The publishing channel in confirm mode and the messages awaiting a confirm (I/O thread)."""
+
+    def __init__(self) -> None:
+        self.channel: Any = None
+        self._next_tag = 1
+        self._pending: dict[int, _Pending] = {}
+
+    def attach(self, channel: Any, ready: Callable[[], None]) -> None:
+        """Put a freshly opened channel in confirm mode; call ``ready`` once it is."""
+        channel.add_on_return_callback(self._on_return)
+
+        def selected(_: Any) -> None:
+            self.channel = channel
+            self._next_tag = 1
+            ready()
+
+        channel.confirm_delivery(self._on_confirm, callback=selected)
+
+    def publish(self, items: Sequence[Outgoing], batch: PublishBatch) -> None:
+        """Publish on the attached channel; each message settles ``batch`` later."""
+        pending = self._pending
+        publish = self.channel.basic_publish
+        tag = self._next_tag
+        for index, (exchange, routing_key, body, properties, mandatory) in enumerate(items):
+            pending[tag] = _Pending(batch, index, exchange, routing_key, properties.message_id)
+            try:
+                publish(exchange, routing_key, body, properties, mandatory)
+            except (pika_errors.AMQPError, ValueError, TypeError) as e:
+                del pending[tag]  # nothing was sent, so the tag was not used
+                batch.settle(index, translate(e, publishing=True))
+                continue
+            tag += 1
+        self._next_tag = tag
+
+    def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        # A return comes before the confirm of the same message: mark the oldest match.
+        for pending in self._pending.values():
+            if (
+                pending.failure is None
+                and pending.routing_key == method.routing_key
+                and pending.exchange == method.exchange
+                and pending.message_id == properties.message_id
+            ):
+                pending.failure = returned(
+                    method.reply_code, method.reply_text, pending.exchange, pending.routing_key
+                )
+                return
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, Basic.Ack)
+        tag = method.delivery_tag
+        pending = self._pending
+        if method.multiple:
+            tags = []
+            for t in pending:
+                if t > tag:
+                    break
+                tags.append(t)
+        else:
+            tags = [tag]
+        for t in tags:
+            entry = pending.pop(t, None)
+            if entry is None:
+                continue
+            failure = entry.failure
+            if failure is None and not acked:
+                failure = nacked()
+            entry.batch.settle(entry.index, failure)
+
+    def detach(self, reason: BaseException) -> None:
+        """The channel is gone: fail every message still awaiting its confirm."""
+        self.channel = None
+        pending, self._pending = self._pending, {}
+        text = str(reason)
+        for entry in pending.values():
+            if entry.failure is not None:
+                failure: Exception = entry.failure
+            elif entry.exchange and f"'{entry.exchange}'" in text:
+                failure = translate(reason, topic=entry.exchange)  # "no exchange 'x'"
+            else:
+                failure = translate(reason, publishing=True)
+            entry.batch.settle(entry.index, failure)
