@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/inmemory.py
 	$(PY) bench/sqlite.py
 	$(PY) bench/sqs.py
+	$(PY) bench/rabbitmq.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
