@@ -160,26 +160,6 @@ def test_messages_survive_reopening(tmp_path: Path) -> None:
         assert backend.integrity_check() == "ok"
 
 
-def test_a_file_of_schema_version_1_is_migrated(tmp_path: Path) -> None:
-    path = tmp_path / "v1.db"
-    with sqlite3.connect(path) as db:
-        db.executescript(
-            "CREATE TABLE melange_queues (name TEXT PRIMARY KEY, visibility_timeout REAL,"
-            " max_receive_count INTEGER, dead_letter_queue TEXT);"
-            "INSERT INTO melange_queues VALUES ('q', 30, 5, NULL);"
-            "CREATE TABLE melange_messages (id INTEGER PRIMARY KEY, queue TEXT, message_id TEXT,"
-            " content TEXT, metadata TEXT, serializer_id INTEGER, manifest TEXT,"
-            " visible_at REAL, receive_count INTEGER DEFAULT 0, claim TEXT);"
-            "INSERT INTO melange_messages VALUES"
-            " (1, 'q', 'm-1', 'old', '{\"k\":\"v\"}', 3, 'Old', 0, 0, NULL);"
-            "PRAGMA user_version = 1;"
-        )
-    db.close()
-    with SQLiteBackend(path) as backend:
-        [message] = receive(backend, backend.get_queue("q"), 1)
-        assert (message.message_id, message.content, message.metadata) == ("m-1", "old", {"k": "v"})
-
-
 def test_a_file_from_a_newer_melange_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     SQLiteBackend(path).close_connection()

@@ -20,7 +20,7 @@ __all__ = [
     "translate_errors",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
 #: ``PRAGMA application_id`` stamped on files melange creates ("mlng").
 APPLICATION_ID = 0x6D6C6E67
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -68,15 +68,6 @@ _SCHEMA = (
         expires_at REAL NOT NULL
     ) WITHOUT ROWID""",
 )
-# Version 1 kept whole messages in one table; move them over once.
-_FROM_VERSION_1 = (
-    "INSERT INTO melange_bodies (id, message_id, content, metadata, serializer_id, manifest)"
-    " SELECT id, message_id, content, metadata, serializer_id, manifest FROM melange_messages",
-    "INSERT INTO melange_deliveries (queue, visible_at, id, receive_count)"
-    " SELECT queue, visible_at, id, receive_count FROM melange_messages",
-    "DROP TABLE melange_messages",
-)
-
 # Primary result codes (the low byte of an extended code) that mean the file
 # itself cannot be used, as opposed to one operation failing.
 _STORAGE_CODES = {
@@ -276,14 +267,8 @@ class SQLiteFile:
                     f" {SCHEMA_VERSION})"
                 )
             if version != SCHEMA_VERSION:
-                old = connection.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'melange_messages'"
-                ).fetchone()
                 for statement in _SCHEMA:
                     connection.execute(statement)
-                if old is not None:
-                    for statement in _FROM_VERSION_1:
-                        connection.execute(statement)
                 connection.execute("DELETE FROM melange_schema")
                 connection.execute("INSERT INTO melange_schema VALUES (?)", (SCHEMA_VERSION,))
                 if fresh:
