@@ -8,33 +8,10 @@ the handler until it is killed.
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
-from pydantic import BaseModel
-
-from melange import Consumer, Message, MessageDispatcher, listener
+from melange import MessageDispatcher
 from melange.backends.rabbitmq import RabbitMQBackend
-
-
-class Numbered(BaseModel):
-    number: int
-
-
-class Recorder(Consumer):
-    def __init__(self, out: str, hang: bool) -> None:
-        super().__init__()
-        self.out = out
-        self.hang = hang
-
-    @listener
-    def on_number(self, event: Numbered, message: Message) -> None:
-        with open(self.out, "a") as out:
-            out.write(f"{event.number} {message.receive_count} {os.getpid()}\n")
-            out.flush()
-            os.fsync(out.fileno())
-        if self.hang:
-            time.sleep(3600)  # killed here, in the middle of the handler
+from tests.recorder import Recorder
 
 
 def main() -> None:

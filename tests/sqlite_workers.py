@@ -4,36 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
-from pydantic import BaseModel
-
-from melange import Consumer, Message, MessageDispatcher, MessagePublisher, listener
+from melange import MessageDispatcher, MessagePublisher
 from melange.backends.sqlite import SQLiteBackend
+from tests.recorder import Numbered, Recorder
 
 QUEUE = "numbers"
-
-
-class Numbered(BaseModel):
-    number: int
-
-
-class Recorder(Consumer):
-    """Appends ``number receive_count pid`` per handled event to a file."""
-
-    def __init__(self, out: str, hang: bool) -> None:
-        super().__init__()
-        self.out = out
-        self.hang = hang
-
-    @listener
-    def on_number(self, event: Numbered, message: Message) -> None:
-        with open(self.out, "a") as out:
-            out.write(f"{event.number} {message.receive_count} {os.getpid()}\n")
-            out.flush()
-            os.fsync(out.fileno())
-        if self.hang:
-            time.sleep(3600)  # killed here, in the middle of the handler
 
 
 def declare(backend: SQLiteBackend, visibility_timeout: float) -> MessageDispatcher:

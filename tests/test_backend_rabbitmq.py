@@ -33,7 +33,7 @@ from melange.exceptions import (
 from melange.models import QueueWrapper, TopicWrapper
 from melange.policies import RetryPolicy
 from tests.conformance import BackendContract, receive, unique, wait_until
-from tests.rabbitmq_workers import Numbered, Recorder
+from tests.recorder import Numbered, Recorder
 from tests.servers.rabbitmq import RabbitMQNode
 from tests.support import free_port
 
