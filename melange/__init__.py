@@ -3,6 +3,7 @@
 from melange.consumers import Consumer, listener
 from melange.dispatcher import MessageDispatcher, SimpleMessageDispatcher
 from melange.exceptions import MelangeError
+from melange.middleware import Middleware
 from melange.models import Message, QueueWrapper, TopicWrapper
 from melange.policies import AckPolicy, RetryPolicy
 from melange.publishers import MessagePublisher, QueuePublisher, TopicPublisher
@@ -15,6 +16,7 @@ __all__ = [
     "Message",
     "MessageDispatcher",
     "MessagePublisher",
+    "Middleware",
     "QueuePublisher",
     "QueueWrapper",
     "RetryPolicy",

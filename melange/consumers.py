@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import inspect
 import sys
 import types
@@ -105,6 +106,17 @@ def _flatten(annotation: Any, where: str) -> tuple[type, ...]:
     return (annotation,)
 
 
+class _Style(enum.Enum):
+    """How a ``Consumer`` subclass says what it handles."""
+
+    #: ``@listener`` methods (or ``on_message=``), routed by annotation.
+    LISTENERS = "listeners"
+    #: An override of ``handle`` and no listeners: every event goes to ``handle``.
+    HANDLE = "handle"
+    #: The original library's ``process(message)`` and ``accepts(manifest)``.
+    ORIGINAL = "original"
+
+
 class Consumer:
     """Handles the events its ``@listener`` methods accept.
 
@@ -115,6 +127,7 @@ class Consumer:
     """
 
     _listeners: ClassVar[dict[str, _Listener]] = {}
+    _style: ClassVar[_Style] = _Style.LISTENERS
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -131,6 +144,7 @@ class Consumer:
                 elif name in found:
                     del found[name]  # overridden without @listener
         cls._listeners = found
+        cls._style = _style_of(cls, bool(found))
         try:
             _routing_table(found.values(), cls)
         except ListenerDefinitionError as e:
@@ -151,6 +165,21 @@ class Consumer:
         if on_message is not None and consumer_id is None:
             name = getattr(on_message, "__qualname__", type(on_message).__qualname__)
             self.consumer_id = f"{self.consumer_id}[{name}]"
+
+    def wants(self, event_type: type, manifest: str | None) -> bool:
+        """Return whether this consumer takes an event of this class and manifest.
+
+        Listeners decide by class. A consumer that overrides ``handle`` without
+        listeners takes every event; one written the original library's way
+        decides with ``accepts(manifest)``, and its ``process(event)`` (or
+        ``process(event, message)``) handles it.
+        """
+        style = self._style
+        if style is _Style.LISTENERS:
+            return self.handler_for(event_type) is not None
+        if style is _Style.ORIGINAL:
+            return bool(self.accepts(manifest))  # type: ignore[arg-type]
+        return True
 
     def accepted_types(self) -> tuple[type, ...]:
         """Return the classes the listeners are annotated with."""
@@ -177,6 +206,9 @@ class Consumer:
         Raises:
             LookupError: no listener accepts the event's class.
         """
+        if self._style is _Style.ORIGINAL:
+            self._process(event, message)
+            return
         found = self.handler_for(type(event))
         if found is None:
             raise LookupError(f"{type(self).__qualname__} has no listener for {type(event)!r}")
@@ -185,6 +217,13 @@ class Consumer:
             handler(event, message)
         else:
             handler(event)
+
+    def _process(self, event: Any, message: Message) -> None:
+        process: Callable[..., Any] = self.process  # type: ignore[attr-defined]
+        if _positional_count(process) >= 2:
+            process(event, message)
+        else:
+            process(event)
 
     def _routes(self) -> dict[type, tuple[Callable[..., Any], bool]]:
         if self._table is None:
@@ -196,6 +235,40 @@ class Consumer:
                 table[entry_type] = (getattr(self, entry.name), entry.takes_message)
             self._table = table
         return self._table
+
+
+def _style_of(cls: type, has_listeners: bool) -> _Style:
+    """Tell how ``cls`` handles events, or raise if it would silently handle none."""
+    overrides = {name for name in ("handle", "process", "accepts") if _overridden(cls, name)}
+    where = cls.__qualname__
+    if "process" in overrides:
+        if has_listeners:
+            raise ListenerDefinitionError(
+                f"{where} defines both process() and @listener methods: use one of them"
+            )
+        return _Style.ORIGINAL
+    if "accepts" in overrides and not has_listeners and "handle" not in overrides:
+        raise ListenerDefinitionError(
+            f"{where} overrides accepts() but has no process(), handle() or @listener"
+            " method: nothing would handle the events it accepts"
+        )
+    if "handle" in overrides and not has_listeners:
+        return _Style.HANDLE
+    return _Style.LISTENERS
+
+
+def _overridden(cls: type, name: str) -> bool:
+    for klass in cls.__mro__:
+        if klass is Consumer:
+            return False
+        if name in vars(klass):
+            return True
+    return False
+
+
+def _positional_count(func: Callable[..., Any]) -> int:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in inspect.signature(func).parameters.values() if p.kind in kinds)
 
 
 def _routing_table(entries: Iterable[_Listener], owner: type) -> dict[type, _Listener]:

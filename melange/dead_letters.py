@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from melange import signals
 from melange.backends.interfaces import MessagingBackend
-from melange.exceptions import BackendError
+from melange.exceptions import BackendError, MessageTooLargeError
 from melange.models import Message, QueueWrapper
 
 __all__ = [
     "ATTEMPTS",
     "DEAD_LETTERED_AT",
+    "ERROR_HEADERS",
     "ERROR_MESSAGE",
     "ERROR_STAGE",
     "ERROR_TYPE",
     "SOURCE_QUEUE",
     "DeadLetterer",
     "Stage",
+    "dead_letter_queue_name",
 ]
 
 ERROR_TYPE = "error_type"
@@ -28,15 +31,27 @@ ERROR_STAGE = "error_stage"
 ATTEMPTS = "attempts"
 SOURCE_QUEUE = "source_queue"
 DEAD_LETTERED_AT = "dead_lettered_at"
+#: Every header melange adds to a dead-letter copy.
+ERROR_HEADERS = (ERROR_TYPE, ERROR_MESSAGE, ERROR_STAGE, ATTEMPTS, SOURCE_QUEUE, DEAD_LETTERED_AT)
 
 _MAX_ERROR_MESSAGE = 1024
+_SHORT_ERROR_MESSAGE = 64
 
 
 class Stage(enum.Enum):
     """Where a message failed."""
 
+    #: The backend could not read it off the wire (headers, encoding).
+    DECODE = "decode"
+    #: No serializer could turn its content into an event.
     DESERIALIZE = "deserialize"
+    #: Its consumers kept failing.
     HANDLE = "handle"
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    """Return the name of ``queue``'s dead-letter queue."""
+    return f"{queue}-dlq"
 
 
 class DeadLetterer:
@@ -55,34 +70,41 @@ class DeadLetterer:
         self._queue = dead_letter_queue
         self._lock = threading.Lock()
 
-    def send(self, message: Message, error: BaseException, stage: Stage, *, attempts: int) -> bool:
+    def send(
+        self, message: Message, *, stage: Stage, reason: str, error_type: str, attempts: int
+    ) -> bool:
         """Publish a copy with the original content and the error headers.
 
-        Returns whether it was published: ``False`` (reported through the
-        ``message_dead_lettered`` signal's absence and a ``message_failed``
+        A copy too large for the broker is sent with shorter error headers.
+        Returns whether it was published: ``False`` (after a ``message_failed``
         signal) when the dead-letter queue is missing or refuses it, in which
         case the caller must not acknowledge the original.
         """
-        headers = dict(message.metadata)
-        headers.update(
-            {
-                ERROR_TYPE: f"{type(error).__module__}.{type(error).__qualname__}",
-                ERROR_MESSAGE: str(error)[:_MAX_ERROR_MESSAGE],
-                ERROR_STAGE: stage.value,
-                ATTEMPTS: str(attempts),
-                SOURCE_QUEUE: self.source_queue,
-                DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
-            }
-        )
-        copy = Message(
-            content=message.content,
-            message_id=message.message_id,
-            metadata=headers,
-            serializer_id=message.serializer_id,
-            manifest=message.manifest,
-        )
+        error_headers = {
+            ERROR_TYPE: error_type,
+            ERROR_MESSAGE: reason[:_MAX_ERROR_MESSAGE],
+            ERROR_STAGE: stage.value,
+            ATTEMPTS: str(attempts),
+            SOURCE_QUEUE: self.source_queue,
+            DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
+        }
         try:
-            self.backend.publish_to_queue(copy, self._dead_letter_queue())
+            queue = self._dead_letter_queue()
+            for headers in _shorter_and_shorter(message, error_headers):
+                copy = Message(
+                    content=message.content,
+                    message_id=message.message_id,
+                    metadata=headers,
+                    serializer_id=message.serializer_id,
+                    manifest=message.manifest,
+                )
+                try:
+                    self.backend.publish_to_queue(copy, queue)
+                    break
+                except MessageTooLargeError as e:
+                    last_error: BackendError = e
+            else:
+                raise last_error
         except BackendError as e:
             signals.message_failed.send(self, message=message, consumer=None, error=e)
             return False
@@ -98,3 +120,18 @@ class DeadLetterer:
             with self._lock:
                 self._queue = queue
         return self._queue
+
+
+def _shorter_and_shorter(
+    message: Message, error_headers: dict[str, str]
+) -> Iterator[dict[str, str]]:
+    """Yield the copy's headers, each try smaller: the original's plus the reason, then less."""
+    original = dict(message.metadata)
+    yield original | error_headers
+    short = error_headers | {ERROR_MESSAGE: error_headers[ERROR_MESSAGE][:_SHORT_ERROR_MESSAGE]}
+    yield original | short
+    essential = {k: short[k] for k in (ERROR_TYPE, ERROR_STAGE, SOURCE_QUEUE, ERROR_MESSAGE)}
+    yield original | essential
+    # The content must survive whole; the original headers go before the reason does.
+    yield essential
+    yield {ERROR_STAGE: essential[ERROR_STAGE]}

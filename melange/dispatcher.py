@@ -1,35 +1,41 @@
-"""The consume loop: deserialize, route to consumers, acknowledge, retry, dead-letter."""
+"""The consume loop: fetch messages, let the pipeline decide, apply the outcome."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from melange import signals
 from melange.backends.interfaces import MessagingBackend
+from melange.builtin_middleware import (
+    CurrentMessageMiddleware,
+    IdempotencyMiddleware,
+    SignalsMiddleware,
+)
 from melange.consumers import Consumer
-from melange.context import _current
-from melange.dead_letters import DeadLetterer, Stage
-from melange.exceptions import SerializationError, UnknownManifestError
+from melange.dead_letters import DeadLetterer
+from melange.dead_letters import dead_letter_queue_name as _dead_letter_name
+from melange.exceptions import BackendError, QueueNotFoundError
+from melange.holding import HeldMessages
 from melange.idempotency.base import IdempotencyStore
 from melange.manifests import manifest_of
+from melange.middleware import Handling, Middleware
 from melange.models import Message, QueueWrapper
+from melange.outcomes import Outcome, OutcomeKind
+from melange.pipeline import MessagePipeline
 from melange.policies import AckPolicy, RetryPolicy
 from melange.serializers import SerializerRegistry
 
 __all__ = ["MessageDispatcher", "SimpleMessageDispatcher"]
 
+log = logging.getLogger("melange.dispatcher")
+
 ExceptionHook = Callable[[BaseException], None]
 _POLL_SECONDS = 1.0
-_REMEMBERED_PARTIALS = 10_000
-
-
-# (consumer, its bound handler for one event class, whether it takes the message)
-_Route = tuple[Consumer, Callable[..., Any], bool]
+_MAX_OUTAGE_PAUSE = 30.0
 
 
 @dataclass(slots=True)
@@ -37,19 +43,20 @@ class _QueueState:
     name: str
     wrapper: QueueWrapper
     dead_letters: DeadLetterer
+    visibility_timeout: float
 
 
 class MessageDispatcher:
     """Pulls messages from a queue and hands each event to the consumers that accept it.
 
-    By default (``AckPolicy.AFTER_SUCCESS``) a message is acknowledged only
-    when every accepting consumer succeeded. A failing consumer is retried as
-    ``retry`` says, then the message goes to the dead-letter queue with its
-    original content and the headers ``error_type``, ``error_message``,
-    ``attempts`` and ``source_queue``. A message that cannot be deserialized
-    is dead-lettered at once; one that no listener accepts is acknowledged
-    and reported as skipped. With an ``idempotency`` store a redelivered
-    message runs each consumer once.
+    Each message is decided by the pipeline (see ``melange.pipeline``) and
+    settled at once: acknowledged when its consumers are done, released for
+    a retry with backoff, or dead-lettered with its original content and the
+    headers ``error_type``, ``error_message``, ``error_stage``, ``attempts``
+    and ``source_queue``. While a message is held its visibility is extended,
+    so a slow handler is never handed to a second worker. ``middleware`` wraps
+    the handling of every message (the first given is outermost); with an
+    ``idempotency`` store a redelivered message runs each consumer once.
     """
 
     def __init__(
@@ -59,9 +66,11 @@ class MessageDispatcher:
         *,
         serializers: SerializerRegistry | None = None,
         idempotency: IdempotencyStore | None = None,
+        middleware: Sequence[Middleware] = (),
         ack_policy: AckPolicy = AckPolicy.AFTER_SUCCESS,
         retry: RetryPolicy | None = None,
         batch_size: int = 10,
+        visibility_timeout: float | None = None,
     ) -> None:
         self.backend = backend
         self.serializers = serializers if serializers is not None else SerializerRegistry()
@@ -69,11 +78,22 @@ class MessageDispatcher:
         self.ack_policy = ack_policy
         self.retry = retry if retry is not None else RetryPolicy()
         self.batch_size = batch_size
+        self.visibility_timeout = visibility_timeout
         self._consumers: list[Consumer] = []
-        self._routes: dict[type, tuple[_Route, ...]] = {}
+        self._routes: dict[tuple[type, str | None], tuple[Consumer, ...]] = {}
         self._queues: dict[str, _QueueState] = {}
-        self._partials: OrderedDict[str, set[str]] = OrderedDict()
         self._lock = threading.Lock()
+        chain: list[Middleware] = [SignalsMiddleware(), CurrentMessageMiddleware(), *middleware]
+        if idempotency is not None:
+            chain.append(IdempotencyMiddleware(idempotency))
+        self.pipeline = MessagePipeline(
+            self._consumers_for,
+            self.serializers,
+            middleware=chain,
+            ack_policy=ack_policy,
+            retry=self.retry,
+            learn_event_types=self._register_event_types,
+        )
         for consumer in consumers or ():
             self.attach_consumer(consumer)
 
@@ -132,12 +152,16 @@ class MessageDispatcher:
         names = sorted(set(self.topics()) | set(topics))
         wrappers = [self.backend.declare_topic(name) for name in names]
         queue_options.setdefault("max_receive_count", self.retry.max_deliveries + 1)
-        dead_letter_name = dead_letter_queue_name or f"{queue}-dlq"
+        dead_letter_name = dead_letter_queue_name or _dead_letter_name(queue)
         wrapper, dead_letter = self.backend.declare_queue(
             queue, *wrappers, dead_letter_queue_name=dead_letter_name, **queue_options
         )
+        visibility = queue_options.get("visibility_timeout") or self._default_visibility()
         state = _QueueState(
-            queue, wrapper, DeadLetterer(self.backend, queue, dead_letter_name, dead_letter)
+            queue,
+            wrapper,
+            DeadLetterer(self.backend, queue, dead_letter_name, dead_letter),
+            float(visibility),
         )
         with self._lock:
             self._queues[queue] = state
@@ -159,37 +183,51 @@ class MessageDispatcher:
 
         Stops after ``max_messages``, after ``idle_timeout`` seconds without a
         message (0: as soon as the queue is empty), or when ``stop_event`` is
-        set. ``on_exception`` is called with each exception a handler raises;
-        ``after_consume`` after each message.
+        set: then the message in hand is finished and those received but not
+        started are released at once. ``on_exception`` is called with each
+        exception a handler raises; ``after_consume`` after each message. A
+        broker outage pauses the loop with backoff instead of ending it.
 
         Raises:
             QueueNotFoundError: the queue does not exist.
-            BackendError: the backend failed.
         """
         state = self._queue_state(queue)
+        stop = stop_event if stop_event is not None else threading.Event()
         handled = 0
         idle_since = time.monotonic()
-        while not (stop_event is not None and stop_event.is_set()):
-            wanted = self.batch_size
-            if max_messages is not None:
-                if handled >= max_messages:
-                    break
-                wanted = min(wanted, max_messages - handled)
-            wait = _POLL_SECONDS
-            if idle_timeout is not None:
-                wait = min(wait, max(0.0, idle_timeout - (time.monotonic() - idle_since)))
-            batch = self.backend.retrieve_messages(
-                state.wrapper, max_messages=wanted, wait_seconds=wait
-            )
-            if not batch:
-                if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
-                    break
-                continue
-            self.dispatch_batch(
-                batch, queue, on_exception=on_exception, after_consume=after_consume
-            )
-            handled += len(batch)
-            idle_since = time.monotonic()
+        outage_pause = 0.0
+        with HeldMessages(self.backend, state.visibility_timeout) as held:
+            while not stop.is_set():
+                wanted = self.batch_size
+                if max_messages is not None:
+                    if handled >= max_messages:
+                        break
+                    wanted = min(wanted, max_messages - handled)
+                wait = _POLL_SECONDS
+                if idle_timeout is not None:
+                    wait = min(wait, max(0.0, idle_timeout - (time.monotonic() - idle_since)))
+                try:
+                    batch = self.backend.retrieve_messages(
+                        state.wrapper, max_messages=wanted, wait_seconds=wait
+                    )
+                except QueueNotFoundError:
+                    raise
+                except BackendError as e:
+                    outage_pause = min(max(outage_pause * 2, 0.5), _MAX_OUTAGE_PAUSE)
+                    log.warning(
+                        "receive from %s failed (%s); retrying in %.1fs", queue, e, outage_pause
+                    )
+                    stop.wait(outage_pause)
+                    continue
+                outage_pause = 0.0
+                if not batch:
+                    if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
+                        break
+                    continue
+                handled += self._run_batch(
+                    batch, state, held, stop, on_exception=on_exception, after_consume=after_consume
+                )
+                idle_since = time.monotonic()
         return handled
 
     def dispatch_batch(
@@ -200,167 +238,107 @@ class MessageDispatcher:
         on_exception: ExceptionHook | None = None,
         after_consume: Callable[[], None] | None = None,
     ) -> None:
-        """Handle messages received from ``queue`` and acknowledge them as the policy says."""
+        """Handle messages received from ``queue`` and settle each as its outcome says."""
         state = self._queue_state(queue)
-        policy = self.ack_policy
-        if policy is AckPolicy.BEFORE_HANDLE:
+        with HeldMessages(self.backend, state.visibility_timeout) as held:
+            self._run_batch(
+                batch,
+                state,
+                held,
+                threading.Event(),
+                on_exception=on_exception,
+                after_consume=after_consume,
+            )
+
+    def _run_batch(
+        self,
+        batch: Sequence[Message],
+        state: _QueueState,
+        held: HeldMessages,
+        stop: threading.Event,
+        *,
+        on_exception: ExceptionHook | None,
+        after_consume: Callable[[], None] | None,
+    ) -> int:
+        """Handle a received batch, one message at a time; return how many were handled."""
+        acked_on_receipt = self.ack_policy is AckPolicy.BEFORE_HANDLE
+        if acked_on_receipt:
             self.backend.acknowledge_batch(batch)
-        done: list[Message] = []
+        else:
+            held.hold(batch)
+        handled = 0
+        handle, name, visibility = self.pipeline.handle, state.name, state.visibility_timeout
+        stopping = stop.is_set
         for message in batch:
-            if self._dispatch(message, state, on_exception):
-                done.append(message)
+            if stopping():
+                break
+            handling = Handling(message, name, self, visibility, on_exception, stopping)
+            held.start(handling)
+            try:
+                outcome = handle(handling)
+            finally:
+                held.current = None
+            if outcome.kind is OutcomeKind.ACK and not acked_on_receipt:
+                held.done(message)
+            else:
+                self._apply(outcome, message, state, held, acked_on_receipt)
+            handled += 1
             if after_consume is not None:
                 after_consume()
-        if done and policy is not AckPolicy.BEFORE_HANDLE:
-            self.backend.acknowledge_batch(done)
+        for message in held.unstarted():
+            self._release(message, 0.0)
+        held.flush()
+        return handled
 
-    def _dispatch(
-        self, message: Message, state: _QueueState, on_exception: ExceptionHook | None
-    ) -> bool:
-        """Handle one message; return whether it may be acknowledged."""
-        if signals.message_received.receivers:
-            signals.message_received.send(self, message=message, queue=state.name)
-        try:
-            event = self._deserialize(message)
-        except UnknownManifestError as e:
-            return self._skip(message, state, str(e))
-        except SerializationError as e:
-            if on_exception is not None:
-                on_exception(e)
-            return state.dead_letters.send(message, e, Stage.DESERIALIZE, attempts=0)
-        consumers = self._routes.get(type(event))
-        if consumers is None:
-            consumers = self._route(type(event))
-        if not consumers:
-            return self._skip(message, state, f"no listener accepts {type(event).__qualname__}")
-        failure = self._run_consumers(consumers, event, message, on_exception)
-        if failure is None:
-            if signals.message_processed.receivers:
-                signals.message_processed.send(self, message=message, event=event, queue=state.name)
-            return self.ack_policy is not AckPolicy.MANUAL
-        return self._after_failure(message, state, failure)
-
-    def _deserialize(self, message: Message) -> Any:
-        serializers = self.serializers
-        try:
-            return serializers.deserialize(message.content, message.manifest, message.serializer_id)
-        except UnknownManifestError:
-            # A subclass of an accepted class may have been defined since attach.
-            if not self._register_event_types():
-                raise
-            return serializers.deserialize(message.content, message.manifest, message.serializer_id)
-
-    def _run_consumers(
+    def _apply(
         self,
-        routes: tuple[_Route, ...],
-        event: Any,
+        outcome: Outcome,
         message: Message,
-        on_exception: ExceptionHook | None,
-    ) -> BaseException | None:
-        done_before = self._partials.pop(message.message_id, None) if self._partials else None
-        failure: BaseException | None = None
-        succeeded: set[str] = set(done_before or ())
-        token = _current.set(message)
+        state: _QueueState,
+        held: HeldMessages,
+        acked_on_receipt: bool,
+    ) -> None:
+        kind = outcome.kind
+        if kind is OutcomeKind.DEAD_LETTER:
+            sent = state.dead_letters.send(
+                message,
+                stage=outcome.stage,  # type: ignore[arg-type]
+                reason=outcome.reason,
+                error_type=outcome.error_type or _type_name(outcome.error),
+                attempts=outcome.attempts,
+            )
+            if not sent and not acked_on_receipt:
+                # Nowhere to put it: keep it on the queue rather than lose it.
+                held.drop(message)
+                self._release(message, self.retry.max_backoff_seconds)
+                return
+        if acked_on_receipt:
+            return
+        if outcome.settles:
+            held.done(message)
+        elif kind is OutcomeKind.RELEASE:
+            held.drop(message)
+            self._release(message, outcome.delay)
+        else:
+            held.drop(message)
+
+    def _release(self, message: Message, delay: float) -> None:
         try:
-            for route in routes:
-                consumer = route[0]
-                if done_before and consumer.consumer_id in done_before:
-                    continue
-                error = self._run_one(route, event, message, on_exception)
-                if error is None:
-                    succeeded.add(consumer.consumer_id)
-                else:
-                    failure = error
-        finally:
-            _current.reset(token)
-        if failure is not None and succeeded:
-            self._remember_partial(message.message_id, succeeded)
-        return failure
-
-    def _run_one(
-        self,
-        route: _Route,
-        event: Any,
-        message: Message,
-        on_exception: ExceptionHook | None,
-    ) -> BaseException | None:
-        consumer, handler, takes_message = route
-        store = self.idempotency
-        if store is not None:
-            try:
-                if not store.claim(consumer.consumer_id, message.message_id):
-                    if signals.message_skipped.receivers:
-                        signals.message_skipped.send(
-                            self, message=message, consumer=consumer, reason="duplicate"
-                        )
-                    return None
-            except Exception as e:  # the store is down: retry later rather than run twice
-                return self._report(e, message, consumer, on_exception)
-        error: BaseException | None = None
-        for _ in range(self.retry.immediate_attempts):
-            try:
-                if takes_message:
-                    handler(event, message)
-                else:
-                    handler(event)
-            except Exception as e:
-                error = self._report(e, message, consumer, on_exception)
-            else:
-                error = None
-                break
-        if store is not None:
-            if error is None:
-                store.complete(consumer.consumer_id, message.message_id)
-            else:
-                store.release(consumer.consumer_id, message.message_id)
-        return error
-
-    def _report(
-        self,
-        error: Exception,
-        message: Message,
-        consumer: Consumer,
-        on_exception: ExceptionHook | None,
-    ) -> Exception:
-        if signals.message_failed.receivers:
-            signals.message_failed.send(self, message=message, consumer=consumer, error=error)
-        if on_exception is not None:
-            on_exception(error)
-        return error
-
-    def _after_failure(self, message: Message, state: _QueueState, error: BaseException) -> bool:
-        policy = self.ack_policy
-        if policy is AckPolicy.MANUAL:
-            return False
-        delivery = message.receive_count
-        attempts = max(delivery, 1) * self.retry.immediate_attempts
-        last_delivery = delivery == 0 or delivery >= self.retry.max_deliveries
-        if policy is AckPolicy.AFTER_SUCCESS and not last_delivery:
-            self.backend.release(message, self.retry.delay_for(delivery))
-            return False
-        sent = state.dead_letters.send(message, error, Stage.HANDLE, attempts=attempts)
-        if not sent and policy is not AckPolicy.BEFORE_HANDLE:
-            # Nowhere to put it: keep it on the queue rather than lose it.
-            self.backend.release(message, self.retry.max_backoff_seconds)
-        return sent
-
-    def _skip(self, message: Message, state: _QueueState, reason: str) -> bool:
-        if signals.message_skipped.receivers:
-            signals.message_skipped.send(self, message=message, queue=state.name, reason=reason)
-        return self.ack_policy is not AckPolicy.MANUAL
+            self.backend.release(message, delay)
+        except BackendError as e:
+            # It comes back when its visibility timeout ends.
+            log.warning("could not release %s: %s", message.message_id, e)
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _route(self, event_type: type) -> tuple[_Route, ...]:
-        routes = []
-        for consumer in self._consumers:
-            found = consumer.handler_for(event_type)
-            if found is not None:
-                routes.append((consumer, *found))
-        accepting = tuple(routes)
-        with self._lock:
-            self._routes[event_type] = accepting
-        return accepting
+    def _consumers_for(self, event_type: type, manifest: str | None) -> tuple[Consumer, ...]:
+        key = (event_type, manifest)
+        found = self._routes.get(key)
+        if found is None:
+            found = tuple(c for c in self._consumers if c.wants(event_type, manifest))
+            with self._lock:
+                self._routes[key] = found
+        return found
 
     def _register_event_types(self) -> bool:
         """Make every accepted class readable; return whether any was new."""
@@ -373,20 +351,31 @@ class MessageDispatcher:
                 added = True
         return added
 
-    def _remember_partial(self, message_id: str, succeeded: set[str]) -> None:
-        self._partials[message_id] = succeeded
-        while len(self._partials) > _REMEMBERED_PARTIALS:
-            self._partials.popitem(last=False)
+    def _default_visibility(self) -> float:
+        if self.visibility_timeout is not None:
+            return self.visibility_timeout
+        return self.backend.default_visibility_timeout
 
     def _queue_state(self, queue: str) -> _QueueState:
         state = self._queues.get(queue)
         if state is None:
             wrapper = self.backend.get_queue(queue)
-            name = f"{queue}-dlq"
-            state = _QueueState(queue, wrapper, DeadLetterer(self.backend, queue, name, None))
+            name = _dead_letter_name(queue)
+            state = _QueueState(
+                queue,
+                wrapper,
+                DeadLetterer(self.backend, queue, name, None),
+                self._default_visibility(),
+            )
             with self._lock:
                 self._queues[queue] = state
         return state
+
+
+def _type_name(error: BaseException | None) -> str:
+    if error is None:
+        return "melange.Unknown"
+    return f"{type(error).__module__}.{type(error).__qualname__}"
 
 
 class SimpleMessageDispatcher(MessageDispatcher):

@@ -12,6 +12,7 @@ from typing import Any
 __all__ = [
     "CAUSATION_ID",
     "CORRELATION_ID",
+    "DECODE_ERROR",
     "PUBLISHED_AT",
     "Message",
     "QueueWrapper",
@@ -25,6 +26,10 @@ _set = object.__setattr__
 CORRELATION_ID = "correlation_id"
 CAUSATION_ID = "causation_id"
 PUBLISHED_AT = "published_at"
+#: Set by a backend on a received message it could not fully decode (a header
+#: it cannot parse, text that is not UTF-8…); the value says why. The dispatcher
+#: dead-letters such a message with its original content, never handles it.
+DECODE_ERROR = "x-melange-decode-error"
 
 
 _urandom = os.urandom

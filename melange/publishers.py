@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from melange import signals
 from melange.backends.interfaces import MessagingBackend
 from melange.context import current_message
 from melange.exceptions import ConfigurationError, SerializationError
+from melange.middleware import (
+    Destination,
+    DestinationKind,
+    Middleware,
+    Publishing,
+    current_hold,
+)
 from melange.models import (
     CAUSATION_ID,
     CORRELATION_ID,
@@ -33,14 +40,31 @@ class MessagePublisher:
     after its manifest, so consumers subscribe by type. Every message carries
     ``correlation_id``, ``causation_id`` and ``published_at``; published while
     a message is being handled, it inherits that message's correlation id and
-    names it as its cause.
+    names it as its cause. ``middleware`` wraps building and sending each
+    message (see ``melange.middleware``); a publish made inside
+    ``hold_publishes()`` is kept back until that scope releases it.
     """
 
     def __init__(
-        self, backend: MessagingBackend, serializers: SerializerRegistry | None = None
+        self,
+        backend: MessagingBackend,
+        serializers: SerializerRegistry | None = None,
+        *,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.backend = backend
         self.serializers = serializers if serializers is not None else SerializerRegistry()
+        self.middleware = tuple(middleware)
+        self._build_hooks = [
+            m.build_message
+            for m in self.middleware
+            if type(m).build_message is not Middleware.build_message
+        ]
+        self._send_hooks = [
+            m.send_message
+            for m in self.middleware
+            if type(m).send_message is not Middleware.send_message
+        ]
         self._topics: dict[str, TopicWrapper] = {}
         self._queues: dict[str, QueueWrapper] = {}
         self._lock = threading.Lock()
@@ -65,24 +89,20 @@ class MessagePublisher:
             QueueNotFoundError: ``queue`` does not exist.
             BackendError: the backend refused the message.
         """
-        message = self.build_message(event, headers)
-        if topic is None and queue is None and delay == 0:
-            wrapper = self._topics.get(message.manifest)  # type: ignore[arg-type]
-            if wrapper is not None:  # the common case: routing by type, topic known
-                self.backend.publish_to_topic(message, wrapper)
-                if signals.message_published.receivers:
-                    signals.message_published.send(self, message=message, event=event)
-                return message
-        destination = self._destination(message, topic, queue)
-        if isinstance(destination, QueueWrapper):
-            if delay > 0:
-                self.backend.publish_delayed_to_queue(message, destination, delay)
-            else:
-                self.backend.publish_to_queue(message, destination)
-        elif delay > 0:
+        if topic is not None and queue is not None:
+            raise ConfigurationError("publish to a topic or to a queue, not both")
+        if delay > 0 and queue is None:
             raise ConfigurationError("a delay needs queue=: topics cannot delay a message")
+        if not self._build_hooks and not self._send_hooks:
+            message = self.build_message(event, headers)
+            self._send(message, self._resolve(message, topic, queue), delay)
         else:
-            self.backend.publish_to_topic(message, destination)
+            publishing = Publishing(
+                event, _text_headers(headers), _requested(topic, queue), delay, publisher=self
+            )
+            message = self._build_wrapped(publishing)
+            publishing.message = message
+            self._send_wrapped(publishing, topic, queue)
         if signals.message_published.receivers:
             signals.message_published.send(self, message=message, event=event)
         return message
@@ -97,27 +117,33 @@ class MessagePublisher:
     ) -> list[Message]:
         """Publish several events in as few broker calls as the backend allows.
 
-        Events bound for different manifest topics are grouped per topic.
+        Events bound for different manifest topics are grouped per topic. With
+        middleware, or inside ``hold_publishes()``, each event is published on
+        its own so that every hook sees it.
 
         Raises:
             BatchPublishError: some messages were not published; it lists them.
         """
+        if topic is not None and queue is not None:
+            raise ConfigurationError("publish to a topic or to a queue, not both")
+        if self._build_hooks or self._send_hooks or current_hold() is not None:
+            return [self.publish(e, topic=topic, queue=queue, headers=headers) for e in events]
         messages = [self.build_message(event, headers) for event in events]
-        groups: dict[QueueWrapper | TopicWrapper, list[Message]] = {}
+        groups: dict[_Target, list[Message]] = {}
         for message in messages:
-            groups.setdefault(self._destination(message, topic, queue), []).append(message)
-        for destination, group in groups.items():
-            if isinstance(destination, QueueWrapper):
-                self.backend.publish_batch_to_queue(group, destination)
+            groups.setdefault(self._resolve(message, topic, queue), []).append(message)
+        for (kind, destination), group in groups.items():
+            if kind is DestinationKind.QUEUE:
+                self.backend.publish_batch_to_queue(group, destination)  # type: ignore[arg-type]
             else:
-                self.backend.publish_batch_to_topic(group, destination)
+                self.backend.publish_batch_to_topic(group, destination)  # type: ignore[arg-type]
         if signals.message_published.receivers:
             for message in messages:
                 signals.message_published.send(self, message=message, event=None)
         return messages
 
     def build_message(self, event: Any, headers: Mapping[str, Any] | None = None) -> Message:
-        """Serialize an event into a message with melange's headers."""
+        """Serialize an event into a message with melange's headers (no middleware)."""
         content, manifest, serializer_id = self.serializers.serialize(event)
         if type(content) is not str:
             raise SerializationError(
@@ -141,23 +167,70 @@ class MessagePublisher:
             metadata.update({str(k): str(v) for k, v in headers.items() if k != PUBLISHED_AT})
         return _unchecked(content, message_id, metadata, serializer_id, manifest)
 
-    def _destination(
+    # -- middleware ------------------------------------------------------------------
+
+    def _build_wrapped(self, publishing: Publishing) -> Message:
+        def build(index: int) -> Message:
+            if index == len(self._build_hooks):
+                return self.build_message(publishing.event, publishing.headers)
+            return self._build_hooks[index](publishing, lambda: build(index + 1))
+
+        return build(0)
+
+    def _send_wrapped(
+        self,
+        publishing: Publishing,
+        topic: str | TopicWrapper | None,
+        queue: str | QueueWrapper | None,
+    ) -> None:
+        def send(index: int) -> None:
+            if index == len(self._send_hooks):
+                message = publishing.message
+                assert message is not None
+                self._send(message, self._resolve(message, topic, queue), publishing.delay)
+            else:
+                self._send_hooks[index](publishing, lambda: send(index + 1))
+
+        send(0)
+
+    # -- sending ---------------------------------------------------------------------
+
+    def _send(self, message: Message, target: _Target, delay: float) -> None:
+        held = current_hold()
+        if held is not None:
+            held.hold(message, lambda: self._send_now(message, target, delay))
+        else:
+            self._send_now(message, target, delay)
+
+    def _send_now(self, message: Message, target: _Target, delay: float) -> None:
+        kind, destination = target
+        if kind is DestinationKind.TOPIC:
+            self.backend.publish_to_topic(message, destination)  # type: ignore[arg-type]
+        elif delay > 0:
+            self.backend.publish_delayed_to_queue(message, destination, delay)  # type: ignore[arg-type]
+        else:
+            self.backend.publish_to_queue(message, destination)  # type: ignore[arg-type]
+
+    def _resolve(
         self,
         message: Message,
         topic: str | TopicWrapper | None,
         queue: str | QueueWrapper | None,
-    ) -> QueueWrapper | TopicWrapper:
-        if topic is not None and queue is not None:
-            raise ConfigurationError("publish to a topic or to a queue, not both")
+    ) -> _Target:
+        """Return where the message goes, as the caller's argument says."""
         if queue is not None:
-            return queue if isinstance(queue, QueueWrapper) else self._queue(queue)
+            if isinstance(queue, str):
+                return DestinationKind.QUEUE, self._queue(queue)
+            return DestinationKind.QUEUE, queue
         if topic is None:
             if message.manifest is None:
                 raise ConfigurationError(
                     "this event has no manifest to route by: pass topic= or queue="
                 )
             topic = message.manifest
-        return topic if isinstance(topic, TopicWrapper) else self._topic(topic)
+        if isinstance(topic, str):
+            return DestinationKind.TOPIC, self._topic(topic)
+        return DestinationKind.TOPIC, topic
 
     def _topic(self, name: str) -> TopicWrapper:
         wrapper = self._topics.get(name)
@@ -179,6 +252,26 @@ class MessagePublisher:
         """Drop a cached queue handle (after the queue was deleted and made again)."""
         with self._lock:
             self._queues.pop(name, None)
+
+
+_Target = tuple[DestinationKind, "QueueWrapper | TopicWrapper"]
+
+
+def _requested(
+    topic: str | TopicWrapper | None, queue: str | QueueWrapper | None
+) -> Destination | None:
+    """Return the destination the caller named, for middleware to see (``None``: by manifest)."""
+    if queue is not None:
+        name = queue if isinstance(queue, str) else str(queue.unwrap())
+        return Destination(DestinationKind.QUEUE, name, None if isinstance(queue, str) else queue)
+    if topic is not None:
+        name = topic if isinstance(topic, str) else str(topic.unwrap())
+        return Destination(DestinationKind.TOPIC, name, None if isinstance(topic, str) else topic)
+    return None
+
+
+def _text_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (headers or {}).items()}
 
 
 class QueuePublisher(MessagePublisher):

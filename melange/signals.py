@@ -3,7 +3,9 @@
 Every signal is sent with the publisher or dispatcher as sender and keyword
 arguments: ``message`` always; ``event`` once deserialized; ``queue`` on the
 consuming side; ``consumer`` and ``error`` where they apply; ``reason`` for
-skipped and dead-lettered messages.
+skipped and dead-lettered messages. ``message_unrouted`` is sent by a backend
+(the sender) with ``message`` and ``topic`` (its name) when a topic had no
+subscribed queue to take a published message.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ __all__ = [
     "message_published",
     "message_received",
     "message_skipped",
+    "message_unrouted",
 ]
 
 _signals = Namespace()
@@ -34,4 +37,8 @@ message_skipped = _signals.signal(
 )
 message_dead_lettered = _signals.signal(
     "message-dead-lettered", doc="A message was moved to the dead-letter queue."
+)
+message_unrouted = _signals.signal(
+    "message-unrouted",
+    doc="A message was published to a topic that no queue subscribes to: nobody will read it.",
 )

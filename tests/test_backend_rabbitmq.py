@@ -9,28 +9,34 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import weakref
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
 from pydantic import BaseModel
 
-from melange import Consumer, Message, MessageDispatcher, MessagePublisher, listener
+from melange import Consumer, Message, MessageDispatcher, MessagePublisher, listener, signals
 from melange.backends import from_url
+from melange.backends._decoding import bytes_of
 from melange.backends.rabbitmq import RabbitMQBackend
 from melange.backends.rabbitmq_topology import delay_bucket_ms
 from melange.dead_letters import ERROR_TYPE, SOURCE_QUEUE
 from melange.exceptions import (
     BackendConnectionError,
+    BatchPublishError,
     ConfigurationError,
     PublishError,
     QueueNotFoundError,
     TopicNotFoundError,
 )
-from melange.models import QueueWrapper, TopicWrapper
+from melange.models import DECODE_ERROR, QueueWrapper, TopicWrapper
 from melange.policies import RetryPolicy
 from tests.conformance import BackendContract, receive, unique, wait_until
 from tests.recorder import Numbered, Recorder
@@ -463,3 +469,309 @@ def test_delays_round_up_to_a_few_holding_queues() -> None:
         assert seconds * 1000 <= bucket <= seconds * 1000 * 1.13
     jittered = {delay_bucket_ms(1.0 + i / 1000) for i in range(-200, 200)}
     assert len(jittered) <= 5
+
+
+# -- bad input, one message at a time --------------------------------------------------------
+
+
+def raw_publish(
+    node: RabbitMQNode, exchange: str, routing_key: str, body: bytes, **properties: Any
+) -> None:
+    """Publish with plain pika (confirmed), as a foreign service would."""
+    connection, channel = raw_channel(node)
+    try:
+        channel.confirm_delivery()  # type: ignore[attr-defined]
+        channel.basic_publish(  # type: ignore[attr-defined]
+            exchange, routing_key, body, pika.BasicProperties(**properties)
+        )
+    finally:
+        connection.close()
+
+
+BAD_INPUT = {
+    "serializer header": (b"{}", {"headers": {"x-melange-serializer": "json"}}, "serializer"),
+    "receives header": (b"{}", {"headers": {"x-melange-receives": "many"}}, "receives"),
+    "delivery count": (b"{}", {"headers": {"x-delivery-count": "zz"}}, "x-delivery-count"),
+    "body": (b'{"name": "\xff\xfe"}', {}, "body is not UTF-8"),
+    "bytes header": (b"{}", {"headers": {"trace": b"\xc3(\xff"}}, "header 'trace'"),
+    "header name": (b"{}", {"headers": {b"k\xff": "v"}}, "header name"),
+    "nested bytes": (b"{}", {"headers": {"t": {"a": [b"\xff"]}}}, "header 't'"),
+    "message id": (b"{}", {"message_id": b"id-\xff"}, "message_id is not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_a_bad_delivery_is_returned_undecodable_between_good_ones(
+    rabbitmq_node: RabbitMQNode, case: str
+) -> None:
+    body, properties, reason = BAD_INPUT[case]
+    with RabbitMQBackend(rabbitmq_node.url) as backend:
+        queue, dead_letter = backend.declare_queue(
+            unique("q"), dead_letter_queue_name=unique("dlq"), visibility_timeout=1
+        )
+        assert dead_letter is not None
+        first, last = Message(content="first", serializer_id=3), Message(content="last")
+        backend.publish_to_queue(first, queue)
+        raw_publish(rabbitmq_node, "", queue.unwrap(), body, **properties)
+        backend.publish_to_queue(last, queue)
+        got = receive(backend, queue, 3)
+        assert len(got) == 3
+        [bad] = [m for m in got if DECODE_ERROR in m.metadata]
+        assert reason in bad.metadata[DECODE_ERROR]
+        assert bytes_of(bad.content) == body
+        assert bad.serializer_id is None
+        expected_count = 0 if case in ("receives header", "delivery count") else 1
+        assert bad.receive_count == expected_count
+        good = sorted((m for m in got if m is not bad), key=lambda m: m.content)
+        assert [(m.content, m.message_id, m.serializer_id) for m in good] == [
+            ("first", first.message_id, 3),
+            ("last", last.message_id, None),
+        ]
+        assert all(m.receive_count == 1 and DECODE_ERROR not in m.metadata for m in good)
+        backend.acknowledge_batch(got)
+        time.sleep(1.5)  # past the visibility timeout: an unacknowledged one would be back
+        assert backend.retrieve_messages(queue, wait_seconds=0.5) == []
+        assert backend.queue_depth(dead_letter) == 0
+
+
+def test_a_bad_header_keeps_its_bytes_when_published_again(
+    backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode
+) -> None:
+    # What a dead-letter copy does: the original bytes go out, not an encoding error.
+    source, _ = backend.declare_queue(unique("q"))
+    copy, _ = backend.declare_queue(unique("copy"))
+    headers = {"trace": b"\xc3(\xff", "x-melange-serializer": "json"}
+    raw_publish(rabbitmq_node, "", source.unwrap(), b"\xff\xfe", type="m", headers=headers)
+    [bad] = receive(backend, source, 1)
+    assert DECODE_ERROR in bad.metadata
+    backend.publish_to_queue(bad, copy)
+    backend.acknowledge(bad)
+    connection, channel = raw_channel(rabbitmq_node)
+    try:
+        assert wait_until(lambda: backend.queue_depth(copy) == 1)
+        _, properties, body = channel.basic_get(copy.unwrap(), auto_ack=True)  # type: ignore[attr-defined]
+    finally:
+        connection.close()
+    assert body == b"\xff\xfe"
+    assert properties.headers["trace"] == b"\xc3(\xff"
+    assert properties.headers["x-melange-serializer"] == "json"
+    assert properties.headers[DECODE_ERROR] == bad.metadata[DECODE_ERROR]
+    assert (properties.message_id, properties.type) == (bad.message_id, "m")
+
+
+def test_a_buffered_bad_message_goes_back_as_it_was_on_close(rabbitmq_node: RabbitMQNode) -> None:
+    name = unique("q")
+    with RabbitMQBackend(rabbitmq_node.url) as first:
+        queue, _ = first.declare_queue(name)
+        first.publish_to_queue(Message(content="taken"), queue)
+        headers = {"x-melange-receives": "many", "x-delivery-count": "zz"}
+        raw_publish(rabbitmq_node, "", name, b"buffered", message_id="m-1", headers=headers)
+        [taken] = first.retrieve_messages(queue, max_messages=1, wait_seconds=5)
+        first.acknowledge(taken)
+        consumer = first._consumers[name]
+        assert wait_until(lambda: len(consumer.ready) == 1)
+        started = time.monotonic()
+    assert time.monotonic() - started < 5  # the I/O thread put it back and closed
+    with RabbitMQBackend(rabbitmq_node.url) as second:
+        [again] = receive(second, queue, 1)
+        assert (again.content, again.message_id) == ("buffered", "m-1")
+        assert again.metadata["x-melange-receives"] == "many"
+        assert "x-melange-receives is not an integer" in again.metadata[DECODE_ERROR]
+        second.acknowledge(again)
+
+
+def test_header_values_of_every_amqp_type_reach_handlers_as_text(
+    backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode
+) -> None:
+    queue, _ = backend.declare_queue(unique("q"))
+    headers = {
+        "int": 42,
+        "long": 2**40,
+        "negative": -7,
+        "true": True,
+        "decimal": Decimal("12.50"),
+        "when": datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
+        "bytes": "été".encode(),
+        "none": None,
+        "table": {"a": 1, "b": [True, "x", b"y", Decimal("0.5")], "c": None},
+        "list": [1, "two", {"three": 3}],
+        "text": "plain ✓",
+    }
+    raw_publish(rabbitmq_node, "", queue.unwrap(), b"{}", message_id="m-1", headers=headers)
+    [message] = receive(backend, queue, 1)
+    assert message.metadata == {
+        "int": "42",
+        "long": str(2**40),
+        "negative": "-7",
+        "true": "True",
+        "decimal": "12.5",  # pika sends a Decimal normalized
+        "when": "2024-05-01 12:30:00+00:00",
+        "bytes": "été",
+        "none": "None",
+        "table": '{"a":1,"b":[true,"x","y","0.5"],"c":null}',
+        "list": '[1,"two",{"three":3}]',
+        "text": "plain ✓",
+    }
+    assert message.message_id == "m-1"
+
+
+# -- a foreign message without message_id -------------------------------------------------
+
+
+def test_a_foreign_message_without_id_keeps_one_id_across_redeliveries(
+    rabbitmq_node: RabbitMQNode,
+) -> None:
+    with RabbitMQBackend(rabbitmq_node.url) as backend:
+        topic = backend.declare_topic(unique("t"))
+        queue, _ = backend.declare_queue(unique("q"), topic, visibility_timeout=1)
+        for body in (b"a", b"b"):
+            raw_publish(rabbitmq_node, topic.unwrap(), "", body, headers={"k": "v"})
+        first = {m.content: m for m in receive(backend, queue, 2)}
+        ids = {content: m.message_id for content, m in first.items()}
+        assert ids["a"] != ids["b"]
+        assert uuid.UUID(ids["a"]).version == 5
+        backend.release(first["a"])  # requeued at once
+        [a] = receive(backend, queue, 1)
+        assert (a.content, a.message_id, a.receive_count) == ("a", ids["a"], 2)
+        backend.extend_visibility(a, 30)
+        [b] = receive(backend, queue, 1, timeout=5)  # back after its visibility timeout
+        assert (b.content, b.message_id, b.receive_count) == ("b", ids["b"], 2)
+        backend.acknowledge(b)
+        backend.release(a)
+        consumer = backend._consumers[queue.unwrap()]
+        assert wait_until(lambda: len(consumer.ready) == 1)
+    # Closing put "a" back as a new message, sent to the queue rather than the topic.
+    with RabbitMQBackend(rabbitmq_node.url) as other:
+        [again] = receive(other, queue, 1)
+        assert (again.content, again.message_id, again.receive_count) == ("a", ids["a"], 3)
+        other.acknowledge(again)
+
+
+def test_byte_identical_foreign_messages_share_an_id(
+    backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode
+) -> None:
+    queue, _ = backend.declare_queue(unique("q"))
+    for stamp in (None, None, 1_700_000_000):
+        raw_publish(rabbitmq_node, "", queue.unwrap(), b"same", timestamp=stamp)
+    got = receive(backend, queue, 3)
+    ids = Counter(m.message_id for m in got)
+    assert sorted(ids.values()) == [1, 2]  # the timestamp tells the third one apart
+
+
+# -- extend_visibility ----------------------------------------------------------------------
+
+
+def test_an_extended_message_is_not_redelivered_meanwhile(backend: RabbitMQBackend) -> None:
+    queue, _ = backend.declare_queue(unique("q"), visibility_timeout=1)
+    backend.publish_to_queue(Message(content="long job"), queue)
+    [message] = receive(backend, queue, 1)
+    stop = threading.Event()
+
+    def keep_hidden() -> None:  # what the dispatcher does from its own thread
+        while not stop.wait(0.3):
+            backend.extend_visibility(message, 1)
+
+    keeper = threading.Thread(target=keep_hidden)
+    keeper.start()
+    try:
+        assert backend.retrieve_messages(queue, wait_seconds=3) == []  # 3x the timeout
+    finally:
+        stop.set()
+        keeper.join()
+    backend.acknowledge(message)
+    backend.extend_visibility(message, 30)  # after the ack: nothing to extend
+    time.sleep(1.2)
+    assert backend.retrieve_messages(queue, wait_seconds=0.5) == []
+
+
+def test_extending_a_message_handed_out_again_changes_nothing(backend: RabbitMQBackend) -> None:
+    queue, _ = backend.declare_queue(unique("q"), visibility_timeout=1)
+    backend.publish_to_queue(Message(content="a"), queue)
+    [first] = receive(backend, queue, 1)
+    [second] = receive(backend, queue, 1, timeout=5)  # requeued by the visibility timeout
+    backend.extend_visibility(first, 60)
+    backend.release(second)
+    [third] = receive(backend, queue, 1)
+    backend.extend_visibility(second, 60)
+    started = time.monotonic()
+    [fourth] = receive(backend, queue, 1, timeout=5)  # the stale extensions did not hold it
+    assert time.monotonic() - started < 3
+    assert [m.receive_count for m in (first, second, third, fourth)] == [1, 2, 3, 4]
+    backend.acknowledge(fourth)
+
+
+def test_extend_visibility_refuses_a_message_from_elsewhere(backend: RabbitMQBackend) -> None:
+    with pytest.raises(ValueError, match="RabbitMQBackend"):
+        backend.extend_visibility(Message(content="x"), 10)
+
+
+# -- unrouted publishes -----------------------------------------------------------------
+
+
+def test_a_topic_without_queues_reports_each_unrouted_message(backend: RabbitMQBackend) -> None:
+    empty = backend.declare_topic(unique("empty"))
+    bound = backend.declare_topic(unique("bound"))
+    queue, _ = backend.declare_queue(unique("q"), bound)
+    unrouted: list[tuple[str, str]] = []
+
+    def on_unrouted(sender: object, message: Message, topic: str) -> None:
+        unrouted.append((message.message_id, topic))
+
+    lonely = Message(content="nobody listens")
+    with signals.message_unrouted.connected_to(on_unrouted, sender=backend):
+        backend.publish_to_topic(lonely, empty)
+        assert unrouted == [(lonely.message_id, empty.unwrap())]
+        unrouted.clear()
+        backend.publish_to_topic(Message(content="somebody listens"), bound)
+        assert unrouted == []
+        # Concurrent batches share the confirm channel: each return finds its own message.
+        lost = [Message(content=f"lost {i}") for i in range(200)]
+        kept = [Message(content=f"kept {i}") for i in range(200)]
+        threads = [
+            threading.Thread(target=publish_in_batches, args=(backend, messages, topic))
+            for messages, topic in ((lost, empty), (kept, bound))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert sorted(unrouted) == sorted((m.message_id, empty.unwrap()) for m in lost)
+    got = drain(backend, queue, 201)
+    assert sorted(m.content for m in got) == sorted(
+        ["somebody listens"] + [m.content for m in kept]
+    )
+
+
+def publish_in_batches(
+    backend: RabbitMQBackend, messages: list[Message], topic: TopicWrapper
+) -> None:
+    for first in range(0, len(messages), 25):
+        backend.publish_batch_to_topic(messages[first : first + 25], topic)
+
+
+def drain(backend: RabbitMQBackend, queue: QueueWrapper, expected: int) -> list[Message]:
+    """Receive and acknowledge until ``expected`` messages came (or 30 s passed)."""
+    got: list[Message] = []
+    deadline = time.monotonic() + 30
+    while len(got) < expected and time.monotonic() < deadline:
+        batch = backend.retrieve_messages(queue, max_messages=50, wait_seconds=0.5)
+        backend.acknowledge_batch(batch)
+        got.extend(batch)
+    return got
+
+
+def test_a_queue_publish_that_is_returned_still_raises(backend: RabbitMQBackend) -> None:
+    queue, _ = backend.declare_queue(unique("q"))
+    backend.delete_queue(queue)
+    backend._known_queues.add(queue.unwrap())  # as if deleted by someone else since
+    fired: list[Message] = []
+    with (
+        signals.message_unrouted.connected_to(lambda _, **kw: fired.append(kw["message"])),
+        pytest.raises(BatchPublishError) as raised,
+    ):
+        backend.publish_batch_to_queue([Message(content="a"), Message(content="b")], queue)
+    assert [(m.content, "does not exist" in why) for m, why in raised.value.failed] == [
+        ("a", True),
+        ("b", True),
+    ]
+    assert fired == []

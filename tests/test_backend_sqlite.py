@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,17 +14,20 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from melange import Consumer, Message, MessageDispatcher, MessagePublisher, listener
+from melange import Consumer, Message, MessageDispatcher, MessagePublisher, listener, signals
 from melange.backends import default_backend_url, from_url
+from melange.backends._decoding import bytes_of
 from melange.backends.sqlite import SQLiteBackend
+from melange.backends.sqlite_queries import UNREAD_METADATA
 from melange.exceptions import (
     BackendError,
     ConfigurationError,
+    PublishError,
     QueueNotFoundError,
     StorageError,
     TopicNotFoundError,
 )
-from melange.models import QueueWrapper, TopicWrapper
+from melange.models import DECODE_ERROR, QueueWrapper, TopicWrapper
 from tests.conformance import BackendContract, receive
 
 pytestmark = pytest.mark.sqlite
@@ -117,6 +122,362 @@ def test_using_a_closed_backend_is_an_error(tmp_path: Path) -> None:
     backend.close_connection()
     with pytest.raises(BackendError, match="closed"):
         backend.declare_queue("q")
+
+
+# -- rows melange cannot read ----------------------------------------------------------------
+
+
+def corrupt(path: Path, sql: str, *parameters: object) -> None:
+    """Change the file behind the backend's back, as another program would."""
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            assert db.execute(sql, parameters).rowcount >= 1
+    finally:
+        db.close()
+
+
+def with_neighbours(backend: SQLiteBackend) -> tuple[QueueWrapper, list[Message]]:
+    """Publish a good message, the one a test corrupts (``bad``), and another good one."""
+    queue, _ = backend.declare_queue("q", visibility_timeout=60)
+    sent = [
+        Message(
+            content=f'{{"n": {i}}}',
+            message_id=name,
+            metadata={"k": name},
+            serializer_id=3,
+            manifest="M",
+        )
+        for i, name in enumerate(["before", "bad", "after"])
+    ]
+    backend.publish_batch_to_queue(sent, queue)
+    return queue, sent
+
+
+BAD_ROWS = [
+    # (SET clause, part of the reason, the bad message's content bytes)
+    ("content = CAST(x'fffe41' AS TEXT)", "content is not UTF-8", b"\xff\xfeA"),
+    ("content = x'fffe41'", "content is not UTF-8", b"\xff\xfeA"),  # a BLOB
+    ("message_id = CAST(x'ff' AS TEXT)", "message_id is not UTF-8", b'{"n": 1}'),
+    ("message_id = ''", "message_id is empty", b'{"n": 1}'),
+    ("manifest = CAST(x'c328' AS TEXT)", "manifest is not UTF-8", b'{"n": 1}'),
+    ("metadata = CAST(x'7b226b223a22ff227d' AS TEXT)", "metadata is not UTF-8", b'{"n": 1}'),
+    ("metadata = '{not json'", "metadata is not JSON", b'{"n": 1}'),
+    ('metadata = \'{"k": "1"}, {"k": "2"}\'', "metadata is not JSON", b'{"n": 1}'),
+    ('metadata = \'["k", "bad"]\'', "metadata is not a JSON object", b'{"n": 1}'),
+    ("metadata = '\"k\"'", "metadata is not a JSON object", b'{"n": 1}'),
+    ("serializer_id = 'three'", "serializer_id is not an integer", b'{"n": 1}'),
+    ("serializer_id = 1.5", "serializer_id is not an integer", b'{"n": 1}'),
+    ("serializer_id = x'ff'", "serializer_id is not an integer", b'{"n": 1}'),
+]
+
+
+@pytest.mark.parametrize(("change", "reason", "content"), BAD_ROWS)
+def test_a_bad_row_comes_back_undecodable_and_its_neighbours_intact(
+    tmp_path: Path, change: str, reason: str, content: bytes
+) -> None:
+    path = tmp_path / "b.db"
+    with SQLiteBackend(path) as backend:
+        queue, sent = with_neighbours(backend)
+        corrupt(path, f"UPDATE melange_bodies SET {change} WHERE message_id = 'bad'")
+        got = backend.retrieve_messages(queue, max_messages=10)
+        assert len(got) == 3
+        before, bad, after = got
+        assert before == sent[0].received(1, None)
+        assert after == sent[2].received(1, None)
+        assert reason in bad.metadata[DECODE_ERROR]
+        assert bytes_of(bad.content) == content
+        assert bad.receive_count == 1
+        assert bad.serializer_id is None
+        # It can be acknowledged like any other: the queue is not stuck.
+        backend.acknowledge_batch(got)
+        assert backend.queue_depth(queue) == 0
+
+
+def test_a_bad_row_alone_in_its_receive_and_in_a_full_batch(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with SQLiteBackend(path) as backend:
+        queue, _ = with_neighbours(backend)
+        corrupt(path, "UPDATE melange_bodies SET content = CAST(x'80' AS TEXT)")
+        for _ in range(3):
+            [message] = backend.retrieve_messages(queue, max_messages=1)
+            assert bytes_of(message.content) == b"\x80"
+            assert "content is not UTF-8" in message.metadata[DECODE_ERROR]
+            backend.acknowledge(message)
+        assert backend.queue_depth(queue) == 0
+
+
+def test_an_undecodable_message_can_be_released_and_comes_back(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with SQLiteBackend(path) as backend:
+        queue, _ = with_neighbours(backend)
+        corrupt(path, "UPDATE melange_bodies SET metadata = 'nope' WHERE message_id = 'bad'")
+        bad = next(m for m in backend.retrieve_messages(queue) if DECODE_ERROR in m.metadata)
+        backend.release(bad)
+        [again] = backend.retrieve_messages(queue)
+        assert (again.message_id, again.receive_count) == ("bad", 2)
+        assert again.metadata[UNREAD_METADATA] == "nope"  # the original text is kept
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ('{"a":"}', '{"}'),  # a string that would run across the two rows
+        ('{"a":"1"', '"b":"2"}'),  # an object that would run across them
+    ],
+)
+def test_rows_that_only_parse_together_are_read_one_by_one(
+    tmp_path: Path, first: str, second: str
+) -> None:
+    # With the last row holding two objects, the four rows parse together as
+    # four objects: a parse for the whole batch would give the good row (m2)
+    # the headers of its neighbour.
+    path = tmp_path / "b.db"
+    with SQLiteBackend(path) as backend:
+        queue, _ = backend.declare_queue("q", visibility_timeout=60)
+        backend.publish_batch_to_queue(
+            [
+                Message(content=str(i), message_id=f"m{i}", metadata={"k": f"v{i}"})
+                for i in range(4)
+            ],
+            queue,
+        )
+        for message_id, metadata in (
+            ("m0", first),
+            ("m1", second),
+            ("m3", '{"x":"1"},{"y":"2"}'),
+        ):
+            corrupt(
+                path,
+                "UPDATE melange_bodies SET metadata = ? WHERE message_id = ?",
+                metadata,
+                message_id,
+            )
+        got = {m.message_id: m for m in backend.retrieve_messages(queue)}
+        assert got["m2"].metadata == {"k": "v2"}
+        assert all(DECODE_ERROR in got[name].metadata for name in ("m0", "m1", "m3"))
+
+
+def test_header_values_that_are_not_strings_reach_handlers_as_strings(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with SQLiteBackend(path) as backend:
+        queue, sent = with_neighbours(backend)
+        corrupt(
+            path,
+            "UPDATE melange_bodies SET metadata = ? WHERE message_id = 'bad'",
+            '{"n": 1, "f": 1.5, "z": null, "b": true, "o": {"k": [1, "x"]}, "s": "é"}',
+        )
+        before, odd, after = backend.retrieve_messages(queue)
+        assert dict(odd.metadata) == {
+            "n": "1",
+            "f": "1.5",
+            "z": "null",
+            "b": "true",
+            "o": '{"k":[1,"x"]}',
+            "s": "é",
+        }
+        assert (odd.content, odd.serializer_id, odd.manifest) == ('{"n": 1}', 3, "M")
+        assert before == sent[0].received(1, None)
+        assert after == sent[2].received(1, None)
+
+
+@pytest.mark.parametrize(
+    ("change", "content"),
+    [
+        ("content = CAST(x'fffe41' AS TEXT)", b"\xff\xfeA"),
+        ("metadata = CAST(x'7b226b223a22ff227d' AS TEXT)", b'{"n": 1}'),
+        ("message_id = CAST(x'ff' AS TEXT), manifest = CAST(x'c328' AS TEXT)", b'{"n": 1}'),
+    ],
+)
+def test_a_dead_letter_copy_keeps_the_original_bytes(
+    tmp_path: Path, change: str, content: bytes
+) -> None:
+    path = tmp_path / "b.db"
+    with SQLiteBackend(path) as backend:
+        queue, _ = with_neighbours(backend)
+        dead, _ = backend.declare_queue("dead", visibility_timeout=60)
+        topic = backend.declare_topic("graveyard")
+        also, _ = backend.declare_queue("also", topic)
+        corrupt(path, f"UPDATE melange_bodies SET {change} WHERE message_id = 'bad'")
+        bad = next(m for m in backend.retrieve_messages(queue) if DECODE_ERROR in m.metadata)
+        backend.publish_to_queue(bad, dead)
+        backend.publish_to_topic(bad, topic)
+        copies = [*backend.retrieve_messages(dead), *backend.retrieve_messages(also)]
+        assert len(copies) == 2
+        for copy in copies:
+            assert bytes_of(copy.content) == content
+            assert copy.content == bad.content
+            assert (copy.message_id, copy.manifest) == (bad.message_id, bad.manifest)
+            assert dict(copy.metadata) == dict(bad.metadata)  # the first reason, too
+
+
+def test_text_kept_as_bytes_is_stored_beside_normal_text(tmp_path: Path) -> None:
+    escaped = b"caf\xe9".decode("utf-8", "surrogateescape")
+    with SQLiteBackend(tmp_path / "b.db") as backend:
+        queue, _ = backend.declare_queue("q")
+        backend.publish_batch_to_queue(
+            [Message(content="plain"), Message(content=escaped), Message(content="zoë")], queue
+        )
+        got = backend.retrieve_messages(queue)
+        assert [m.content for m in got] == ["plain", escaped, "zoë"]
+        assert [DECODE_ERROR in m.metadata for m in got] == [False, True, False]
+        [(kinds,)] = backend._file.read(
+            "SELECT group_concat(typeof(content), ',') FROM melange_bodies ORDER BY id"
+        )
+        assert kinds == "text,blob,text"
+
+
+def test_a_surrogate_that_stands_for_no_byte_is_refused(tmp_path: Path) -> None:
+    with SQLiteBackend(tmp_path / "b.db") as backend:
+        queue, _ = backend.declare_queue("q")
+        with pytest.raises(PublishError, match="cannot be stored"):
+            backend.publish_batch_to_queue(
+                [Message(content="ok"), Message(content="\ud800")], queue
+            )
+        assert backend.queue_depth(queue) == 0
+
+
+# -- extending visibility ---------------------------------------------------------------------
+
+
+def test_an_extended_message_is_not_delivered_again(tmp_path: Path) -> None:
+    with SQLiteBackend(tmp_path / "b.db") as backend:
+        queue, _ = backend.declare_queue("q", visibility_timeout=0.3)
+        backend.publish_batch_to_queue([Message(content="a"), Message(content="b")], queue)
+        held, other = backend.retrieve_messages(queue)
+        backend.extend_visibility(held, 30)
+        time.sleep(0.6)
+        [again] = backend.retrieve_messages(queue)  # only the one not extended
+        assert again.message_id == other.message_id
+        # The receipt followed the extension: acknowledging still works, in a batch too.
+        backend.acknowledge_batch([held, again])
+        assert backend.queue_depth(queue) == 0
+
+
+def test_an_extension_can_be_extended_and_then_released(tmp_path: Path) -> None:
+    with SQLiteBackend(tmp_path / "b.db") as backend:
+        queue, _ = backend.declare_queue("q", visibility_timeout=30)
+        backend.publish_to_queue(Message(content="a"), queue)
+        [held] = backend.retrieve_messages(queue)
+        backend.extend_visibility(held, 60)
+        backend.extend_visibility(held, 90)
+        assert backend.retrieve_messages(queue) == []
+        backend.release(held)
+        [again] = backend.retrieve_messages(queue)
+        assert (again.message_id, again.receive_count) == (held.message_id, 2)
+
+
+def test_extending_after_acknowledge_or_release_changes_nothing(tmp_path: Path) -> None:
+    with SQLiteBackend(tmp_path / "b.db") as backend:
+        queue, _ = backend.declare_queue("q", visibility_timeout=30)
+        backend.publish_batch_to_queue([Message(content="acked"), Message(content="freed")], queue)
+        acked, freed = backend.retrieve_messages(queue)
+        backend.acknowledge(acked)
+        backend.release(freed)
+        backend.extend_visibility(acked, 60)
+        backend.extend_visibility(freed, 60)  # released: must stay visible
+        [again] = backend.retrieve_messages(queue)
+        assert again.message_id == freed.message_id
+        assert backend.queue_depth(queue) == 1
+
+
+def test_a_late_extension_leaves_the_next_receive_alone(tmp_path: Path) -> None:
+    with SQLiteBackend(tmp_path / "b.db") as backend:
+        queue, _ = backend.declare_queue("q", visibility_timeout=0.2)
+        backend.publish_to_queue(Message(content="x"), queue)
+        [first] = receive(backend, queue, 1)
+        [second] = receive(backend, queue, 1, timeout=10)
+        backend.extend_visibility(first, 60)  # too late: handed out again
+        backend.acknowledge(second)
+        assert backend.queue_depth(queue) == 0
+
+
+def test_an_extension_needs_the_claim_not_only_the_due_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stopped clock and no visibility timeout: a second receive leaves the
+    # delivery where the first one did, with only the claim telling them apart.
+    monkeypatch.setattr("melange.backends.sqlite._now", lambda: 1_000_000.0)
+    with SQLiteBackend(tmp_path / "b.db") as backend:
+        queue, _ = backend.declare_queue("q", visibility_timeout=0)
+        backend.publish_to_queue(Message(content="x"), queue)
+        [first] = backend.retrieve_messages(queue)
+        [second] = backend.retrieve_messages(queue)
+        assert second.receive_count == 2
+        backend.extend_visibility(first, 60)
+        backend.acknowledge(second)
+        assert backend.queue_depth(queue) == 0
+
+
+def test_extend_visibility_from_another_thread(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with SQLiteBackend(path) as backend, SQLiteBackend(path) as rival:
+        queue, _ = backend.declare_queue("q", visibility_timeout=0.3)
+        backend.publish_to_queue(Message(content="slow"), queue)
+        [held] = backend.retrieve_messages(queue)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def heartbeat() -> None:
+            try:
+                while not stop.wait(0.05):
+                    backend.extend_visibility(held, 0.3)
+            except BaseException as e:  # reported by the assertion below
+                errors.append(e)
+
+        thread = threading.Thread(target=heartbeat)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 1.5  # five visibility timeouts
+            while time.monotonic() < deadline:
+                assert rival.retrieve_messages(queue, wait_seconds=0.1) == []
+        finally:
+            stop.set()
+            thread.join()
+        assert errors == []
+        backend.acknowledge(held)
+        assert backend.queue_depth(queue) == 0
+
+
+def test_a_message_from_another_backend_cannot_be_extended(tmp_path: Path) -> None:
+    with (
+        SQLiteBackend(tmp_path / "b.db") as backend,
+        pytest.raises(ValueError, match="not received from an SQLiteBackend"),
+    ):
+        backend.extend_visibility(Message(content="x"), 10)
+
+
+# -- publishing to nobody -----------------------------------------------------------------------
+
+
+def test_a_topic_without_queues_reports_each_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[tuple[Any, Message, str]] = []
+
+    def on_unrouted(sender: Any, message: Message, topic: str) -> None:
+        seen.append((sender, message, topic))
+
+    with (
+        SQLiteBackend(tmp_path / "b.db") as backend,
+        signals.message_unrouted.connected_to(on_unrouted),
+        caplog.at_level(logging.WARNING, logger="melange.backends"),
+    ):
+        topic = backend.declare_topic("lonely")
+        one, two, three = (Message(content=str(i)) for i in range(3))
+        backend.publish_to_topic(one, topic)
+        backend.publish_batch_to_topic([two, three], topic)
+        assert seen == [
+            (backend, one, "lonely"),
+            (backend, two, "lonely"),
+            (backend, three, "lonely"),
+        ]
+        assert "lonely" in caplog.text
+        queue, _ = backend.declare_queue("q", topic)
+        backend.publish_to_topic(Message(content="heard"), topic)
+        backend.publish_batch_to_topic([Message(content="heard too")], topic)
+        assert len(seen) == 3
+        assert backend.queue_depth(queue) == 2
 
 
 # -- durability and files ------------------------------------------------------------------

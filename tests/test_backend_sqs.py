@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from melange import Consumer, Message, MessageDispatcher, MessagePublisher, Retr
 from melange.backends import from_url
 from melange.backends import sqs_wire as wire
 from melange.backends.sqs import AWSBackend, LocalSQSBackend
-from melange.backends.sqs_errors import NOT_IN_FLIGHT_CODES, translated
+from melange.backends.sqs_errors import NOT_IN_FLIGHT_CODES, receipt_gone, translated
 from melange.exceptions import (
     BackendConnectionError,
     BackendError,
@@ -32,7 +33,7 @@ from melange.exceptions import (
     TopicNotFoundError,
     UnsupportedOperationError,
 )
-from melange.models import QueueWrapper, TopicWrapper
+from melange.models import DECODE_ERROR, QueueWrapper, TopicWrapper
 from tests.conformance import BackendContract, receive, unique
 from tests.servers.moto import MotoServer
 from tests.support import free_port
@@ -92,6 +93,18 @@ def raw_attributes(aws: AWSBackend, queue: QueueWrapper) -> dict[str, Any]:
 def queue_attribute(aws: AWSBackend, queue: QueueWrapper, name: Any) -> str:
     response = aws.sqs_client.get_queue_attributes(QueueUrl=queue.obj, AttributeNames=[name])
     return response["Attributes"][name]
+
+
+def held(aws: AWSBackend, queue: QueueWrapper) -> tuple[int, int]:
+    """Return how many messages the queue holds: (visible, in flight)."""
+    return (
+        int(queue_attribute(aws, queue, "ApproximateNumberOfMessages")),
+        int(queue_attribute(aws, queue, "ApproximateNumberOfMessagesNotVisible")),
+    )
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"DataType": "String", "StringValue": value}
 
 
 # -- typed events through SNS and the dispatcher -----------------------------------------
@@ -459,12 +472,122 @@ def test_a_message_from_another_producer_is_read(aws: AWSBackend) -> None:
     response = aws.sqs_client.send_message(
         QueueUrl=queue.obj,
         MessageBody="plain",
-        MessageAttributes={"tenant": {"DataType": "String", "StringValue": "t-1"}},
+        MessageAttributes={
+            "tenant": text("t-1"),
+            "count": {"DataType": "Number", "StringValue": "42"},
+            "blob": {"DataType": "Binary", "BinaryValue": b"\x00\xff"},
+        },
     )
     [message] = receive(aws, queue, 1)
     assert message.message_id == response["MessageId"]
     assert (message.manifest, message.serializer_id) == (None, None)
-    assert dict(message.metadata) == {"tenant": "t-1"}
+    assert dict(message.metadata) == {"tenant": "t-1", "count": "42", "blob": "AP8="}
+
+
+# -- messages melange cannot read --------------------------------------------------------------
+
+# attributes another producer set by hand, what the reason says, the header that keeps the value
+UNREADABLE: dict[str, tuple[dict[str, Any], str, tuple[str, str]]] = {
+    "serializer-id-text": (
+        {wire.SERIALIZER_ID: text("json")},
+        "melange.serializer_id is not an integer: 'json'",
+        (wire.SERIALIZER_ID, "json"),
+    ),
+    "serializer-id-decimal": (
+        {wire.SERIALIZER_ID: {"DataType": "Number", "StringValue": "3.5"}},
+        "melange.serializer_id is not an integer: '3.5'",
+        (wire.SERIALIZER_ID, "3.5"),
+    ),
+    "serializer-id-binary": (
+        {wire.SERIALIZER_ID: {"DataType": "Binary", "BinaryValue": b"\x03"}},
+        "melange.serializer_id is not an integer: 'Aw=='",
+        (wire.SERIALIZER_ID, "Aw=="),
+    ),
+    "packed-not-json": (
+        {wire.PACKED_HEADERS: text('{"a": ')},
+        "melange.headers is not JSON: Expecting value",
+        (wire.PACKED_HEADERS, '{"a": '),
+    ),
+    "packed-a-list": (
+        {wire.PACKED_HEADERS: text('["a", "b"]')},
+        "melange.headers is not a JSON object of strings",
+        (wire.PACKED_HEADERS, '["a", "b"]'),
+    ),
+    "packed-not-strings": (
+        {wire.PACKED_HEADERS: text('{"attempts": 2}')},
+        "melange.headers is not a JSON object of strings",
+        (wire.PACKED_HEADERS, '{"attempts": 2}'),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("attributes", "reason", "kept"), list(UNREADABLE.values()), ids=list(UNREADABLE)
+)
+def test_an_unreadable_message_comes_back_undecodable_and_the_others_intact(
+    aws: AWSBackend, attributes: dict[str, Any], reason: str, kept: tuple[str, str]
+) -> None:
+    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=30)
+    before = Message(content="before", metadata={"correlation_id": "c-1"}, serializer_id=1)
+    after = Message(content="after", metadata={"k": "v"}, serializer_id=2, manifest="m")
+    aws.publish_to_queue(before, queue)
+    aws.sqs_client.send_message(
+        QueueUrl=queue.obj,
+        MessageBody="the original ✓ body",
+        MessageAttributes={
+            wire.MESSAGE_ID: text("bad-1"),
+            wire.MANIFEST: text("orders.created"),
+            "tenant": text("t-1"),
+            **attributes,
+        },
+    )
+    aws.publish_to_queue(after, queue)
+    received = {m.content: m for m in receive(aws, queue, 3)}
+    assert set(received) == {"before", "the original ✓ body", "after"}
+    bad = received["the original ✓ body"]
+    assert bad.metadata[DECODE_ERROR].startswith(reason)
+    assert (bad.message_id, bad.manifest, bad.serializer_id) == ("bad-1", "orders.created", None)
+    assert (bad.metadata["tenant"], bad.metadata[kept[0]]) == ("t-1", kept[1])
+    assert bad.receive_count == 1
+    for good, sent in ((received["before"], before), (received["after"], after)):
+        assert DECODE_ERROR not in good.metadata
+        assert good.with_changes(receive_count=0) == sent
+    aws.acknowledge(bad)
+    aws.acknowledge_batch([received["before"], received["after"]])
+    assert held(aws, queue) == (0, 0)
+
+
+def test_yield_messages_hands_out_an_unreadable_message_without_raising(aws: AWSBackend) -> None:
+    queue, _ = aws.declare_queue(unique("q"))
+    aws.sqs_client.send_message(
+        QueueUrl=queue.obj,
+        MessageBody="b",
+        MessageAttributes={wire.PACKED_HEADERS: text("nope"), wire.SERIALIZER_ID: text("x")},
+    )
+    message = next(iter(aws.yield_messages(queue, wait_seconds=5)))
+    reason = message.metadata[DECODE_ERROR]
+    assert "melange.serializer_id is not an integer" in reason
+    assert "melange.headers is not JSON" in reason
+    assert message.content == "b"
+
+
+def test_a_receive_count_that_is_not_an_integer_is_unknown_and_undecodable() -> None:
+    # SQS itself writes the receive count: only a broken emulator can send this entry.
+    entry = {
+        "MessageId": "m-1",
+        "ReceiptHandle": "h-1",
+        "Body": "b",
+        "Attributes": {"ApproximateReceiveCount": "many"},
+        "MessageAttributes": {wire.SERIALIZER_ID: {"DataType": "Number", "StringValue": "3"}},
+    }
+    message = wire.message_from(entry, "url")
+    assert message.receive_count == 0
+    assert message.metadata[DECODE_ERROR] == "ApproximateReceiveCount is not an integer: 'many'"
+    assert (message.content, message.message_id, message.receipt) == ("b", "m-1", ("url", "h-1"))
+    entry["Attributes"] = {"ApproximateReceiveCount": "4"}
+    readable = wire.message_from(entry, "url")
+    assert (readable.receive_count, readable.serializer_id) == (4, 3)
+    assert DECODE_ERROR not in readable.metadata
 
 
 # -- limits ----------------------------------------------------------------------------------
@@ -474,7 +597,7 @@ def test_an_oversized_message_is_refused_before_any_request(aws: AWSBackend) -> 
     queue, _ = aws.declare_queue(unique("q"))
     topic = aws.declare_topic(unique("t"))
     requests = Requests(aws)
-    assert aws.max_message_bytes == 262_144
+    assert aws.max_message_size == 262_144
     big = Message(content="x" * 262_144)  # the attributes push it over
     multibyte = Message(content="é" * 131_073)  # fewer characters than the limit, more bytes
     with pytest.raises(MessageTooLargeError, match="262144") as refused:
@@ -494,10 +617,44 @@ def test_an_oversized_message_is_refused_before_any_request(aws: AWSBackend) -> 
     assert requests.total == 0
 
 
+def test_a_dead_letter_copy_that_no_longer_fits_is_refused_before_any_request(
+    aws: AWSBackend,
+) -> None:
+    queue, dead_letter = aws.declare_queue(unique("q"), dead_letter_queue_name=unique("dlq"))
+    assert dead_letter is not None
+    assert aws.max_message_size == 262_144
+    probe = Message(content="", manifest="m", serializer_id=1, metadata={"correlation_id": "c"})
+    room = aws.max_message_size - wire.size_of("", wire.attributes_for(probe))
+    aws.publish_to_queue(probe.with_changes(content="x" * room), queue)
+    [received] = receive(aws, queue, 1)
+    errors = {"error_type": "RuntimeError", "error_message": "boom", "traceback": "t" * 500}
+    copy = received.with_changes(metadata={**received.metadata, **errors})
+    requests = Requests(aws)
+    with pytest.raises(MessageTooLargeError) as refused:
+        aws.publish_to_queue(copy, dead_letter)
+    assert requests.total == 0
+    assert refused.value.size == wire.size_of(copy.content, wire.attributes_for(copy))
+    assert refused.value.size > refused.value.limit == 262_144
+    aws.publish_to_queue(received, dead_letter)  # with the headers it came with, it fits
+    assert requests.calls == Counter({"SendMessage": 1})
+    [dead] = receive(aws, dead_letter, 1)
+    assert dead.content == received.content
+
+
+def test_without_a_size_limit_the_broker_decides(aws: AWSBackend) -> None:
+    aws.max_message_size = None
+    queue, _ = aws.declare_queue(unique("q"))
+    requests = Requests(aws)
+    with pytest.raises(PublishError, match="shorter than"):  # the queue's MaximumMessageSize
+        aws.publish_to_queue(Message(content="x" * 1_100_000), queue)
+    assert requests.calls == Counter({"SendMessage": 1})
+
+
 def test_a_message_of_exactly_the_limit_is_sent(aws: AWSBackend) -> None:
     queue, _ = aws.declare_queue(unique("q"))
     probe = Message(content="", manifest="m")
-    room = aws.max_message_bytes - wire.size_of("", wire.attributes_for(probe))
+    assert aws.max_message_size is not None
+    room = aws.max_message_size - wire.size_of("", wire.attributes_for(probe))
     exact = probe.with_changes(content="x" * room)
     aws.publish_to_queue(exact, queue)
     [received] = receive(aws, queue, 1)
@@ -532,7 +689,7 @@ def test_batches_are_split_by_size_too(aws: AWSBackend) -> None:
 
 def test_entries_a_batch_refuses_are_reported_and_the_rest_delivered(aws: AWSBackend) -> None:
     # SNS takes 256 KiB: with melange's own check raised, SNS refuses that one entry.
-    aws.max_message_bytes = 400_000
+    aws.max_message_size = 400_000
     topic = aws.declare_topic(unique("t"))
     queue, _ = aws.declare_queue(unique("q"), topic)
     small = [Message(content=f"small-{n}") for n in range(3)]
@@ -548,7 +705,7 @@ def test_entries_a_batch_refuses_are_reported_and_the_rest_delivered(aws: AWSBac
 def test_a_failed_later_request_reports_every_unsent_message(aws: AWSBackend) -> None:
     # moto refuses a SendMessageBatch over 1 MiB as a whole; melange's limits are raised
     # so that the second request is the one refused, after the first was sent.
-    aws.max_message_bytes = aws.max_batch_bytes = 2_000_000
+    aws.max_message_size = aws.max_batch_bytes = 2_000_000
     queue, _ = aws.declare_queue(unique("q"))
     first = [Message(content=str(n)) for n in range(10)]
     unsent = [Message(content="x" * 600_000) for _ in range(2)]
@@ -616,6 +773,95 @@ def test_release_rounds_the_delay_up(aws: AWSBackend) -> None:
     assert requests.of("ChangeMessageVisibility")[0]["VisibilityTimeout"] == 1
     [again] = receive(aws, queue, 1, timeout=10)
     assert again.receive_count == 2
+
+
+def test_extend_visibility_keeps_a_message_hidden_longer_in_one_request(aws: AWSBackend) -> None:
+    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=1)
+    aws.publish_to_queue(Message(content="slow"), queue)
+    [message] = receive(aws, queue, 1)
+    requests = Requests(aws)
+    aws.extend_visibility(message, 2.2)
+    assert requests.calls == Counter({"ChangeMessageVisibility": 1})
+    assert requests.of("ChangeMessageVisibility")[0]["VisibilityTimeout"] == 3
+    quiet_until = time.monotonic() + 2  # its own 1 s timeout would have shown it by now
+    while time.monotonic() < quiet_until:
+        assert aws.retrieve_messages(queue) == []
+        time.sleep(0.1)
+    [again] = receive(aws, queue, 1, timeout=5)
+    assert (again.content, again.receive_count) == ("slow", 2)
+
+
+def test_extend_visibility_is_clamped_to_what_sqs_takes(aws: AWSBackend) -> None:
+    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=30)
+    aws.publish_to_queue(Message(content="m"), queue)
+    [message] = receive(aws, queue, 1)
+    requests = Requests(aws)
+    aws.extend_visibility(message, -5)  # 0: visible again at once
+    [again] = receive(aws, queue, 1, timeout=5)
+    assert again.receive_count == 2
+    # 12 hours from now is past SQS's 12 hours in all: refused, and translated.
+    with pytest.raises(BackendError, match="VisibilityTimeout") as refused:
+        aws.extend_visibility(again, 50_000)
+    assert isinstance(refused.value.__cause__, botocore.exceptions.ClientError)
+    assert [p["VisibilityTimeout"] for p in requests.of("ChangeMessageVisibility")] == [0, 43_200]
+
+
+def test_extend_visibility_after_acknowledge_is_a_quiet_no_op(aws: AWSBackend) -> None:
+    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=30)
+    aws.publish_to_queue(Message(content="m"), queue)
+    [message] = receive(aws, queue, 1)
+    aws.acknowledge(message)
+    requests = Requests(aws)
+    aws.extend_visibility(message, 30)
+    assert requests.calls == Counter({"ChangeMessageVisibility": 1})
+    assert held(aws, queue) == (0, 0)
+
+
+def test_extend_visibility_after_release_leaves_the_release_alone(aws: AWSBackend) -> None:
+    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=30)
+    aws.publish_to_queue(Message(content="m"), queue)
+    [message] = receive(aws, queue, 1)
+    aws.release(message)
+    requests = Requests(aws)
+    aws.extend_visibility(message, 30)  # would hide it again on moto, whose old receipts work
+    assert requests.calls["ChangeMessageVisibility"] == 0
+    [again] = receive(aws, queue, 1, timeout=5)
+    assert again.receive_count == 2
+    aws.extend_visibility(again, 30)  # its new receipt was never released
+    assert requests.calls["ChangeMessageVisibility"] == 1
+
+
+def test_extend_visibility_from_another_thread_while_messages_are_finished(
+    aws: AWSBackend,
+) -> None:
+    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=30)
+    aws.publish_batch_to_queue([Message(content=str(n)) for n in range(20)], queue)
+    received = receive(aws, queue, 20)
+    assert len(received) == 20
+    done = threading.Event()
+    errors: list[Exception] = []
+
+    def heartbeat() -> None:
+        try:
+            while not done.is_set():
+                for message in received:
+                    aws.extend_visibility(message, 30)
+        except Exception as e:  # reported by the assertion below
+            errors.append(e)
+
+    thread = threading.Thread(target=heartbeat)
+    thread.start()
+    try:
+        for message in received[:10]:
+            aws.acknowledge(message)
+        for message in received[10:]:
+            aws.release(message)
+    finally:
+        done.set()
+        thread.join(30)
+    assert errors == []
+    returned = receive(aws, queue, 10, timeout=5)  # the heartbeat did not hide them again
+    assert sorted(m.content for m in returned) == sorted(m.content for m in received[10:])
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -696,6 +942,40 @@ def test_tolerated_codes_end_the_block_quietly() -> None:
         raise client_error("AWS.SimpleQueueService.MessageNotInflight", "ChangeMessageVisibility")
     with pytest.raises(BackendError), translated("release", tolerate=NOT_IN_FLIGHT_CODES):
         raise client_error("ReceiptHandleIsInvalid", "ChangeMessageVisibility")
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "gone"),
+    [
+        ("AWS.SimpleQueueService.MessageNotInflight", "", True),
+        ("ReceiptHandleIsInvalid", "The input receipt handle is invalid.", True),
+        (
+            "InvalidParameterValue",
+            "Value AQEB for parameter ReceiptHandle is invalid. Reason: Message does not exist "
+            "or is not available for visibility timeout change.",
+            True,
+        ),
+        (
+            "InvalidParameterValue",
+            "Value 43200 for parameter VisibilityTimeout is invalid. Reason: Total "
+            "VisibilityTimeout for the message is beyond the limit [43200 seconds]",
+            False,
+        ),
+        ("AccessDenied", "parameter ReceiptHandle", False),
+    ],
+)
+def test_a_receipt_sqs_no_longer_holds_is_told_apart(code: str, text: str, gone: bool) -> None:
+    assert receipt_gone(code, text) is gone
+    error = botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": text}}, "ChangeMessageVisibility"
+    )
+    if gone:
+        with translated("extend", tolerate=receipt_gone):
+            raise error
+        return
+    with pytest.raises(BackendError) as refused, translated("extend", tolerate=receipt_gone):
+        raise error
+    assert refused.value.__cause__ is error
 
 
 def test_unknown_options_are_refused(aws: AWSBackend) -> None:

@@ -26,6 +26,8 @@ class MessagingBackend(abc.ABC):
     default_visibility_timeout: float = 30.0
     #: Receives after which a message moves to the dead-letter queue, by default.
     default_max_receive_count: int = 5
+    #: The largest message (content and headers, in bytes) the broker takes; ``None``: no limit.
+    max_message_size: int | None = None
 
     _closed: bool = False
 
@@ -138,6 +140,20 @@ class MessagingBackend(abc.ABC):
         The default does nothing to the broker: the message comes back when
         its visibility timeout expires, which is what an unacknowledged
         message does on every backend.
+        """
+
+    def extend_visibility(self, message: Message, seconds: float) -> None:  # noqa: B027
+        """Keep a received message hidden for ``seconds`` from now, while its handler runs.
+
+        The dispatcher calls it periodically for every message it holds, so a
+        handler longer than the queue's visibility timeout is never handed to
+        a second worker. A message already acknowledged, released or handed
+        out again is left alone.
+
+        The default does nothing: on a backend that does not override it, a
+        handler that outlives the visibility timeout may see its message
+        delivered again to another worker (an idempotency store then holds the
+        second delivery back until the first is done).
         """
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:

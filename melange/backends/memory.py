@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from melange.backends._routing import report_unrouted
 from melange.backends.interfaces import MessagingBackend
-from melange.exceptions import QueueNotFoundError, TopicNotFoundError
+from melange.exceptions import QueueNotFoundError, TopicNotFoundError, UnsupportedOperationError
 from melange.models import Message, QueueWrapper, TopicWrapper
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ class InMemoryMessagingBackend(MessagingBackend):
     Topics fan out to every subscribed queue. A received message is hidden for
     the queue's visibility timeout; unacknowledged, it comes back with its
     receive count raised, and after ``max_receive_count`` receives it moves to
-    the dead-letter queue. Nothing survives the process.
+    the dead-letter queue. A publish to a topic with no subscribed queue is
+    reported (``message_unrouted`` and a warning). Nothing survives the process.
     """
 
     default_visibility_timeout = 30.0
@@ -147,7 +149,9 @@ class InMemoryMessagingBackend(MessagingBackend):
                 queue.ready.append((message, 0))
             if self._waiting:
                 self._arrived.notify_all()
-        if self._linked:
+        if not queues:
+            report_unrouted(self, message, topic.obj)
+        elif self._linked:
             self._after_publish(queues)
 
     def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
@@ -156,6 +160,9 @@ class InMemoryMessagingBackend(MessagingBackend):
             for queue in queues:
                 queue.ready.extend([(message, 0) for message in messages])
             self._wake()
+        if not queues:
+            for message in messages:
+                report_unrouted(self, message, topic.obj)
         self._after_publish(queues)
 
     def _subscribers(self, topic: TopicWrapper) -> list[_Queue]:
@@ -263,9 +270,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             queue.ready.append((message, count))
 
     def acknowledge(self, message: Message) -> None:
-        receipt = message.receipt
-        if not isinstance(receipt, _Receipt):
-            raise ValueError("acknowledge() takes a message received from this backend")
+        receipt = _receipt(message)
         with self._lock:
             queue = self._queues.get(receipt.queue)
             if queue is not None:
@@ -278,6 +283,22 @@ class InMemoryMessagingBackend(MessagingBackend):
                 queue = self._queues.get(receipt.queue)
                 if queue is not None:
                     queue.in_flight.pop(receipt.token, None)
+
+    def extend_visibility(self, message: Message, seconds: float) -> None:
+        """Keep a received message hidden for ``seconds`` from now, if it is still held."""
+        receipt = _receipt(message)
+        with self._lock:
+            queue = self._queues.get(receipt.queue)
+            if queue is None:
+                return
+            entry = queue.in_flight.pop(receipt.token, None)
+            if entry is None:
+                return  # acknowledged, released, or handed out again
+            deadline = _monotonic() + max(seconds, 0.0)
+            if queue.in_flight:  # re-inserted last, so no earlier than the last deadline
+                deadline = max(deadline, next(reversed(queue.in_flight.values()))[0])
+            queue.in_flight[receipt.token] = (deadline, *entry[1:])
+            self._wake()
 
     def release(self, message: Message, delay: float = 0.0) -> None:
         receipt = message.receipt
@@ -312,6 +333,13 @@ class InMemoryMessagingBackend(MessagingBackend):
             return self._queues[queue.unwrap()]
         except KeyError:
             raise QueueNotFoundError(f"queue {queue.unwrap()!r} does not exist") from None
+
+
+def _receipt(message: Message) -> _Receipt:
+    receipt = message.receipt
+    if not isinstance(receipt, _Receipt):
+        raise UnsupportedOperationError("expected a message received from this backend")
+    return receipt
 
 
 def link_synchronously(

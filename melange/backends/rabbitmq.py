@@ -13,12 +13,20 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from melange.backends._routing import report_unrouted
 from melange.backends.interfaces import MessagingBackend
-from melange.backends.rabbitmq_codec import outgoing, receipt_of, to_message
+from melange.backends.rabbitmq_codec import outgoing, to_message
 from melange.backends.rabbitmq_connection import Link, Step
-from melange.backends.rabbitmq_consumer import ACK, REJECT, REQUEUE, QueueConsumer, Receipt
+from melange.backends.rabbitmq_consumer import (
+    ACK,
+    REJECT,
+    REQUEUE,
+    QueueConsumer,
+    Receipt,
+    receipt_of,
+)
 from melange.backends.rabbitmq_errors import translate
-from melange.backends.rabbitmq_publisher import Outgoing, PublishBatch
+from melange.backends.rabbitmq_publisher import OnReturn, Outgoing, PublishBatch
 from melange.backends.rabbitmq_topology import (
     QUORUM,
     bind,
@@ -56,7 +64,8 @@ class RabbitMQBackend(MessagingBackend):
     """Topics are durable fanout exchanges; queues are durable quorum queues.
 
     Every publish is persistent and waits for the broker's confirm (up to
-    ``confirm_timeout`` seconds): a message that was not confirmed raises.
+    ``confirm_timeout`` seconds): a message that was not confirmed raises; one
+    published to a topic no queue subscribes to is reported (``report_unrouted``).
     Consuming uses ``basic_consume`` with ``prefetch`` messages buffered per
     queue. A message handed out and not acknowledged is requeued after the
     queue's visibility timeout; after ``max_receive_count`` receives it goes to
@@ -277,6 +286,8 @@ class RabbitMQBackend(MessagingBackend):
         batch = PublishBatch(len(items))
         self._link.publish(items, batch)
         failures = batch.wait(self.confirm_timeout)
+        for index in batch.unrouted:
+            report_unrouted(self, messages[index], items[index][0])
         if not failures:
             return
         if len(items) == 1:
@@ -301,7 +312,9 @@ class RabbitMQBackend(MessagingBackend):
     ) -> None:
         """Publish persistently to the topic's exchange and wait for the confirm.
 
-        ``extra_attributes`` are added to the AMQP headers.
+        ``extra_attributes`` are added to the AMQP headers. When no queue is
+        bound to the exchange, the broker returns the message and
+        ``report_unrouted`` tells (``message_unrouted``); that is not an error.
 
         Raises:
             TopicNotFoundError: the exchange does not exist.
@@ -310,7 +323,11 @@ class RabbitMQBackend(MessagingBackend):
         name = topic.unwrap()
         self._check_topic(name)
         self._send(
-            [outgoing(message, name, "", mandatory=False, extra_headers=extra_attributes)],
+            [
+                outgoing(
+                    message, name, "", on_return=OnReturn.REPORT, extra_headers=extra_attributes
+                )
+            ],
             (message,),
         )
 
@@ -323,7 +340,7 @@ class RabbitMQBackend(MessagingBackend):
         """
         name = queue.unwrap()
         self._check_queue(name)
-        self._send([outgoing(message, "", name, mandatory=True)], (message,))
+        self._send([outgoing(message, "", name)], (message,))
 
     def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
         """Publish many messages with all their confirms in flight; each one is checked.
@@ -336,10 +353,12 @@ class RabbitMQBackend(MessagingBackend):
             return
         name = queue.unwrap()
         self._check_queue(name)
-        self._send([outgoing(m, "", name, mandatory=True) for m in messages], messages)
+        self._send([outgoing(m, "", name) for m in messages], messages)
 
     def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
         """Publish many messages to a topic with all their confirms in flight.
+
+        Each one no queue took is reported, as by ``publish_to_topic``.
 
         Raises:
             TopicNotFoundError: the exchange does not exist.
@@ -349,8 +368,7 @@ class RabbitMQBackend(MessagingBackend):
             return
         name = topic.unwrap()
         self._check_topic(name)
-        # Not mandatory: a topic nobody subscribes to takes the message and drops it.
-        self._send([outgoing(m, name, "", mandatory=False) for m in messages], messages)
+        self._send([outgoing(m, name, "", on_return=OnReturn.REPORT) for m in messages], messages)
 
     def publish_delayed_to_queue(self, message: Message, queue: QueueWrapper, delay: float) -> None:
         """Publish a message that reaches the queue after ``delay`` seconds (rounded up).
@@ -364,7 +382,7 @@ class RabbitMQBackend(MessagingBackend):
         name = queue.unwrap()
         self._check_queue(name)
         if delay <= 0:
-            self._send([outgoing(message, "", name, mandatory=True)], (message,))
+            self._send([outgoing(message, "", name)], (message,))
             return
         self._send_delayed(message, name, delay, receives=0)
 
@@ -375,7 +393,7 @@ class RabbitMQBackend(MessagingBackend):
             self._run(steps, queue=route, topic=route)
             self._remember(("delay", route), steps)
             self._delay_routes.add(ttl)
-        item = outgoing(message, route, queue, mandatory=True, receives=receives)
+        item = outgoing(message, route, queue, receives=receives)
         self._send([item], (message,))
 
     # -- consuming --------------------------------------------------------------------
@@ -413,6 +431,9 @@ class RabbitMQBackend(MessagingBackend):
 
     def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
         """Receive up to ``max_messages`` (10), waiting up to ``wait_seconds`` (0) for the first.
+
+        Each delivery is decoded on its own: one that cannot be read comes back
+        undecodable (its ``DECODE_ERROR`` header says why), never as an error.
 
         Raises:
             QueueNotFoundError: the queue does not exist.
@@ -455,6 +476,18 @@ class RabbitMQBackend(MessagingBackend):
             groups.setdefault(receipt.consumer, []).append(receipt)
         for consumer, receipts in groups.items():
             consumer.settle(receipts, ACK)
+
+    def extend_visibility(self, message: Message, seconds: float) -> None:
+        """Requeue a received message ``seconds`` from now rather than at its visibility timeout.
+
+        Thread-safe. A message acknowledged, released or requeued already (or
+        received before a reconnect) is left alone.
+
+        Raises:
+            ValueError: the message was not received from this backend.
+        """
+        receipt = receipt_of(message)
+        receipt.consumer.extend(receipt, seconds)
 
     def release(self, message: Message, delay: float = 0.0) -> None:
         """Hand a received message back, to come again after ``delay`` seconds.

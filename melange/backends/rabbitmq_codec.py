@@ -1,4 +1,4 @@
-"""A ``Message`` as AMQP properties and body, and back.
+"""A ``Message`` as AMQP properties and body, and back; no I/O.
 
 ``message_id`` is the AMQP ``message_id`` property, the manifest is ``type``,
 the metadata are the AMQP headers, the serializer id is the header
@@ -7,25 +7,53 @@ On the way back, the broker's own headers (``x-death``…) are dropped and the
 receive count is rebuilt from the quorum queue's ``x-delivery-count`` plus
 the receives melange carried over in ``x-melange-receives`` when it put a
 message back as a new one (a delayed release).
+
+Each delivery is decoded on its own: what cannot be read (a count that is not
+an integer, text that is not UTF-8) makes that message ``undecodable``, never
+an error. A message without ``message_id`` gets one derived from what stays
+the same across its redeliveries (``foreign_id``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import hashlib
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
 
-from melange.backends.rabbitmq_consumer import DELIVERY_COUNT, RECEIVES, Delivery, Receipt
-from melange.backends.rabbitmq_publisher import Outgoing
+from melange.backends._decoding import bytes_of, header_text, integer_or_none, text_of, undecodable
+from melange.backends.rabbitmq_publisher import OnReturn, Outgoing
 from melange.exceptions import MissingExtraError
-from melange.models import Message, _unchecked, new_message_id
+from melange.models import DECODE_ERROR, Message, _unchecked
 
 try:
     import pika
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise MissingExtraError("pika", "rabbitmq") from e
 
-__all__ = ["SERIALIZER", "outgoing", "receipt_of", "to_message"]
+if TYPE_CHECKING:
+    from melange.backends.rabbitmq_consumer import Receipt
 
+__all__ = [
+    "DELIVERY_COUNT",
+    "RECEIVES",
+    "SERIALIZER",
+    "Delivery",
+    "foreign_id",
+    "outgoing",
+    "to_message",
+    "uncounted",
+]
+
+#: Set by quorum queues: how many times this message was returned to the queue.
+DELIVERY_COUNT = "x-delivery-count"
+#: Set by melange when it puts a message back as a new one: receives before that.
+RECEIVES = "x-melange-receives"
 SERIALIZER = "x-melange-serializer"
+#: A buffered delivery: delivery tag, redelivered flag, exchange, routing key, properties, body.
+Delivery = tuple[int, bool, str, str, Any, bytes]
+
 _NOT_METADATA = frozenset(
     {
         DELIVERY_COUNT,
@@ -40,7 +68,10 @@ _NOT_METADATA = frozenset(
         "x-last-death-reason",
     }
 )
+_COUNTS = (DELIVERY_COUNT, RECEIVES)
 _PERSISTENT = 2
+# The namespace of foreign_id's version 5 UUIDs; changing it changes every derived id.
+_FOREIGN = uuid.UUID("5f0c1c7e-9a8b-4d2e-8f47-6d656c616e67")
 
 
 def outgoing(
@@ -48,7 +79,7 @@ def outgoing(
     exchange: str,
     routing_key: str,
     *,
-    mandatory: bool,
+    on_return: OnReturn = OnReturn.FAIL,
     receives: int = 0,
     extra_headers: dict[str, Any] | None = None,
 ) -> Outgoing:
@@ -60,62 +91,185 @@ def outgoing(
         headers[SERIALIZER] = message.serializer_id
     if receives:
         headers[RECEIVES] = receives
+    message_id, manifest = message.message_id, message.manifest
     properties = pika.BasicProperties(
         delivery_mode=_PERSISTENT,
-        message_id=message.message_id,
-        type=message.manifest,
-        headers=headers or None,
+        message_id=message_id if message_id.isascii() else _wire(message_id),
+        type=manifest if manifest is None or manifest.isascii() else _wire(manifest),
+        headers=_wire_headers(headers) if headers else None,
     )
     # surrogateescape: bytes that were not UTF-8 when received go out unchanged.
     body = message.content.encode("utf-8", "surrogateescape")
-    return exchange, routing_key, body, properties, mandatory
+    return exchange, routing_key, body, properties, on_return
 
 
 def to_message(receipt: Receipt, delivery: Delivery) -> Message:
-    """Rebuild the message of a delivery, with its receive count and receipt."""
-    _, redelivered, properties, body = delivery
+    """Rebuild the message of a delivery, with its receive count and receipt.
+
+    A delivery melange cannot fully read comes back ``undecodable``: its
+    ``DECODE_ERROR`` header says why and the unreadable header stays, as text.
+    """
+    _, redelivered, _, _, properties, body = delivery
     headers = properties.headers
     metadata: dict[str, str] = {}
+    problems: list[str] = []
     serializer_id = None
     earlier = 0
-    count: Any = None
+    count: int | None = None
+    counted = True
     if headers:
         for key, value in headers.items():
             if key in _NOT_METADATA:
-                if key == DELIVERY_COUNT:
-                    count = value
-                elif key == SERIALIZER:
-                    serializer_id = int(value)
-                elif key == RECEIVES:
-                    earlier = int(value)
+                try:
+                    if key == DELIVERY_COUNT:
+                        count = integer_or_none(value, key)
+                    elif key == SERIALIZER:
+                        serializer_id = integer_or_none(value, key)
+                    elif key == RECEIVES:
+                        earlier = integer_or_none(value, key)
+                except ValueError as e:
+                    problems.append(str(e))
+                    metadata[key] = header_text(value)
+                    counted = counted and key == SERIALIZER
                 continue
-            metadata[key] = value if type(value) is str else _text(value)
+            if type(value) is str and type(key) is str:
+                metadata[key] = value
+            else:
+                _read_header(key, value, metadata, problems)
+    content, why = text_of(body)
+    if why is not None:
+        problems.append(f"body is {why}")
+    message_id = properties.message_id
+    if not message_id:
+        message_id = foreign_id(delivery)
+    elif type(message_id) is not str:
+        message_id, why = text_of(message_id)
+        problems.append(f"message_id is {why}")
+    manifest = properties.type
+    if manifest is not None and type(manifest) is not str:
+        manifest, why = text_of(manifest)
+        problems.append(f"type is {why}")
     if count is None:  # a classic queue has only a redelivered flag
         count = 1 if redelivered else 0
+    receive_count = earlier + count + 1 if counted else 0  # 0: unknown
+    if problems:
+        # A dead-letter copy read again keeps the reason it was first dead-lettered for.
+        reason = metadata.get(DECODE_ERROR) or "; ".join(problems)
+        return undecodable(content, message_id, metadata, reason, receive_count, receipt, manifest)
     return _unchecked(
-        body.decode("utf-8", "surrogateescape"),
-        properties.message_id or new_message_id(),
-        metadata,
-        serializer_id,
-        properties.type,
-        earlier + int(count) + 1,
-        receipt,
+        content, message_id, metadata, serializer_id, manifest, receive_count, receipt
     )
 
 
-def receipt_of(message: Message) -> Receipt:
-    """Return the receipt of a received message.
+def foreign_id(delivery: Delivery) -> str:
+    """Return the id of a message published without ``message_id``: the same on every delivery.
+
+    A version 5 UUID of the exchange and routing key it was published with,
+    its properties and headers (except the counts the broker and melange
+    change on redelivery) and its body.
+    """
+    _, _, exchange, routing_key, properties, body = delivery
+    stable = copy.copy(properties)
+    headers = properties.headers
+    if headers:
+        # Sorted, so that the id does not depend on where the broker adds its headers.
+        stable.headers = {
+            key: headers[key] for key in sorted(headers, key=_raw) if key not in _COUNTS
+        }
+    digest = hashlib.sha1(_FOREIGN.bytes, usedforsecurity=False)
+    for part in (_raw(exchange), _raw(routing_key)):
+        digest.update(len(part).to_bytes(2, "big"))
+        digest.update(part)
+    # pika's encoding of the properties: length-prefixed and in a fixed order.
+    digest.update(b"".join(stable.encode()))
+    digest.update(body)
+    return str(uuid.UUID(bytes=digest.digest()[:16], version=5))
+
+
+def uncounted(delivery: Delivery) -> Any:
+    """Return the properties for a delivery put back as a new message, its receives carried over.
+
+    A message without ``message_id`` keeps the id it was known by.
+    """
+    properties = delivery[4]
+    headers = dict(properties.headers or {})
+    try:
+        count = integer_or_none(headers.pop(DELIVERY_COUNT, 0) or 0, DELIVERY_COUNT)
+    except ValueError:
+        count = 0  # the publisher's, passed on until the broker counts a return
+    try:
+        receives = integer_or_none(headers.get(RECEIVES, 0) or 0, RECEIVES) + count
+    except ValueError:
+        receives = 0  # left as it is, for the next receive to report
+    if receives:
+        headers[RECEIVES] = receives
+    copied = copy.copy(properties)
+    copied.headers = headers or None
+    if not copied.message_id:
+        copied.message_id = foreign_id(delivery)
+    return copied
+
+
+def _read_header(key: Any, value: Any, metadata: dict[str, str], problems: list[str]) -> None:
+    """Add a header that is not plain text to ``metadata``, noting what is not UTF-8."""
+    if type(key) is not str:
+        key, why = text_of(key)
+        problems.append(f"header name {key[:80]!r} is {why}")
+    if isinstance(value, bytes | bytearray):
+        text, why = text_of(bytes(value))
+        if why is not None:
+            problems.append(f"header {key[:80]!r} is {why}")
+    elif isinstance(value, dict | list):
+        try:
+            text = json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
+        except ValueError as e:
+            text = header_text(value)
+            problems.append(f"header {key[:80]!r} is {e}")
+    else:
+        text = header_text(value)
+    metadata[key] = text
+
+
+def _plain(value: Any) -> Any:
+    """Return a nested header value as JSON data: text, numbers, booleans, null.
 
     Raises:
-        ValueError: the message was not received from a RabbitMQ backend.
+        ValueError: some text in it is not UTF-8.
     """
-    receipt = message.receipt
-    if not isinstance(receipt, Receipt):
-        raise ValueError("expected a message received from a RabbitMQBackend")
-    return receipt
+    if isinstance(value, dict):
+        return {_plain_text(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    return _plain_text(value)
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    return str(value)
+def _plain_text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        text, why = text_of(bytes(value))
+        if why is not None:
+            raise ValueError(f"nested {why}")
+        return text
+    return header_text(value)
+
+
+def _raw(text: str | bytes) -> bytes:
+    """Return the bytes pika read ``text`` from."""
+    return text if isinstance(text, bytes) else bytes_of(text)
+
+
+def _wire(text: str) -> str | bytes:
+    """Return ``text`` as pika can send it: text read from bytes that were not UTF-8 as those."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return bytes_of(text)
+    return text
+
+
+def _wire_headers(headers: dict[str, Any]) -> dict[Any, Any]:
+    for key, value in headers.items():
+        if not key.isascii() or (type(value) is str and not value.isascii()):
+            return {_wire(k): _wire(v) if type(v) is str else v for k, v in headers.items()}
+    return headers

@@ -3,14 +3,15 @@
 Deliveries land in a local buffer (at most ``prefetch`` of them, RabbitMQ's
 ``basic_qos``). A message handed to a caller is *in flight*: the I/O thread
 requeues it (``basic_nack``) when it stays unacknowledged longer than the
-queue's visibility timeout, as SQS would make it visible again. Buffered
-messages nobody took are handed back without counting as a receive.
+queue's visibility timeout, as SQS would make it visible again (its handler
+may push that deadline back with ``extend``). Buffered messages nobody took
+are handed back without counting as a receive.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
+import math
 import threading
 import time
 from bisect import bisect_left
@@ -19,32 +20,31 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from melange.backends.rabbitmq_codec import Delivery, uncounted
 from melange.backends.rabbitmq_connection import Link
 from melange.backends.rabbitmq_errors import detached
-from melange.backends.rabbitmq_publisher import PublishBatch
+from melange.backends.rabbitmq_publisher import OnReturn, Outgoing, PublishBatch
 from melange.exceptions import MissingExtraError
+from melange.models import Message
 
 try:
     import pika.exceptions as pika_errors
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise MissingExtraError("pika", "rabbitmq") from e
 
-__all__ = ["DELIVERY_COUNT", "RECEIVES", "QueueConsumer", "Receipt"]
+__all__ = ["QueueConsumer", "Receipt", "receipt_of"]
 
 log = logging.getLogger("melange.backends.rabbitmq")
 
-#: Set by quorum queues: how many times this message was returned to the queue.
-DELIVERY_COUNT = "x-delivery-count"
-#: Set by melange when it puts a message back as a new one: receives before that.
-RECEIVES = "x-melange-receives"
-
 ACK, REQUEUE, REJECT = "ack", "requeue", "reject"
-#: A buffered delivery: delivery tag, redelivered flag, properties, body.
-Delivery = tuple[int, bool, Any, bytes]
 
 
 class Receipt:
-    """Where a received message came from: its consumer, channel generation and delivery tag."""
+    """Where a received message came from: its consumer, channel generation and delivery tag.
+
+    ``deadline`` (``time.monotonic``) is when the I/O thread requeues the
+    message; it is read and changed under the consumer's lock only.
+    """
 
     __slots__ = ("consumer", "deadline", "generation", "tag")
 
@@ -56,6 +56,18 @@ class Receipt:
 
     def __repr__(self) -> str:
         return f"Receipt({self.consumer.queue!r}, generation={self.generation}, tag={self.tag})"
+
+
+def receipt_of(message: Message) -> Receipt:
+    """Return the receipt of a received message.
+
+    Raises:
+        ValueError: the message was not received from a RabbitMQ backend.
+    """
+    receipt = message.receipt
+    if not isinstance(receipt, Receipt):
+        raise ValueError("expected a message received from a RabbitMQBackend")
+    return receipt
 
 
 class QueueConsumer:
@@ -85,6 +97,8 @@ class QueueConsumer:
         self.cond = threading.Condition(threading.Lock())
         self.ready: deque[Delivery] = deque()
         self.in_flight: dict[int, Receipt] = {}
+        #: No deadline in flight is earlier (it may be earlier than all of them).
+        self.next_expiry = math.inf
         self.generation = 0
         self.waiters = 0
         self.active = False
@@ -137,6 +151,7 @@ class QueueConsumer:
                 return []
             generation = self.generation
             visible_again = now + self.visibility_timeout
+            self.next_expiry = min(self.next_expiry, visible_again)
             in_flight = self.in_flight
             taken = []
             for _ in range(min(max_messages, len(ready))):
@@ -145,6 +160,14 @@ class QueueConsumer:
                 in_flight[delivery[0]] = receipt
                 taken.append((receipt, delivery))
             return taken
+
+    def extend(self, receipt: Receipt, seconds: float) -> None:
+        """Requeue a message ``seconds`` from now instead; a stale receipt is ignored."""
+        deadline = time.monotonic() + seconds
+        with self.cond:
+            if self.in_flight.get(receipt.tag) is receipt:
+                receipt.deadline = deadline
+                self.next_expiry = min(self.next_expiry, deadline)
 
     def settle(self, receipts: Sequence[Receipt], action: str) -> None:
         """Ack, requeue or reject received messages; a stale receipt is ignored.
@@ -237,7 +260,9 @@ class QueueConsumer:
         tag = method.delivery_tag
         self._unsettled[tag] = None
         with self.cond:
-            self.ready.append((tag, method.redelivered, properties, body))
+            self.ready.append(
+                (tag, method.redelivered, method.exchange, method.routing_key, properties, body)
+            )
             if self.waiters:
                 self.cond.notify()
 
@@ -301,15 +326,20 @@ class QueueConsumer:
         """Requeue messages past their visibility timeout; release an idle buffer."""
         if self._channel is None:
             return
-        if self.in_flight:
+        if self.in_flight and now >= self.next_expiry:
+            # Deadlines are not in delivery order (extend moves them): scan them all,
+            # but only when the earliest one is due.
             expired = []
+            earliest = math.inf
             with self.cond:
                 for tag, receipt in self.in_flight.items():
-                    if receipt.deadline > now:
-                        break
-                    expired.append(tag)
+                    if receipt.deadline <= now:
+                        expired.append(tag)
+                    elif receipt.deadline < earliest:
+                        earliest = receipt.deadline
                 for tag in expired:
                     del self.in_flight[tag]
+                self.next_expiry = earliest
             if expired:
                 self._settle(self.generation, expired, REQUEUE)
         if (
@@ -338,8 +368,8 @@ class QueueConsumer:
             if not buffered:
                 finish()
                 return
-            items = [
-                ("", self.queue, body, _uncounted(props), True) for _, _, props, body in buffered
+            items: list[Outgoing] = [
+                ("", self.queue, d[5], uncounted(d), OnReturn.FAIL) for d in buffered
             ]
 
             def republished(batch: PublishBatch) -> None:
@@ -365,15 +395,3 @@ class QueueConsumer:
         channel = self._channel
         if channel is not None and channel.is_open:
             channel.close()
-
-
-def _uncounted(properties: Any) -> Any:
-    """Return a copy of the properties for a message put back without counting a receive."""
-    headers = dict(properties.headers or {})
-    count = headers.pop(DELIVERY_COUNT, 0) or 0
-    receives = int(headers.get(RECEIVES, 0) or 0) + int(count)
-    if receives:
-        headers[RECEIVES] = receives
-    copied = copy.copy(properties)
-    copied.headers = headers or None
-    return copied

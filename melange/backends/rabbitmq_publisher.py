@@ -4,11 +4,14 @@ A ``PublishBatch`` is what a caller waits on; ``Confirms`` (I/O thread only)
 maps the channel's delivery tags to batches and settles them from the
 broker's ``basic.ack``/``basic.nack`` (one at a time or ``multiple``), from
 ``basic.return`` (a mandatory message no queue took), or from the channel
-or connection going away before the confirm came.
+or connection going away before the confirm came. Every publish is mandatory;
+``OnReturn`` says whether a return fails it (a queue publish) or only marks it
+unrouted (a topic publish nobody subscribes to).
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,10 +25,22 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise MissingExtraError("pika", "rabbitmq") from e
 
-__all__ = ["Confirms", "Outgoing", "PublishBatch"]
+__all__ = ["Confirms", "OnReturn", "Outgoing", "PublishBatch"]
 
-#: What one publish sends: exchange, routing key, body, properties, mandatory.
-Outgoing = tuple[str, str, bytes, Any, bool]
+_NO_ROUTE = 312
+
+
+class OnReturn(enum.Enum):
+    """What a ``basic.return`` (no queue took the message) means for a publish."""
+
+    #: The publish fails (a queue publish: the queue is missing).
+    FAIL = "fail"
+    #: The publish succeeds and is listed in ``PublishBatch.unrouted`` (a topic publish).
+    REPORT = "report"
+
+
+#: What one publish sends: exchange, routing key, body, properties, what a return means.
+Outgoing = tuple[str, str, bytes, Any, OnReturn]
 
 _PENDING, _CONFIRMED, _FAILED = 0, 1, 2
 
@@ -33,23 +48,27 @@ _PENDING, _CONFIRMED, _FAILED = 0, 1, 2
 class PublishBatch:
     """Messages published together, settled one by one as their outcomes come."""
 
-    __slots__ = ("_lock", "_on_done", "_status", "done", "failures", "remaining")
+    __slots__ = ("_lock", "_on_done", "_status", "done", "failures", "remaining", "unrouted")
 
     def __init__(self, size: int, on_done: Callable[[PublishBatch], None] | None = None) -> None:
         self.remaining = size
         self.failures: dict[int, Exception] = {}
+        #: Indexes of confirmed messages that no queue took (``OnReturn.REPORT``).
+        self.unrouted: list[int] = []
         self.done = threading.Event()
         self._status = bytearray(size)
         self._on_done = on_done
         self._lock = threading.Lock()
 
-    def settle(self, index: int, failure: Exception | None) -> None:
+    def settle(self, index: int, failure: Exception | None, *, unrouted: bool = False) -> None:
         """Record the outcome of message ``index``; the first outcome wins."""
         with self._lock:
             if self._status[index] != _PENDING or self.done.is_set():
                 return
             if failure is None:
                 self._status[index] = _CONFIRMED
+                if unrouted:
+                    self.unrouted.append(index)
             else:
                 self._status[index] = _FAILED
                 self.failures[index] = failure
@@ -85,16 +104,13 @@ class PublishBatch:
 
 
 class _Pending:
-    __slots__ = ("batch", "exchange", "failure", "index", "message_id", "routing_key")
+    __slots__ = ("batch", "failure", "index", "item", "returned")
 
-    def __init__(
-        self, batch: PublishBatch, index: int, exchange: str, routing_key: str, message_id: Any
-    ) -> None:
+    def __init__(self, batch: PublishBatch, index: int, item: Outgoing) -> None:
         self.batch = batch
         self.index = index
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.message_id = message_id
+        self.item = item
+        self.returned = False
         self.failure: Exception | None = None
 
 
@@ -122,10 +138,11 @@ class Confirms:
         pending = self._pending
         publish = self.channel.basic_publish
         tag = self._next_tag
-        for index, (exchange, routing_key, body, properties, mandatory) in enumerate(items):
-            pending[tag] = _Pending(batch, index, exchange, routing_key, properties.message_id)
+        for index, item in enumerate(items):
+            exchange, routing_key, body, properties, _ = item
+            pending[tag] = _Pending(batch, index, item)
             try:
-                publish(exchange, routing_key, body, properties, mandatory)
+                publish(exchange, routing_key, body, properties, True)
             except (pika_errors.AMQPError, ValueError, TypeError) as e:
                 del pending[tag]  # nothing was sent, so the tag was not used
                 batch.settle(index, translate(e, publishing=True))
@@ -134,17 +151,25 @@ class Confirms:
         self._next_tag = tag
 
     def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        # A return comes before the confirm of the same message: mark the oldest match.
+        # A return carries no delivery tag but comes before the confirm of its message,
+        # and returns come in publishing order: mark the oldest unreturned match. Only
+        # messages identical in destination, id and body can be confused, which no
+        # caller can tell apart.
         for pending in self._pending.values():
+            if pending.returned:
+                continue
+            exchange, routing_key, sent, sent_properties, on_return = pending.item
             if (
-                pending.failure is None
-                and pending.routing_key == method.routing_key
-                and pending.exchange == method.exchange
-                and pending.message_id == properties.message_id
+                routing_key == method.routing_key
+                and exchange == method.exchange
+                and sent_properties.message_id == properties.message_id
+                and sent == body
             ):
-                pending.failure = returned(
-                    method.reply_code, method.reply_text, pending.exchange, pending.routing_key
-                )
+                pending.returned = True
+                if on_return is OnReturn.FAIL or method.reply_code != _NO_ROUTE:
+                    pending.failure = returned(
+                        method.reply_code, method.reply_text, exchange, routing_key
+                    )
                 return
 
     def _on_confirm(self, frame: Any) -> None:
@@ -167,7 +192,7 @@ class Confirms:
             failure = entry.failure
             if failure is None and not acked:
                 failure = nacked()
-            entry.batch.settle(entry.index, failure)
+            entry.batch.settle(entry.index, failure, unrouted=entry.returned)
 
     def detach(self, reason: BaseException) -> None:
         """The channel is gone: fail every message still awaiting its confirm."""
@@ -175,10 +200,11 @@ class Confirms:
         pending, self._pending = self._pending, {}
         text = str(reason)
         for entry in pending.values():
+            exchange = entry.item[0]
             if entry.failure is not None:
                 failure: Exception = entry.failure
-            elif entry.exchange and f"'{entry.exchange}'" in text:
-                failure = translate(reason, topic=entry.exchange)  # "no exchange 'x'"
+            elif exchange and f"'{exchange}'" in text:
+                failure = translate(reason, topic=exchange)  # "no exchange 'x'"
             else:
                 failure = translate(reason, publishing=True)
             entry.batch.settle(entry.index, failure)

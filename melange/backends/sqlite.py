@@ -2,50 +2,43 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from melange.backends import sqlite_queries as queries
+from melange.backends._routing import report_unrouted
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.sqlite_store import SQLiteFile
 from melange.exceptions import ConfigurationError, QueueNotFoundError, TopicNotFoundError
-from melange.models import Message, QueueWrapper, TopicWrapper, _unchecked
+from melange.models import Message, QueueWrapper, TopicWrapper
 
 __all__ = ["SQLiteBackend"]
 
-_decode = json.JSONDecoder().decode
 _now = time.time
 _MAX_IDS = 500  # bound parameters per statement: old SQLite builds allow 999
 _URL_OPTIONS = {"synchronous": str, "busy_timeout": float, "poll_interval": float}
 
 
-class _Receipt(NamedTuple):
-    """Where a received delivery is and the claim that proves this receive owns it."""
-
-    queue: str
-    visible_at: float
-    row: int
-    claim: bytes
-
-
 class SQLiteBackend(MessagingBackend):
     """A broker in one SQLite file: durable, and safe for several processes at once.
 
-    Topics fan out to their subscribed queues in the publishing transaction.
+    Topics fan out to their subscribed queues in the publishing transaction;
+    a publish that reaches no queue is reported (``message_unrouted``).
     A receive claims messages in one short ``BEGIN IMMEDIATE`` transaction:
     it hides them for the queue's visibility timeout, raises their receive
     count and stamps a fresh random claim, so no two consumers get the same
     message while its visibility lasts and a late acknowledgement cannot
     delete a message that was handed out again. A message received
     ``max_receive_count`` times and not acknowledged moves to the dead-letter
-    queue when its queue is next read, as on SQS.
+    queue when its queue is next read, as on SQS. A row that cannot be
+    decoded (text that is not UTF-8, headers that are not a JSON object…)
+    comes back ``undecodable`` and never stops the rest of its queue.
 
     Durability: WAL with ``synchronous=FULL`` by default, so a publish that
     returned survives ``kill -9`` and a power cut (``NORMAL`` survives process
@@ -187,6 +180,9 @@ class SQLiteBackend(MessagingBackend):
     def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
         """Publish messages to every queue subscribed to the topic, in one transaction.
 
+        With no queue subscribed, each message is reported with
+        ``report_unrouted`` (a warning and ``message_unrouted``) and dropped.
+
         Raises:
             TopicNotFoundError: the topic does not exist.
         """
@@ -203,9 +199,19 @@ class SQLiteBackend(MessagingBackend):
                 first, now = queries.next_id(db), _now()
                 for n, queue in enumerate(queues):
                     queries.insert(db, messages, queue, now, first + n * len(messages))
+        if not queues:
+            for message in messages:
+                report_unrouted(self, message, topic.obj)
+            return
         self._wake()
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        """Publish a message to one queue.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            PublishError: the message holds a surrogate that stands for no byte.
+        """
         self._publish((message,), queue, 0.0)
 
     def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
@@ -283,27 +289,10 @@ class SQLiteBackend(MessagingBackend):
         token = os.urandom(8)
         try:
             with self._file.transaction() as db:
-                deadline, rows = queries.claim(db, queue, limit, token, _now())
+                claimed = queries.claim(db, queue, limit, token, _now())
         except QueueNotFoundError as e:
             raise QueueNotFoundError(f"{e} in {self.path}") from None
-        if not rows:
-            return []
-        # One parse for the whole batch instead of one call per message.
-        metadata = _decode(f"[{','.join([row[4] for row in rows])}]")
-        return [
-            _unchecked(
-                content,
-                message_id,
-                meta,
-                serializer_id,
-                manifest,
-                count,
-                _Receipt(queue, deadline, row, token),
-            )
-            for (row, count, message_id, content, _, serializer_id, manifest), meta in zip(
-                rows, metadata, strict=True
-            )
-        ]
+        return queries.received(queue, token, claimed)
 
     def acknowledge(self, message: Message) -> None:
         """Delete a received message, unless it was handed out again since.
@@ -322,10 +311,11 @@ class SQLiteBackend(MessagingBackend):
         receipts = [_receipt(m) for m in messages]
         if not receipts:
             return
-        groups: dict[tuple[str, float, bytes], list[int]] = {}
-        for queue, visible_at, row, claim in receipts:
-            groups.setdefault((queue, visible_at, claim), []).append(row)
         with self._file.transaction() as db:
+            groups: dict[tuple[str, float, bytes], list[int]] = {}
+            for receipt in receipts:  # read under the write lock: see extend_visibility
+                key = (receipt.queue, receipt.visible_at, receipt.claim)
+                groups.setdefault(key, []).append(receipt.row)
             for key, rows in groups.items():
                 for first in range(0, len(rows), _MAX_IDS):
                     chunk = rows[first : first + _MAX_IDS]
@@ -333,11 +323,43 @@ class SQLiteBackend(MessagingBackend):
                     db.execute(sql, (*key, *chunk))
 
     def release(self, message: Message, delay: float = 0.0) -> None:
-        """Make a received message visible again after ``delay`` seconds (its count is kept)."""
-        queue, visible_at, row, claim = _receipt(message)
+        """Make a received message visible again after ``delay`` seconds (its count is kept).
+
+        Raises:
+            ValueError: the message was not received from an ``SQLiteBackend``.
+        """
+        r = _receipt(message)
         with self._file.transaction() as db:
-            db.execute(queries.RELEASE, (_now() + max(delay, 0.0), queue, visible_at, row, claim))
+            due = _now() + max(delay, 0.0)
+            db.execute(queries.RELEASE, (due, r.queue, r.visible_at, r.row, r.claim))
         self._wake()
+
+    def extend_visibility(self, message: Message, seconds: float) -> None:
+        """Keep a received message hidden for ``seconds`` from now, in one short transaction.
+
+        Only while this receive's claim holds: a message acknowledged, released
+        or handed out again since is left alone. Safe from any thread.
+
+        Raises:
+            ValueError: the message was not received from an ``SQLiteBackend``.
+        """
+        r = _receipt(message)
+        moved_from: float | None = None
+        try:
+            with self._file.transaction() as db:
+                # visible_at is in the delivery's key. Reading and moving it
+                # under the write lock, which acknowledge and release also read
+                # it under, means no other thread ever uses a stale one.
+                hidden_until = _now() + max(seconds, 0.0)
+                moved = db.execute(
+                    queries.EXTEND, (hidden_until, r.queue, r.visible_at, r.row, r.claim)
+                ).rowcount
+                if moved:
+                    moved_from, r.visible_at = r.visible_at, hidden_until
+        except BaseException:
+            if moved_from is not None:  # the commit failed: the row did not move
+                r.visible_at = moved_from
+            raise
 
     # -- inspection and lifecycle ---------------------------------------------------------
 
@@ -358,8 +380,8 @@ class SQLiteBackend(MessagingBackend):
         self._file.close()
 
 
-def _receipt(message: Message) -> _Receipt:
+def _receipt(message: Message) -> queries.Receipt:
     receipt = message.receipt
-    if not isinstance(receipt, _Receipt):
+    if not isinstance(receipt, queries.Receipt):
         raise ValueError("this message was not received from an SQLiteBackend")
     return receipt

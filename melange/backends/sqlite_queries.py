@@ -1,8 +1,12 @@
-"""What ``SQLiteBackend`` does inside its transactions: the statements on the schema.
+"""What ``SQLiteBackend`` does inside its transactions, and how its rows become messages.
 
-Every function takes a connection that is already inside a ``BEGIN
+Every function that takes a connection expects it inside a ``BEGIN
 IMMEDIATE`` transaction (``SQLiteFile.transaction()``), so no other writer,
 in any process, runs between its statements.
+
+Rows may have been written by other programs or be corrupt: ``received``
+decodes each claimed row on its own when the batch cannot be read at once,
+and a row it cannot read comes back ``undecodable`` (see ``_decoding``).
 """
 
 from __future__ import annotations
@@ -10,23 +14,33 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from itertools import chain, repeat
 from typing import Any, NamedTuple
 
-from melange.exceptions import QueueNotFoundError
-from melange.models import Message
+from melange.backends._decoding import bytes_of, header_text, integer_or_none, text_of, undecodable
+from melange.exceptions import PublishError, QueueNotFoundError
+from melange.models import DECODE_ERROR, Message, _unchecked
 
 __all__ = [
     "ACKNOWLEDGE_CLAIM",
+    "EXTEND",
     "PEEK",
     "QUEUE_AND_NEXT_ID",
     "RELEASE",
+    "UNREAD_METADATA",
     "Claimed",
+    "Receipt",
     "claim",
     "insert",
     "next_id",
+    "received",
 ]
 
+#: The header that keeps a row's metadata text when it is not a JSON object.
+UNREAD_METADATA = "x-melange-unread-metadata"
+
 _INSERT_BODY = "INSERT INTO melange_bodies VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE_BODIES = "DELETE FROM melange_bodies WHERE id >= ? AND id < ?"
 _INSERT_DELIVERY = "INSERT INTO melange_deliveries (queue, visible_at, id) VALUES (?, ?, ?)"
 _NEXT_ID = "SELECT coalesce(max(id), 0) + 1 FROM melange_bodies"
 QUEUE_AND_NEXT_ID = (
@@ -64,6 +78,13 @@ _CLAIMED = (
     " b.manifest FROM melange_deliveries AS d JOIN melange_bodies AS b ON b.id = d.id"
     " WHERE d.queue = ? AND d.visible_at = ? AND d.claim = ? ORDER BY d.id"
 )
+# Every text field as bytes: a row whose text is not UTF-8 cannot be fetched as str.
+_CLAIMED_RAW = (
+    "SELECT d.id, d.receive_count, CAST(b.message_id AS BLOB), CAST(b.content AS BLOB),"
+    " CAST(b.metadata AS BLOB), CAST(b.serializer_id AS BLOB), CAST(b.manifest AS BLOB)"
+    " FROM melange_deliveries AS d JOIN melange_bodies AS b ON b.id = d.id"
+    " WHERE d.queue = ? AND d.visible_at = ? AND d.claim = ? ORDER BY d.id"
+)
 # Formatted with one "?" per id: the deliveries of one receive share its claim.
 # The bodies go with their deliveries (a trigger), so this is the whole ack.
 ACKNOWLEDGE_CLAIM = (
@@ -74,15 +95,45 @@ RELEASE = (
     "UPDATE melange_deliveries SET visible_at = ?, claim = NULL"
     " WHERE queue = ? AND visible_at = ? AND id = ? AND claim = ?"
 )
+EXTEND = (
+    "UPDATE melange_deliveries SET visible_at = ?"
+    " WHERE queue = ? AND visible_at = ? AND id = ? AND claim = ?"
+)
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# Escapes lone surrogates (headers read with surrogateescape), which cannot be bound as UTF-8.
+_encode_ascii = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
+# A JSON string cannot hold a raw newline, so no row can end inside a string.
+_SEPARATOR = ",\n"
+_STR = {str}
+_DICT = {dict}
+_STR_OR_NULL = {str, type(None)}
+_INT_OR_NULL = {int, type(None)}
+
+
+class Receipt:
+    """Where a received delivery is and the claim that proves this receive owns it.
+
+    ``visible_at`` is part of the delivery's key and ``extend_visibility``
+    moves it, so it is read and written only inside a write transaction.
+    """
+
+    __slots__ = ("claim", "queue", "row", "visible_at")
+
+    def __init__(self, queue: str, visible_at: float, row: int, claim: bytes) -> None:
+        self.queue = queue
+        self.visible_at = visible_at
+        self.row = row
+        self.claim = claim
 
 
 class Claimed(NamedTuple):
     """The outcome of one receive: the claim's deadline and the claimed rows.
 
     Each row is ``(id, receive_count, message_id, content, metadata JSON,
-    serializer_id, manifest)``.
+    serializer_id, manifest)``; when some text is not UTF-8, every field but
+    the first two is bytes.
     """
 
     deadline: float
@@ -102,21 +153,34 @@ def insert(
     visible_at: float,
     first: int,
 ) -> None:
-    """Store messages in a queue with the ids ``first, first + 1, …``."""
-    db.executemany(
-        _INSERT_BODY,
-        [
-            (
-                first + n,
-                m.message_id,
-                m.content,
-                _encode(m.metadata if type(m.metadata) is dict else dict(m.metadata)),
-                m.serializer_id,
-                m.manifest,
-            )
-            for n, m in enumerate(messages)
-        ],
-    )
+    """Store messages in a queue with the ids ``first, first + 1, …``.
+
+    Text holding surrogates (a dead-letter copy of bytes that were not UTF-8,
+    read with ``surrogateescape``) is stored as those bytes, in a BLOB.
+
+    Raises:
+        PublishError: a message holds a surrogate that stands for no byte.
+    """
+    try:
+        db.executemany(
+            _INSERT_BODY,
+            [
+                (
+                    first + n,
+                    m.message_id,
+                    m.content,
+                    _encode(m.metadata if type(m.metadata) is dict else dict(m.metadata)),
+                    m.serializer_id,
+                    m.manifest,
+                )
+                for n, m in enumerate(messages)
+            ],
+        )
+    except UnicodeEncodeError:
+        # Rare, so the common case pays nothing; the rows before the one that
+        # failed are already in.
+        db.execute(_DELETE_BODIES, (first, first + len(messages)))
+        db.executemany(_INSERT_BODY, [_escaped(first + n, m) for n, m in enumerate(messages)])
     db.executemany(_INSERT_DELIVERY, [(queue, visible_at, first + n) for n in range(len(messages))])
 
 
@@ -156,4 +220,146 @@ def claim(db: sqlite3.Connection, queue: str, limit: int, token: bytes, now: flo
     # Claimed after paging, so that a later page cannot see them again (with
     # a visibility timeout of 0 their new time is still "now").
     db.executemany(_CLAIM, one_by_one)
-    return Claimed(deadline, db.execute(_CLAIMED, (queue, deadline, token)).fetchall())
+    try:
+        rows = db.execute(_CLAIMED, (queue, deadline, token)).fetchall()
+    except sqlite3.OperationalError:
+        # Raised on fetching text that is not UTF-8; any other failure
+        # happens again below and is reported from there.
+        rows = db.execute(_CLAIMED_RAW, (queue, deadline, token)).fetchall()
+    return Claimed(deadline, rows)
+
+
+def received(queue: str, token: bytes, claimed: Claimed) -> list[Message]:
+    """Return the claimed rows as messages; a row that cannot be read comes back ``undecodable``.
+
+    Non-string header values (numbers, ``null``, nested JSON) become their JSON text.
+    """
+    deadline, rows = claimed
+    if not rows:
+        return []
+    ids, counts, message_ids, contents, texts, serializer_ids, manifests = zip(*rows, strict=True)
+    metadata = _batch_headers(texts)
+    if metadata is not None and _plain(message_ids, contents, serializer_ids, manifests):
+        return [
+            _unchecked(
+                content,
+                message_id,
+                meta,
+                serializer_id,
+                manifest,
+                count,
+                Receipt(queue, deadline, row, token),
+            )
+            for row, count, message_id, content, meta, serializer_id, manifest in zip(
+                ids, counts, message_ids, contents, metadata, serializer_ids, manifests, strict=True
+            )
+        ]
+    return [_decoded(row, Receipt(queue, deadline, row[0], token)) for row in rows]
+
+
+def _batch_headers(texts: Sequence[Any]) -> list[dict[str, str]] | None:
+    """Return every row's headers from one parse, or ``None`` if a row must be read alone."""
+    try:
+        metadata: list[dict[str, str]] = _decode("[" + _SEPARATOR.join(texts) + "]")
+    except (TypeError, ValueError, RecursionError):  # a BLOB, or a row that is not JSON
+        return None
+    # A row ending in "}" with only strings inside cannot end inside a nested
+    # value either, so each row is exactly one of the objects parsed.
+    if (
+        len(metadata) != len(texts)
+        or not all(map(str.endswith, texts, repeat("}")))
+        or set(map(type, metadata)) != _DICT
+        or not set(map(type, chain.from_iterable(map(dict.values, metadata)))) <= _STR
+    ):
+        return None
+    return metadata
+
+
+def _plain(
+    message_ids: Sequence[Any],
+    contents: Sequence[Any],
+    serializer_ids: Sequence[Any],
+    manifests: Sequence[Any],
+) -> bool:
+    """Whether every field of the batch is of the type melange writes."""
+    return (
+        set(map(type, contents)) == _STR
+        and set(map(type, message_ids)) == _STR
+        and "" not in message_ids
+        and set(map(type, serializer_ids)) <= _INT_OR_NULL
+        and set(map(type, manifests)) <= _STR_OR_NULL
+    )
+
+
+def _decoded(row: tuple[Any, ...], receipt: Receipt) -> Message:
+    """Return one claimed row as a message, ``undecodable`` if a field cannot be read."""
+    _, count, raw_id, raw_content, raw_metadata, raw_serializer, raw_manifest = row
+    problems: list[str] = []
+    content = _text(raw_content, "content", problems)
+    message_id = _text(raw_id, "message_id", problems)
+    if not message_id:
+        problems.append("message_id is empty")
+    manifest = None if raw_manifest is None else _text(raw_manifest, "manifest", problems)
+    headers = _headers(raw_metadata, problems)
+    serializer_id = None
+    if raw_serializer is not None:
+        try:
+            serializer_id = integer_or_none(raw_serializer, "serializer_id")
+        except ValueError as e:
+            problems.append(str(e))
+    if not problems:
+        return _unchecked(content, message_id, headers, serializer_id, manifest, count, receipt)
+    # A dead-letter copy read again keeps the reason it was first dead-lettered for.
+    reason = headers.get(DECODE_ERROR) or "; ".join(problems)
+    return undecodable(content, message_id, headers, reason, count, receipt, manifest)
+
+
+def _text(value: Any, what: str, problems: list[str]) -> str:
+    if type(value) is str:
+        return value
+    if isinstance(value, bytes):
+        text, problem = text_of(value)
+        if problem is not None:
+            problems.append(f"{what} is {problem}")
+        return text
+    return header_text(value)
+
+
+def _headers(value: Any, problems: list[str]) -> dict[str, str]:
+    text = _text(value, "metadata", problems)
+    try:
+        parsed = _decode(text)
+    except (ValueError, RecursionError) as e:
+        problems.append(f"metadata is not JSON: {e}")
+        return {UNREAD_METADATA: text}
+    if type(parsed) is not dict:
+        problems.append(f"metadata is not a JSON object: {text[:80]!r}")
+        return {UNREAD_METADATA: text}
+    return {key: v if type(v) is str else _encode(v) for key, v in parsed.items()}
+
+
+def _escaped(row: int, m: Message) -> tuple[Any, ...]:
+    """Return a body row whose text holding surrogates is stored as bytes.
+
+    Raises:
+        PublishError: a surrogate stands for no byte (it was not read with ``surrogateescape``).
+    """
+    try:
+        return (
+            row,
+            _storable(m.message_id),
+            _storable(m.content),
+            _encode_ascii(m.metadata if type(m.metadata) is dict else dict(m.metadata)),
+            m.serializer_id,
+            None if m.manifest is None else _storable(m.manifest),
+        )
+    except UnicodeEncodeError as e:
+        raise PublishError(f"message {m.message_id!r} cannot be stored: {e}") from e
+
+
+def _storable(text: str) -> str | bytes:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return bytes_of(text)
+    return text

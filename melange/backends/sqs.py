@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -22,7 +24,7 @@ except ImportError as e:  # pragma: no cover - only without the extra
     raise MissingExtraError("boto3", "sqs") from e
 
 from melange.backends import sqs_wire as wire
-from melange.backends.sqs_errors import NOT_IN_FLIGHT_CODES, translated
+from melange.backends.sqs_errors import NOT_IN_FLIGHT_CODES, receipt_gone, translated
 from melange.backends.sqs_topology import MAX_VISIBILITY_SECONDS, SQSTopology
 from melange.models import Message, QueueWrapper, TopicWrapper
 
@@ -55,6 +57,12 @@ _QUEUE_OPTIONS = {
     "message_deduplication_id": "MessageDeduplicationId",
 }
 _URL_OPTIONS = frozenset({"region", "secure", "profile"})
+# Receipt handles are spread over this many locks, so visibility changes of
+# different messages do not wait for each other.
+_RECEIPT_LOCKS = 16
+# How long a released receipt is never extended, at least: a heartbeat thread
+# may still hold the message from before it was released.
+_RELEASE_GRACE_SECONDS = 60.0
 
 
 class AWSBackend(SQSTopology):
@@ -66,8 +74,10 @@ class AWSBackend(SQSTopology):
     the queue policy, error mapping and request costs.
     """
 
-    #: Largest message (UTF-8 body plus attribute names, types and values) sent, in bytes.
-    max_message_bytes: int = 262_144
+    #: Largest message (UTF-8 body plus attribute names, types and values) sent, in
+    #: bytes; ``None`` leaves the check to the broker. Over it, publishing raises
+    #: ``MessageTooLargeError`` before any request.
+    max_message_size: int | None = 262_144
     #: Largest SendMessageBatch / PublishBatch request, added up the same way.
     max_batch_bytes: int = 262_144
     #: Longest ``DelaySeconds`` SQS takes.
@@ -89,6 +99,8 @@ class AWSBackend(SQSTopology):
         self._lock = threading.Lock()
         self._queue_urls: dict[str, str] = {}  # melange name -> URL
         self._queue_arns: dict[str, str] = {}  # URL -> ARN
+        self._released = _Released()  # guarded by _lock
+        self._receipt_locks = tuple(threading.Lock() for _ in range(_RECEIPT_LOCKS))
 
     @classmethod
     def from_url(cls, url: str) -> AWSBackend:
@@ -150,14 +162,14 @@ class AWSBackend(SQSTopology):
         and the message id) and ``Subject``.
 
         Raises:
-            MessageTooLargeError: over ``max_message_bytes``; nothing was sent.
+            MessageTooLargeError: over ``max_message_size``; nothing was sent.
             TopicNotFoundError: the topic does not exist.
             PublishError: SNS refused the message.
         """
         given = _renamed(extra_attributes or {}, _TOPIC_OPTIONS, "extra_attributes")
         arn = topic.unwrap()
         attributes = wire.attributes_for(message)
-        wire.check_size(message.content, attributes, self.max_message_bytes, arn)
+        wire.check_size(message.content, attributes, self.max_message_size, arn)
         request: dict[str, Any] = {
             "TopicArn": arn,
             "Message": message.content,
@@ -174,7 +186,7 @@ class AWSBackend(SQSTopology):
         (defaults: the ``message_group_id`` header or ``"default"``, and the message id).
 
         Raises:
-            MessageTooLargeError: over ``max_message_bytes``; nothing was sent.
+            MessageTooLargeError: over ``max_message_size``; nothing was sent.
             QueueNotFoundError: the queue does not exist.
             PublishError: SQS refused the message.
         """
@@ -199,7 +211,7 @@ class AWSBackend(SQSTopology):
 
     def _send(self, message: Message, url: str, delay: int, given: dict[str, Any]) -> None:
         attributes = wire.attributes_for(message)
-        wire.check_size(message.content, attributes, self.max_message_bytes, url)
+        wire.check_size(message.content, attributes, self.max_message_size, url)
         request: dict[str, Any] = {
             "QueueUrl": url,
             "MessageBody": message.content,
@@ -255,7 +267,7 @@ class AWSBackend(SQSTopology):
         sized = []
         for n, message in enumerate(messages):  # every size is checked before any request
             attributes = wire.attributes_for(message)
-            size = wire.check_size(message.content, attributes, self.max_message_bytes, destination)
+            size = wire.check_size(message.content, attributes, self.max_message_size, destination)
             entry = {"Id": str(n), body_key: message.content, "MessageAttributes": attributes}
             entry.update(self._ordering(message, destination, {}))
             sized.append((entry, size))
@@ -360,17 +372,51 @@ class AWSBackend(SQSTopology):
     def release(self, message: Message, delay: float = 0.0) -> None:
         """Make a received message visible again after ``delay`` (rounded up to seconds).
 
+        ``extend_visibility`` leaves it alone from then on.
+
         Raises:
             QueueNotFoundError: its queue is gone.
             BackendError: SQS refused (e.g. an expired receipt handle).
         """
         url, handle = _receipt(message)
-        seconds = min(MAX_VISIBILITY_SECONDS, math.ceil(max(delay, 0.0)))
-        # A message no longer in flight is back in the queue already (or gone): nothing to release.
-        with translated(f"change visibility in SQS queue {url}", tolerate=NOT_IN_FLIGHT_CODES):
-            self._sqs.change_message_visibility(
-                QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=seconds
-            )
+        seconds = _visibility_seconds(delay)
+        with self._receipt_lock(handle):
+            with self._lock:
+                self._released.add(handle, max(seconds, _RELEASE_GRACE_SECONDS), time.monotonic())
+            # A message no longer in flight is back in the queue already (or gone): nothing to do.
+            with translated(f"change visibility in SQS queue {url}", tolerate=NOT_IN_FLIGHT_CODES):
+                self._sqs.change_message_visibility(
+                    QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=seconds
+                )
+
+    def extend_visibility(self, message: Message, seconds: float) -> None:
+        """Hide a received message ``seconds`` from now (``ChangeMessageVisibility``); thread-safe.
+
+        ``seconds`` is rounded up and kept within 0 to 43,200. A message that
+        was acknowledged or released, or whose receipt SQS no longer honours
+        (deleted, visible again, received again), is left alone without error.
+
+        Raises:
+            ValueError: the message was not received from an AWSBackend.
+            QueueNotFoundError: its queue is gone.
+            BackendError: SQS refused otherwise, e.g. past the 12 hours a
+                message can stay hidden in all.
+        """
+        url, handle = _receipt(message)
+        whole = _visibility_seconds(seconds)
+        # Held across the request, so a release of the same message cannot
+        # slip in between the check and the change and then be undone by it.
+        with self._receipt_lock(handle):
+            with self._lock:
+                if self._released.holds(handle, time.monotonic()):
+                    return
+            with translated(f"extend visibility in SQS queue {url}", tolerate=receipt_gone):
+                self._sqs.change_message_visibility(
+                    QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=whole
+                )
+
+    def _receipt_lock(self, handle: str) -> threading.Lock:
+        return self._receipt_locks[hash(handle) % _RECEIPT_LOCKS]
 
     def close_connection(self) -> None:
         """Close both clients' connections; safe to call more than once."""
@@ -411,6 +457,32 @@ def _renamed(given: Mapping[str, Any], known: Mapping[str, str], what: str) -> d
 
 def _reason(failure: Mapping[str, Any]) -> str:
     return f"{failure.get('Code', '?')}: {failure.get('Message', '')}"
+
+
+class _Released:
+    """Receipt handles released lately, each until a deadline (no I/O, not thread-safe)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._deadlines: list[tuple[float, str]] = []  # a heap, to forget in order
+
+    def add(self, handle: str, seconds: float, now: float) -> None:
+        """Remember ``handle`` for ``seconds`` from ``now``; forget the ones past their deadline."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, old = heapq.heappop(self._deadlines)
+            if self._until.get(old) == deadline:
+                del self._until[old]
+        self._until[handle] = now + seconds
+        heapq.heappush(self._deadlines, (now + seconds, handle))
+
+    def holds(self, handle: str, now: float) -> bool:
+        """Return whether ``handle`` was released and its deadline has not passed."""
+        return self._until.get(handle, now) > now
+
+
+def _visibility_seconds(seconds: float) -> int:
+    """Return ``seconds`` rounded up, within what SQS takes (0 to 43,200; NaN is 0)."""
+    return math.ceil(min(float(MAX_VISIBILITY_SECONDS), max(0.0, seconds)))
 
 
 def _receipt(message: Message) -> tuple[str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
 from melange.exceptions import (
@@ -22,9 +22,11 @@ except ImportError as e:  # pragma: no cover - only without the extra
     raise MissingExtraError("boto3", "sqs") from e
 
 __all__ = [
+    "INVALID_RECEIPT_CODES",
     "MISSING_QUEUE_CODES",
     "MISSING_TOPIC_CODES",
     "NOT_IN_FLIGHT_CODES",
+    "receipt_gone",
     "translate",
     "translated",
 ]
@@ -33,6 +35,8 @@ __all__ = [
 MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 #: Error codes SQS answers ChangeMessageVisibility with when the message is visible already.
 NOT_IN_FLIGHT_CODES = frozenset({"AWS.SimpleQueueService.MessageNotInflight", "MessageNotInflight"})
+#: Error codes SQS answers with for a receipt handle it does not (or no longer) know.
+INVALID_RECEIPT_CODES = frozenset({"ReceiptHandleIsInvalid"})
 #: Error codes SNS answers with for a topic that does not exist.
 MISSING_TOPIC_CODES = frozenset({"NotFound", "NotFoundException"})
 
@@ -46,6 +50,18 @@ _CONFIGURATION_ERRORS = (
     botocore.exceptions.PartialCredentialsError,
     botocore.exceptions.ProfileNotFound,
 )
+
+
+def receipt_gone(code: str, text: str) -> bool:
+    """Return whether SQS refused a receipt because its message is no longer held by it.
+
+    That is a message deleted, visible again or received by someone else. AWS
+    says ``InvalidParameterValue`` (naming the ``ReceiptHandle`` parameter)
+    for a deleted one, emulators ``ReceiptHandleIsInvalid``.
+    """
+    if code in NOT_IN_FLIGHT_CODES or code in INVALID_RECEIPT_CODES:
+        return True
+    return code == "InvalidParameterValue" and "parameter ReceiptHandle" in text
 
 
 def translate(error: Exception, action: str, *, publishing: bool = False) -> MelangeError:
@@ -73,12 +89,15 @@ def translate(error: Exception, action: str, *, publishing: bool = False) -> Mel
 
 @contextmanager
 def translated(
-    action: str, *, publishing: bool = False, tolerate: Collection[str] = ()
+    action: str,
+    *,
+    publishing: bool = False,
+    tolerate: Collection[str] | Callable[[str, str], bool] = (),
 ) -> Iterator[None]:
     """Run a block of boto3 calls, re-raising their errors as melange's (``raise … from e``).
 
-    AWS error codes in ``tolerate`` mean the work is already done: the block
-    just ends.
+    An AWS error whose code is in ``tolerate`` (or for which ``tolerate(code,
+    message)`` is true) means the work is already done: the block just ends.
 
     Raises:
         QueueNotFoundError, TopicNotFoundError, BackendConnectionError,
@@ -87,7 +106,9 @@ def translated(
     try:
         yield
     except botocore.exceptions.ClientError as e:
-        if e.response.get("Error", {}).get("Code") not in tolerate:
+        details = e.response.get("Error", {})
+        code, text = str(details.get("Code", "")), str(details.get("Message", ""))
+        if not (tolerate(code, text) if callable(tolerate) else code in tolerate):
             raise translate(e, action, publishing=publishing) from e
     except botocore.exceptions.BotoCoreError as e:
         raise translate(e, action, publishing=publishing) from e

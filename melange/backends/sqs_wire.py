@@ -8,8 +8,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from melange.backends._decoding import header_text, integer_or_none, undecodable
 from melange.exceptions import MessageTooLargeError
-from melange.models import Message, _unchecked
+from melange.models import Message, _unchecked, new_message_id
 
 __all__ = [
     "MANIFEST",
@@ -43,7 +44,6 @@ _ATTRIBUTE_NAME = re.compile(
 )
 # The characters SQS accepts in a body or a string attribute.
 _VALID_TEXT = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
-_INTEGER = re.compile(r"-?[0-9]+")
 _NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_-]")
 _FIFO_MARK = re.compile(r"\.fifo(?![A-Za-z0-9])")
 
@@ -119,15 +119,15 @@ def size_of(body: str, attributes: Mapping[str, Mapping[str, str]]) -> int:
 
 
 def check_size(
-    body: str, attributes: Mapping[str, Mapping[str, str]], limit: int, where: str
+    body: str, attributes: Mapping[str, Mapping[str, str]], limit: int | None, where: str
 ) -> int:
-    """Return the message's size, or raise before anything is sent.
+    """Return the message's size, or raise before anything is sent (``limit=None``: no limit).
 
     Raises:
         MessageTooLargeError: the body and attributes add up to more than ``limit`` bytes.
     """
     size = size_of(body, attributes)
-    if size > limit:
+    if limit is not None and size > limit:
         raise MessageTooLargeError(size, limit, where)
     return size
 
@@ -152,29 +152,34 @@ def batches(
 
 def _value(attribute: Mapping[str, Any]) -> str:
     if "StringValue" in attribute:
-        return str(attribute["StringValue"])
-    # Binary attributes come from other producers; keep them readable as text.
+        return header_text(attribute["StringValue"])
+    # Binary attributes come from other producers; handlers get them base64-encoded.
     return base64.b64encode(attribute.get("BinaryValue", b"")).decode("ascii")
 
 
-def _unpacked(packed: str) -> dict[str, str] | None:
+def _unpacked(packed: str) -> tuple[dict[str, str], str | None]:
+    """Return the headers packed into ``melange.headers`` and, if they cannot be read, why."""
     try:
         headers = json.loads(packed)
-    except ValueError:
-        return None
+    except ValueError as e:
+        return {}, f"{PACKED_HEADERS} is not JSON: {e}"
     if isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values()):
-        return headers
-    return None
+        return headers, None
+    return {}, f"{PACKED_HEADERS} is not a JSON object of strings: {packed[:80]!r}"
 
 
 def message_from(received: Mapping[str, Any], queue_url: str) -> Message:
-    """Rebuild a melange message from one ``ReceiveMessage`` entry.
+    """Rebuild a melange message from one ``ReceiveMessage`` entry; never raises.
 
     Attributes melange did not write become headers; a message another
-    producer sent keeps SQS's own ``MessageId``.
+    producer sent keeps SQS's own ``MessageId``. An entry melange cannot read
+    (a serializer id or receive count that is not an integer, packed headers
+    that are not a JSON object of strings) comes back ``undecodable``: its
+    body as received, unreadable attributes kept as headers, ackable.
     """
-    attributes: Mapping[str, Mapping[str, Any]] = received.get("MessageAttributes", {})
+    attributes: Mapping[str, Mapping[str, Any]] = received.get("MessageAttributes") or {}
     headers: dict[str, str] = {}
+    problems: list[str] = []
     manifest = serializer_id = message_id = None
     for name, attribute in attributes.items():
         value = _value(attribute)
@@ -182,19 +187,31 @@ def message_from(received: Mapping[str, Any], queue_url: str) -> Message:
             message_id = value
         elif name == MANIFEST:
             manifest = value
-        elif name == SERIALIZER_ID and _INTEGER.fullmatch(value):
-            serializer_id = int(value)
-        elif name == PACKED_HEADERS and (unpacked := _unpacked(value)) is not None:
-            headers.update(unpacked)
+        elif name == SERIALIZER_ID:
+            try:
+                serializer_id = integer_or_none(value, SERIALIZER_ID)
+            except ValueError as e:
+                problems.append(str(e))
+                headers[name] = value
+        elif name == PACKED_HEADERS:
+            unpacked, problem = _unpacked(value)
+            if problem is None:
+                headers.update(unpacked)
+            else:
+                problems.append(problem)
+                headers[name] = value  # its original text goes to the dead-letter queue
         else:
             headers[name] = value
-    receive_count = received.get("Attributes", {}).get("ApproximateReceiveCount", "1")
-    return _unchecked(
-        received["Body"],
-        message_id or received["MessageId"],
-        headers,
-        serializer_id,
-        manifest,
-        int(receive_count),
-        (queue_url, received["ReceiptHandle"]),
-    )
+    count = (received.get("Attributes") or {}).get("ApproximateReceiveCount", "1")
+    try:
+        receive_count = integer_or_none(count, "ApproximateReceiveCount")
+    except ValueError as e:
+        receive_count = 0  # unknown
+        problems.append(str(e))
+    body = header_text(received.get("Body", ""))
+    message_id = message_id or header_text(received.get("MessageId") or "") or new_message_id()
+    receipt = (queue_url, header_text(received.get("ReceiptHandle", "")))
+    if problems:
+        reason = "; ".join(problems)
+        return undecodable(body, message_id, headers, reason, receive_count, receipt, manifest)
+    return _unchecked(body, message_id, headers, serializer_id, manifest, receive_count, receipt)

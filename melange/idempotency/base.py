@@ -3,21 +3,39 @@
 from __future__ import annotations
 
 import abc
+import enum
 
-__all__ = ["IdempotencyStore"]
+__all__ = ["Claim", "IdempotencyStore"]
+
+
+class Claim(enum.Enum):
+    """What a claim found. Only ``ACQUIRED`` is truthy: the caller may run the handler."""
+
+    #: This worker holds the claim now: run the handler, then complete or release.
+    ACQUIRED = "acquired"
+    #: Another worker holds a live claim: try again later (never skip it).
+    IN_PROGRESS = "in_progress"
+    #: The consumer already handled the message: skip it.
+    DONE = "done"
+
+    def __bool__(self) -> bool:
+        return self is Claim.ACQUIRED
 
 
 class IdempotencyStore(abc.ABC):
-    """Remembers which consumer has handled which message.
+    """Remembers which consumer is handling, or has handled, which message.
 
     ``claim`` is atomic: of several workers claiming the same key at once,
-    exactly one gets ``True``. A claim is a lease of ``lease_seconds`` while
-    the handler runs (so a crashed worker's claim expires and the redelivery
-    runs); ``complete`` keeps it for ``ttl_seconds``; ``release`` drops it so a
-    retry can run.
+    exactly one gets ``Claim.ACQUIRED``; the others learn whether the message
+    is in progress elsewhere or done. A claim is a lease of ``lease_seconds``
+    (the caller passes the message's visibility timeout, and renews it while
+    the handler runs), so a crashed worker's claim ends no later than its
+    message's visibility; ``complete`` marks the key done for ``ttl_seconds``;
+    ``release`` drops the claim so a retry can run. Only the worker that holds
+    a claim can renew, complete or release it.
     """
 
-    def __init__(self, *, ttl_seconds: float = 86_400.0, lease_seconds: float = 300.0) -> None:
+    def __init__(self, *, ttl_seconds: float = 86_400.0, lease_seconds: float = 30.0) -> None:
         if ttl_seconds <= 0 or lease_seconds <= 0:
             raise ValueError("ttl_seconds and lease_seconds must be positive")
         self.ttl_seconds = ttl_seconds
@@ -29,8 +47,16 @@ class IdempotencyStore(abc.ABC):
         return f"{consumer_id}:{message_id}"
 
     @abc.abstractmethod
-    def claim(self, consumer_id: str, message_id: str) -> bool:
-        """Take the message for this consumer; ``False`` if it is taken or done.
+    def claim(self, consumer_id: str, message_id: str, lease_seconds: float | None = None) -> Claim:
+        """Try to take the message for this consumer for ``lease_seconds`` (default: the store's).
+
+        Raises:
+            IdempotencyError: the store cannot be reached.
+        """
+
+    @abc.abstractmethod
+    def renew(self, consumer_id: str, message_id: str, lease_seconds: float) -> None:
+        """Extend this worker's live claim to end ``lease_seconds`` from now.
 
         Raises:
             IdempotencyError: the store cannot be reached.
@@ -38,11 +64,19 @@ class IdempotencyStore(abc.ABC):
 
     @abc.abstractmethod
     def complete(self, consumer_id: str, message_id: str) -> None:
-        """Keep the claim for ``ttl_seconds``: the message was handled."""
+        """Mark the message done for this consumer, for ``ttl_seconds``.
+
+        Raises:
+            IdempotencyError: the store cannot be reached.
+        """
 
     @abc.abstractmethod
     def release(self, consumer_id: str, message_id: str) -> None:
-        """Drop the claim: the handler failed and the message may run again."""
+        """Drop this worker's claim: the handler failed and the message may run again.
+
+        Raises:
+            IdempotencyError: the store cannot be reached.
+        """
 
     def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
         """Release the store's resources; safe to call more than once."""

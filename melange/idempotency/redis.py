@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from melange.exceptions import IdempotencyError, MissingExtraError
-from melange.idempotency.base import IdempotencyStore
+from melange.idempotency.base import Claim, IdempotencyStore
 
 try:
     import redis
@@ -17,12 +17,18 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 __all__ = ["RedisIdempotencyStore"]
 
 # Only the worker holding the claim may complete or release it (its lease may
-# have expired and another worker claimed the message since).
+# have expired and another worker claimed the message since); a claim that
+# expired untaken may still be completed.
 _IF_OURS_SET = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] or not held then
   return redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2])
 end
 return nil
+"""
+_IF_OURS_EXPIRE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
 """
 _IF_OURS_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -31,7 +37,10 @@ return 0
 
 
 class RedisIdempotencyStore(IdempotencyStore):
-    """Claims as Redis keys: ``SET NX PX`` to claim, compare-and-set to complete or release.
+    """Claims as Redis keys: ``SET NX PX`` to claim, compare-and-set to renew, complete or release.
+
+    A key holds the claimer's random token while in progress and ``done`` once
+    completed.
 
     Takes a ``redis.Redis`` client or a URL. Any Redis error is raised as
     ``IdempotencyError``: deduplication is never silently switched off.
@@ -42,7 +51,7 @@ class RedisIdempotencyStore(IdempotencyStore):
         client: redis.Redis | str,
         *,
         ttl_seconds: float = 86_400.0,
-        lease_seconds: float = 300.0,
+        lease_seconds: float = 30.0,
         prefix: str = "melange:claim:",
     ) -> None:
         super().__init__(ttl_seconds=ttl_seconds, lease_seconds=lease_seconds)
@@ -52,27 +61,42 @@ class RedisIdempotencyStore(IdempotencyStore):
         self._lock = threading.Lock()
         self._set_if_ours = self._redis.register_script(_IF_OURS_SET)
         self._delete_if_ours = self._redis.register_script(_IF_OURS_DELETE)
+        self._expire_if_ours = self._redis.register_script(_IF_OURS_EXPIRE)
 
-    def claim(self, consumer_id: str, message_id: str) -> bool:
+    def claim(self, consumer_id: str, message_id: str, lease_seconds: float | None = None) -> Claim:
         key = self._prefix + self.key(consumer_id, message_id)
         token = os.urandom(8).hex()
-        won = self._call(self._redis.set, key, token, nx=True, px=_ms(self.lease_seconds))
+        lease = _ms(lease_seconds or self.lease_seconds)
+        won = self._call(self._redis.set, key, token, nx=True, px=lease)
         if won:
             with self._lock:
                 self._tokens[key] = token
-        return bool(won)
+            return Claim.ACQUIRED
+        held = self._call(self._redis.get, key)
+        return Claim.DONE if held in (b"done", "done") else Claim.IN_PROGRESS
+
+    def renew(self, consumer_id: str, message_id: str, lease_seconds: float) -> None:
+        key = self._prefix + self.key(consumer_id, message_id)
+        with self._lock:
+            token = self._tokens.get(key)
+        if token is not None:
+            self._call(self._expire_if_ours, keys=[key], args=[token, _ms(lease_seconds)])
 
     def complete(self, consumer_id: str, message_id: str) -> None:
         key = self._prefix + self.key(consumer_id, message_id)
-        token = self._take_token(key)
+        with self._lock:
+            token = self._tokens.get(key)
         if token is not None:
             self._call(self._set_if_ours, keys=[key], args=[token, _ms(self.ttl_seconds)])
+            self._take_token(key)
 
     def release(self, consumer_id: str, message_id: str) -> None:
         key = self._prefix + self.key(consumer_id, message_id)
-        token = self._take_token(key)
+        with self._lock:
+            token = self._tokens.get(key)
         if token is not None:
             self._call(self._delete_if_ours, keys=[key], args=[token])
+            self._take_token(key)
 
     def close(self) -> None:
         self._redis.close()

@@ -1,0 +1,140 @@
+"""The middleware melange itself runs: current message, signals, idempotency."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from melange import signals
+from melange.context import _current
+from melange.exceptions import IdempotencyError
+from melange.idempotency.base import Claim, IdempotencyStore
+from melange.middleware import ConsumerCall, Handling, Middleware
+from melange.outcomes import CallResult, Outcome, OutcomeKind
+
+__all__ = ["CurrentMessageMiddleware", "IdempotencyMiddleware", "SignalsMiddleware"]
+
+log = logging.getLogger("melange.idempotency")
+T = TypeVar("T")
+
+
+class _Unavailable(enum.Enum):
+    UNAVAILABLE = "unavailable"
+
+
+_UNAVAILABLE = _Unavailable.UNAVAILABLE
+
+
+class CurrentMessageMiddleware(Middleware):
+    """Makes the message being handled current, so what handlers publish carries its correlation."""
+
+    def handle_message(self, handling: Handling, call_next: Callable[[], Outcome]) -> Outcome:
+        token = _current.set(handling.message)
+        try:
+            return call_next()
+        finally:
+            _current.reset(token)
+
+
+class SignalsMiddleware(Middleware):
+    """Sends the blinker signals of a message's life (see ``melange.signals``)."""
+
+    def handle_message(self, handling: Handling, call_next: Callable[[], Outcome]) -> Outcome:
+        sender, message, queue = handling.dispatcher, handling.message, handling.queue
+        if signals.message_received.receivers:
+            signals.message_received.send(sender, message=message, queue=queue)
+        outcome = call_next()
+        if outcome.kind is OutcomeKind.ACK and signals.message_processed.receivers:
+            signals.message_processed.send(
+                sender, message=message, event=handling.event, queue=queue
+            )
+        elif outcome.kind is OutcomeKind.SKIP and signals.message_skipped.receivers:
+            signals.message_skipped.send(
+                sender, message=message, queue=queue, reason=outcome.reason
+            )
+        return outcome
+
+    def call_consumer(self, call: ConsumerCall, call_next: Callable[[], CallResult]) -> CallResult:
+        result = call_next()
+        if result.failed and signals.message_failed.receivers:
+            signals.message_failed.send(
+                call.handling.dispatcher,
+                message=call.message,
+                consumer=call.consumer,
+                error=result.error,
+            )
+        elif result.skipped and signals.message_skipped.receivers:
+            signals.message_skipped.send(
+                call.handling.dispatcher,
+                message=call.message,
+                consumer=call.consumer,
+                reason=result.reason,
+            )
+        return result
+
+
+class IdempotencyMiddleware(Middleware):
+    """Runs each consumer once per message, whatever the redeliveries.
+
+    A claim that finds the message done skips the consumer; one that finds it
+    in progress elsewhere defers the message (released, to come again once
+    that claim has ended). The claim lasts the message's visibility timeout
+    and is renewed with it. A store error is retried in place with backoff,
+    for up to ``store_retry_seconds``, while the loop keeps the message
+    hidden; then the message is released for later (or, after a success
+    that could not be recorded, acknowledged). A store error never counts as
+    a handler failure.
+    """
+
+    def __init__(self, store: IdempotencyStore, *, store_retry_seconds: float = 60.0) -> None:
+        self.store = store
+        self.store_retry_seconds = store_retry_seconds
+
+    def call_consumer(self, call: ConsumerCall, call_next: Callable[[], CallResult]) -> CallResult:
+        store, handling = self.store, call.handling
+        consumer_id, message_id = call.consumer.consumer_id, call.message.message_id
+        lease = handling.visibility_timeout
+        claim = self._retrying(handling, lambda: store.claim(consumer_id, message_id, lease))
+        if claim is _UNAVAILABLE:
+            return CallResult.defer(lease, "idempotency store unavailable")
+        if claim is Claim.DONE:
+            return CallResult.skip("duplicate")
+        if claim is Claim.IN_PROGRESS:
+            return CallResult.defer(lease, "in progress in another worker")
+        stop_renewing = handling.keep_alive(
+            lambda seconds: store.renew(consumer_id, message_id, seconds)
+        )
+        try:
+            result = call_next()
+        finally:
+            stop_renewing()
+        if result.succeeded:
+            if (
+                self._retrying(handling, lambda: store.complete(consumer_id, message_id))
+                is _UNAVAILABLE
+            ):
+                # Handled: acknowledging it is right; releasing it would run it again.
+                log.warning("handled %s but could not record it as done", message_id)
+        elif (
+            self._retrying(handling, lambda: store.release(consumer_id, message_id)) is _UNAVAILABLE
+        ):
+            log.warning("could not release the claim on %s; it ends with its lease", message_id)
+        return result
+
+    def _retrying(self, handling: Handling, operation: Callable[[], T]) -> T | _Unavailable:
+        """Return ``operation()``, retried on store errors; ``_UNAVAILABLE`` if it stayed down."""
+        deadline = time.monotonic() + self.store_retry_seconds
+        pause = 0.05
+        while True:
+            try:
+                return operation()
+            except IdempotencyError as e:
+                if time.monotonic() + pause > deadline or handling.stopping():
+                    log.warning("idempotency store unavailable: %s", e)
+                    return _UNAVAILABLE
+                log.info("idempotency store error, retrying in %.2fs: %s", pause, e)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)

@@ -1,0 +1,167 @@
+"""The messages a consume loop holds: kept hidden while held, acknowledged promptly.
+
+A background thread extends the visibility of every held message (and the
+leases of the one being handled) before it can expire, so a long handler is
+never handed to a second worker. Finished messages are acknowledged in small
+groups by the loop itself, and by that thread too when the next handler runs
+long, so none waits more than about ``_KEEPER_TICK`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Self
+
+from melange.backends.interfaces import MessagingBackend
+from melange.exceptions import MelangeError
+from melange.middleware import Handling
+from melange.models import Message
+
+__all__ = ["HeldMessages"]
+
+log = logging.getLogger("melange.dispatcher")
+
+_MIN_EXTEND_INTERVAL = 0.2
+# The keeper thread wakes this rarely: each wake-up takes the GIL from the loop.
+_KEEPER_TICK = 0.25
+
+
+class HeldMessages:
+    """Received messages not yet settled, and the acknowledgements waiting to be sent.
+
+    Use as a context manager: the keeper thread runs inside the block, and
+    leaving it sends the acknowledgements still waiting.
+    """
+
+    def __init__(
+        self, backend: MessagingBackend, visibility_timeout: float, *, ack_delay: float = 0.05
+    ) -> None:
+        self.backend = backend
+        self.visibility_timeout = visibility_timeout
+        self.ack_delay = ack_delay
+        self._extend_every = max(visibility_timeout / 3, _MIN_EXTEND_INTERVAL)
+        self._held: dict[int, Message] = {}
+        self._acks: deque[Message] = deque()
+        self._oldest_ack = 0.0
+        self.current: Handling | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # -- the loop's side ------------------------------------------------------------
+
+    def hold(self, messages: Iterable[Message]) -> None:
+        """Start keeping these received messages hidden."""
+        for message in messages:
+            self._held[id(message)] = message
+
+    def start(self, handling: Handling) -> None:
+        """Say which message is being handled now (its leases are renewed too).
+
+        Acknowledgements older than ``ack_delay`` are sent first. Set
+        ``current`` to ``None`` when it is done.
+        """
+        self.current = handling
+        if self._acks and time.monotonic() - self._oldest_ack >= self.ack_delay:
+            self.flush()
+
+    def drop(self, message: Message) -> None:
+        """Stop holding a message (released, or left to someone else)."""
+        self._held.pop(id(message), None)
+
+    def done(self, message: Message) -> None:
+        """Acknowledge a finished message soon."""
+        self._held.pop(id(message), None)
+        if not self._acks:
+            self._oldest_ack = time.monotonic()
+        self._acks.append(message)
+
+    def unstarted(self) -> list[Message]:
+        """Return and stop holding every message not yet finished."""
+        messages = list(self._held.copy().values())
+        self._held.clear()
+        return messages
+
+    def flush(self) -> None:
+        """Send the waiting acknowledgements now (from either thread)."""
+        acks = _drain(self._acks)
+        if acks:
+            self._acknowledge(acks)
+
+    # -- the keeper thread ------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._keep, name="melange-keeper", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            self._closing = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+
+    def _keep(self) -> None:
+        next_extension = time.monotonic() + self._extend_every
+        while True:
+            with self._lock:
+                if self._closing:
+                    return
+                self._wake.wait(min(_KEEPER_TICK, self._extend_every))
+                if self._closing:
+                    return
+                now = time.monotonic()
+                stale_acks = bool(self._acks) and now - self._oldest_ack >= _KEEPER_TICK
+                extend: list[Message] = []
+                handling = None
+                if now >= next_extension:
+                    extend = list(self._held.copy().values())
+                    handling = self.current
+                    next_extension = now + self._extend_every
+            if stale_acks:
+                self.flush()
+            if extend or handling is not None:
+                self._extend(extend, handling)
+
+    def _extend(self, messages: list[Message], handling: Handling | None) -> None:
+        seconds = self.visibility_timeout
+        for message in messages:
+            try:
+                self.backend.extend_visibility(message, seconds)
+            except Exception as e:  # the keeper must outlive any one backend failure
+                log.warning("could not extend the visibility of %s: %s", message.message_id, e)
+        if handling is not None:
+            try:
+                handling.renew(seconds)
+            except Exception as e:
+                log.warning("could not renew a lease on %s: %s", handling.message.message_id, e)
+
+    def _acknowledge(self, messages: list[Message]) -> None:
+        try:
+            self.backend.acknowledge_batch(messages)
+        except MelangeError as e:
+            # They come back after their visibility timeout; an idempotency store skips them.
+            log.warning("could not acknowledge %d messages: %s", len(messages), e)
+
+
+def _drain(queue: deque[Message]) -> list[Message]:
+    """Pop everything from ``queue``; safe while another thread appends."""
+    drained = []
+    try:
+        while True:
+            drained.append(queue.popleft())
+    except IndexError:
+        return drained

@@ -1,0 +1,239 @@
+"""Middleware: code that wraps the handling and the publishing of messages.
+
+A ``Middleware`` overrides any of four hooks; each receives the scope and a
+``call_next`` that runs the rest of the chain (the next middleware, then
+melange's own step) and returns its result. Code before ``call_next()`` runs
+before, code after it runs after, in one Python scope. The first middleware
+given is the outermost.
+
+- ``handle_message(handling, call_next) -> Outcome``: one received message.
+- ``call_consumer(call, call_next) -> CallResult``: one consumer on it.
+- ``build_message(publishing, call_next) -> Message``: turning an event into a message.
+- ``send_message(publishing, call_next) -> None``: handing that message to the backend.
+
+``hold_publishes()`` lets a middleware keep back what a handler publishes
+until its scope ends (see docs/middleware.md).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from melange.models import Message, QueueWrapper, TopicWrapper
+
+if TYPE_CHECKING:
+    from melange.consumers import Consumer
+    from melange.outcomes import CallResult, Outcome
+
+__all__ = [
+    "ConsumerCall",
+    "Destination",
+    "DestinationKind",
+    "Handling",
+    "HeldPublishes",
+    "Middleware",
+    "Publishing",
+    "hold_publishes",
+]
+
+KeepAlive = Callable[[float], None]
+
+
+class Middleware:
+    """Wraps message scopes; every hook passes through unless overridden."""
+
+    def handle_message(self, handling: Handling, call_next: Callable[[], Outcome]) -> Outcome:
+        """Wrap the handling of one received message; return (or replace) its outcome."""
+        return call_next()
+
+    def call_consumer(self, call: ConsumerCall, call_next: Callable[[], CallResult]) -> CallResult:
+        """Wrap one consumer's handling of a message (all its immediate attempts)."""
+        return call_next()
+
+    def build_message(self, publishing: Publishing, call_next: Callable[[], Message]) -> Message:
+        """Wrap serializing an event; ``publishing.headers`` may be changed before ``call_next``."""
+        return call_next()
+
+    def send_message(self, publishing: Publishing, call_next: Callable[[], None]) -> None:
+        """Wrap handing ``publishing.message`` to the backend."""
+        call_next()
+
+
+class Handling:
+    """The scope of one received message, as middleware sees it.
+
+    ``event`` is set once the message is deserialized. ``state`` is for
+    middleware to share data across hooks of one message.
+    """
+
+    __slots__ = (
+        "_keep_alives",
+        "_state",
+        "dispatcher",
+        "event",
+        "message",
+        "on_exception",
+        "queue",
+        "stopping",
+        "visibility_timeout",
+    )
+
+    def __init__(  # noqa: PLR0917 - built once per message on the hot path
+        self,
+        message: Message,
+        queue: str,
+        dispatcher: Any = None,
+        visibility_timeout: float = 30.0,
+        on_exception: Callable[[BaseException], None] | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.message = message
+        self.queue = queue
+        self.dispatcher = dispatcher
+        self.visibility_timeout = visibility_timeout
+        self.on_exception = on_exception
+        self.stopping = stopping
+        self.event: Any = None
+        self._state: dict[str, Any] | None = None
+        self._keep_alives: list[KeepAlive] | None = None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Return a dict middleware may use to share data across the hooks of this message."""
+        if self._state is None:
+            self._state = {}
+        return self._state
+
+    def report(self, error: BaseException) -> None:
+        """Tell the loop's ``on_exception`` hook about an error a handler raised."""
+        if self.on_exception is not None:
+            self.on_exception(error)
+
+    def keep_alive(self, renew: KeepAlive) -> Callable[[], None]:
+        """Have ``renew(seconds)`` called with the visibility extensions; return its remover.
+
+        For leases that must last as long as the message is held (an
+        idempotency claim, a saga lock).
+        """
+        if self._keep_alives is None:
+            self._keep_alives = []
+        renewals = self._keep_alives
+        renewals.append(renew)
+        return lambda: renewals.remove(renew)
+
+    def renew(self, seconds: float) -> None:
+        """Call every registered ``keep_alive`` renewal (the consume loop does this)."""
+        for renew in tuple(self._keep_alives or ()):
+            renew(seconds)
+
+
+class ConsumerCall:
+    """The scope of one consumer handling one message."""
+
+    __slots__ = ("consumer", "handling")
+
+    def __init__(self, handling: Handling, consumer: Consumer) -> None:
+        self.handling = handling
+        self.consumer = consumer
+
+    @property
+    def message(self) -> Message:
+        """Return the message being handled."""
+        return self.handling.message
+
+    @property
+    def event(self) -> Any:
+        """Return the deserialized event."""
+        return self.handling.event
+
+
+class DestinationKind(enum.Enum):
+    """Where a publish goes."""
+
+    TOPIC = "topic"
+    QUEUE = "queue"
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A topic or a queue, chosen by the publisher's caller."""
+
+    kind: DestinationKind
+    name: str
+    wrapper: QueueWrapper | TopicWrapper | None = None
+
+
+@dataclass(slots=True)
+class Publishing:
+    """The scope of publishing one event.
+
+    ``headers`` are the caller's extra headers (a middleware may add some in
+    ``build_message``); ``message`` is set once built.
+    """
+
+    event: Any
+    headers: dict[str, str]
+    destination: Destination | None
+    delay: float = 0.0
+    publisher: Any = None
+    message: Message | None = None
+
+
+class HeldPublishes:
+    """Sends kept back by ``hold_publishes``, in the order they were made."""
+
+    def __init__(self) -> None:
+        self._sends: list[tuple[Message, Callable[[], None]]] = []
+
+    @property
+    def messages(self) -> list[Message]:
+        """Return the messages held so far."""
+        return [message for message, _ in self._sends]
+
+    def hold(self, message: Message, send: Callable[[], None]) -> None:
+        """Keep one send back."""
+        self._sends.append((message, send))
+
+    def release(self) -> list[Message]:
+        """Send every held message now, in order; return them."""
+        sent = []
+        while self._sends:
+            message, send = self._sends.pop(0)
+            send()
+            sent.append(message)
+        return sent
+
+    def discard(self) -> list[Message]:
+        """Drop every held message unsent; return them."""
+        dropped = self.messages
+        self._sends.clear()
+        return dropped
+
+
+_held: ContextVar[HeldPublishes | None] = ContextVar("melange_held_publishes", default=None)
+
+
+@contextmanager
+def hold_publishes() -> Iterator[HeldPublishes]:
+    """Keep back every publish made in this context until the caller releases them.
+
+    Whatever is still held when the block ends is discarded: call
+    ``release()`` on success. Nested holds each keep their own publishes.
+    """
+    held = HeldPublishes()
+    token = _held.set(held)
+    try:
+        yield held
+    finally:
+        _held.reset(token)
+        held.discard()
+
+
+def current_hold() -> HeldPublishes | None:
+    """Return the innermost active ``hold_publishes``, if any (used by publishers)."""
+    return _held.get()

@@ -1,0 +1,216 @@
+"""Handling one message, as a decision: what to do with it is an ``Outcome``.
+
+The pipeline deserializes a message, finds the consumers that accept its
+event, runs them through the middleware and decides an outcome (ack, release
+after a delay, dead-letter, skip, keep). It does no broker I/O: the consume
+loop (sync now, asyncio later) fetches messages and applies outcomes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from melange.consumers import Consumer
+from melange.dead_letters import Stage
+from melange.exceptions import SerializationError, UnknownManifestError
+from melange.middleware import ConsumerCall, Handling, Middleware
+from melange.models import DECODE_ERROR, Message
+from melange.outcomes import _SUCCESS, CallResult, Outcome
+from melange.policies import AckPolicy, RetryPolicy
+from melange.serializers import SerializerRegistry
+
+__all__ = ["MessagePipeline"]
+
+ExceptionHook = Callable[[BaseException], None]
+S = TypeVar("S")
+R = TypeVar("R")
+_REMEMBERED = 10_000
+
+
+class _Hook(enum.Enum):
+    MESSAGE = "handle_message"
+    CONSUMER = "call_consumer"
+
+
+@dataclass(slots=True)
+class _Memory:
+    """What this process remembers of messages across deliveries (bounded)."""
+
+    succeeded: OrderedDict[str, set[str]] = field(default_factory=OrderedDict)
+    deliveries: OrderedDict[str, int] = field(default_factory=OrderedDict)
+
+    def delivery_number(self, message: Message) -> int:
+        """Return the broker's receive count, or this process's own count when it is unknown."""
+        if message.receive_count > 0:
+            return message.receive_count
+        seen = self.deliveries.pop(message.message_id, 0) + 1
+        self.deliveries[message.message_id] = seen
+        _trim(self.deliveries)
+        return seen
+
+    def remember_successes(self, message_id: str, consumer_ids: set[str]) -> None:
+        self.succeeded[message_id] = consumer_ids
+        _trim(self.succeeded)
+
+
+def _trim(entries: OrderedDict[str, Any]) -> None:
+    while len(entries) > _REMEMBERED:
+        entries.popitem(last=False)
+
+
+class MessagePipeline:
+    """Decides the outcome of each received message; shared by every consume loop."""
+
+    def __init__(
+        self,
+        consumers: Callable[[type, str | None], Sequence[Consumer]],
+        serializers: SerializerRegistry,
+        *,
+        middleware: Sequence[Middleware] = (),
+        ack_policy: AckPolicy = AckPolicy.AFTER_SUCCESS,
+        retry: RetryPolicy | None = None,
+        learn_event_types: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._consumers_for = consumers
+        self.serializers = serializers
+        self.middleware = tuple(middleware)
+        self.ack_policy = ack_policy
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._learn_event_types = learn_event_types
+        self._handle = _compose(_overriding(self.middleware, _Hook.MESSAGE), self._decide)
+        self._call = _compose(_overriding(self.middleware, _Hook.CONSUMER), self._attempt)
+        self._memory = _Memory()
+        self._success = (
+            Outcome.keep("the handler acknowledges (AckPolicy.MANUAL)")
+            if ack_policy is AckPolicy.MANUAL
+            else Outcome.ack()
+        )
+
+    def handle(self, handling: Handling) -> Outcome:
+        """Run the middleware and the consumers for one message; return what to do with it."""
+        return self._handle(handling)
+
+    # -- the decision -------------------------------------------------------------
+
+    def _decide(self, handling: Handling) -> Outcome:
+        message = handling.message
+        reason = message.metadata.get(DECODE_ERROR)
+        if reason is not None:
+            return Outcome.dead_letter(Stage.DECODE, reason, error_type="melange.DecodeError")
+        try:
+            handling.event = self._deserialize(message)
+        except UnknownManifestError as e:
+            return Outcome.skip(str(e))
+        except SerializationError as e:
+            handling.report(e)
+            return Outcome.dead_letter(Stage.DESERIALIZE, str(e), error=e)
+        event = handling.event
+        consumers = self._consumers_for(type(event), message.manifest)
+        if not consumers:
+            return Outcome.skip(f"no listener accepts {type(event).__qualname__}")
+        memory = self._memory.succeeded
+        done_before = memory.pop(message.message_id, None) if memory else None
+        if done_before is None and len(consumers) == 1:  # the common case, kept short
+            result = self._call(ConsumerCall(handling, consumers[0]))
+            if result is _SUCCESS:
+                return self._success
+            return self._combine(message, [result])
+        return self._combine(message, self._run_consumers(handling, consumers, done_before))
+
+    def _deserialize(self, message: Message) -> Any:
+        serializers = self.serializers
+        try:
+            return serializers.deserialize(message.content, message.manifest, message.serializer_id)
+        except UnknownManifestError:
+            # A subclass of an accepted class may have been defined since attach.
+            if not self._learn_event_types():
+                raise
+            return serializers.deserialize(message.content, message.manifest, message.serializer_id)
+
+    def _run_consumers(
+        self, handling: Handling, consumers: Sequence[Consumer], done_before: set[str] | None
+    ) -> list[CallResult]:
+        """Run each consumer; remember who succeeded if another must run again."""
+        results = []
+        succeeded = set(done_before or ())
+        for consumer in consumers:
+            if consumer.consumer_id in succeeded:
+                results.append(CallResult.skip("handled by an earlier delivery"))
+                continue
+            result = self._call(ConsumerCall(handling, consumer))
+            if result.succeeded:
+                succeeded.add(consumer.consumer_id)
+            results.append(result)
+        if succeeded and any(r.failed or r.deferred for r in results):
+            self._memory.remember_successes(handling.message.message_id, succeeded)
+        return results
+
+    def _attempt(self, call: ConsumerCall) -> CallResult:
+        """Call the consumer up to ``immediate_attempts`` times; the innermost step."""
+        handling = call.handling
+        error: Exception | None = None
+        for _ in range(self.retry.immediate_attempts):
+            try:
+                call.consumer.handle(handling.event, handling.message)
+            except Exception as e:
+                error = e
+                handling.report(e)
+            else:
+                return _SUCCESS
+        assert error is not None
+        return CallResult.failure(error, self.retry.immediate_attempts)
+
+    def _combine(self, message: Message, results: Sequence[CallResult]) -> Outcome:
+        failed = [r for r in results if r.failed]
+        if failed:
+            return self._after_failure(message, failed[-1])
+        deferred = [r for r in results if r.deferred]
+        if deferred:
+            longest = max(deferred, key=lambda r: r.delay)
+            return Outcome.release(longest.delay, longest.reason)
+        if not any(r.succeeded for r in results):
+            return Outcome.skip("; ".join(sorted({r.reason for r in results})))
+        return self._success
+
+    def _after_failure(self, message: Message, failure: CallResult) -> Outcome:
+        policy = self.ack_policy
+        error = failure.error
+        assert error is not None
+        if policy is AckPolicy.MANUAL:
+            return Outcome.keep(f"failed: {error!r}; the handler acknowledges (AckPolicy.MANUAL)")
+        delivery = self._memory.delivery_number(message)
+        attempts = delivery * failure.attempts
+        if policy is AckPolicy.AFTER_SUCCESS and delivery < self.retry.max_deliveries:
+            return Outcome.release(
+                self.retry.delay_for(delivery), f"failed: {error!r}", error=error
+            )
+        return Outcome.dead_letter(Stage.HANDLE, str(error), error=error, attempts=attempts)
+
+
+def _overriding(middleware: Sequence[Middleware], hook: _Hook) -> tuple[Callable[..., Any], ...]:
+    """Return the bound hooks that do something (skipping the base class's pass-throughs)."""
+    base = getattr(Middleware, hook.value)
+    return tuple(
+        getattr(m, hook.value) for m in middleware if getattr(type(m), hook.value) is not base
+    )
+
+
+def _compose(hooks: tuple[Callable[..., Any], ...], core: Callable[[S], R]) -> Callable[[S], R]:
+    """Return ``core`` wrapped by ``hooks``, the first outermost; built once, run per message."""
+    wrapped = core
+    for hook in reversed(hooks):
+        wrapped = _wrap(hook, wrapped)
+    return wrapped
+
+
+def _wrap(hook: Callable[..., Any], inner: Callable[[S], R]) -> Callable[[S], R]:
+    def run(scope: S) -> R:
+        result: R = hook(scope, partial(inner, scope))
+        return result
+
+    return run
