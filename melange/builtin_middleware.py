@@ -47,6 +47,15 @@ class SignalsMiddleware(Middleware):
         if signals.message_received.receivers:
             signals.message_received.send(sender, message=message, queue=queue)
         outcome = call_next()
+        for consumer, result in handling.unsuccessful:
+            if result.failed and signals.message_failed.receivers:
+                signals.message_failed.send(
+                    sender, message=message, consumer=consumer, error=result.error
+                )
+            elif result.skipped and signals.message_skipped.receivers:
+                signals.message_skipped.send(
+                    sender, message=message, consumer=consumer, reason=result.reason
+                )
         if outcome.kind is OutcomeKind.ACK and signals.message_processed.receivers:
             signals.message_processed.send(
                 sender, message=message, event=handling.event, queue=queue
@@ -56,24 +65,6 @@ class SignalsMiddleware(Middleware):
                 sender, message=message, queue=queue, reason=outcome.reason
             )
         return outcome
-
-    def call_consumer(self, call: ConsumerCall, call_next: Callable[[], CallResult]) -> CallResult:
-        result = call_next()
-        if result.failed and signals.message_failed.receivers:
-            signals.message_failed.send(
-                call.handling.dispatcher,
-                message=call.message,
-                consumer=call.consumer,
-                error=result.error,
-            )
-        elif result.skipped and signals.message_skipped.receivers:
-            signals.message_skipped.send(
-                call.handling.dispatcher,
-                message=call.message,
-                consumer=call.consumer,
-                reason=result.reason,
-            )
-        return result
 
 
 class IdempotencyMiddleware(Middleware):

@@ -1,6 +1,7 @@
 """The ``melange`` command: run a worker, inspect and redrive dead letters.
 
     melange worker myapp.consumers:Billing --queue billing [--backend URL]
+        [--idempotency URL] [--middleware module:Class] [--visibility-timeout SECONDS]
     melange dlq peek billing [--limit 10]
     melange dlq redrive billing
 
@@ -21,21 +22,16 @@ from typing import Any
 from melange.backends import default_backend_url, from_url
 from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer
-from melange.dead_letters import (
-    ATTEMPTS,
-    DEAD_LETTERED_AT,
-    ERROR_MESSAGE,
-    ERROR_STAGE,
-    ERROR_TYPE,
-    SOURCE_QUEUE,
-)
+from melange.dead_letters import ERROR_HEADERS, ERROR_MESSAGE, ERROR_TYPE, dead_letter_queue_name
 from melange.dispatcher import MessageDispatcher
 from melange.exceptions import ConfigurationError, MelangeError
+from melange.idempotency import store_from_url
+from melange.middleware import Middleware
 from melange.models import Message
 
 __all__ = ["main"]
 
-_ERROR_HEADERS = (ERROR_TYPE, ERROR_MESSAGE, ERROR_STAGE, ATTEMPTS, SOURCE_QUEUE, DEAD_LETTERED_AT)
+_ERROR_HEADERS = ERROR_HEADERS
 
 
 def load_consumers(target: str, backend: MessagingBackend) -> list[Consumer]:
@@ -64,26 +60,56 @@ def load_consumers(target: str, backend: MessagingBackend) -> list[Consumer]:
     return consumers
 
 
+def load_middleware(target: str) -> Middleware:
+    """Import ``module:attribute`` naming a ``Middleware`` (class or instance).
+
+    Raises:
+        ConfigurationError: the target is malformed or names no middleware.
+    """
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"expected module:attribute, got {target!r}")
+    found = getattr(importlib.import_module(module_name), attribute)
+    middleware = found() if isinstance(found, type) else found
+    if not isinstance(middleware, Middleware):
+        raise ConfigurationError(f"{target} names {found!r}, not a Middleware")
+    return middleware
+
+
 def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:
-    dispatcher = MessageDispatcher(backend, consumers=load_consumers(args.consumers, backend))
+    store = store_from_url(args.idempotency) if args.idempotency else None
+    dispatcher = MessageDispatcher(
+        backend,
+        consumers=load_consumers(args.consumers, backend),
+        middleware=[load_middleware(target) for target in args.middleware],
+        idempotency=store,
+        visibility_timeout=args.visibility_timeout,
+    )
     if not args.no_declare:
-        dispatcher.declare(args.queue)
+        options = {}
+        if args.visibility_timeout is not None:
+            options["visibility_timeout"] = args.visibility_timeout
+        dispatcher.declare(args.queue, **options)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    handled = dispatcher.consume_loop(
-        args.queue,
-        max_messages=args.max_messages,
-        idle_timeout=args.idle_timeout,
-        stop_event=stop,
-        on_exception=lambda e: print(f"handler failed: {e!r}", file=sys.stderr),
-    )
+    try:
+        handled = dispatcher.consume_loop(
+            args.queue,
+            max_messages=args.max_messages,
+            idle_timeout=args.idle_timeout,
+            stop_event=stop,
+            on_exception=lambda e: print(f"handler failed: {e!r}", file=sys.stderr),
+        )
+    finally:
+        if store is not None:
+            store.close()
     print(f"handled {handled} message(s) from {args.queue}", flush=True)
     return 0
 
 
 def _dead_letter_queue(args: argparse.Namespace) -> str:
-    return str(args.dead_letter_queue or f"{args.queue}-dlq")
+    return str(args.dead_letter_queue or dead_letter_queue_name(args.queue))
 
 
 def _peek(args: argparse.Namespace, backend: MessagingBackend) -> int:
@@ -112,10 +138,18 @@ def _redrive(args: argparse.Namespace, backend: MessagingBackend) -> int:
 
 
 def _describe(message: Message) -> dict[str, Any]:
+    if ERROR_TYPE in message.metadata:
+        reason = message.metadata.get(ERROR_MESSAGE, "")
+    else:
+        reason = (
+            "moved by the broker on its own after its max_receive_count receives"
+            " (no melange worker dead-lettered it: e.g. a worker crashed on it)"
+        )
     return {
         "message_id": message.message_id,
         "manifest": message.manifest,
         "serializer_id": message.serializer_id,
+        "reason": reason,
         "metadata": dict(message.metadata),
         "content": message.content,
     }
@@ -144,6 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-messages", type=int, default=None)
     worker.add_argument("--idle-timeout", type=float, default=None)
     worker.add_argument("--no-declare", action="store_true", help="do not declare the queue")
+    worker.add_argument(
+        "--idempotency",
+        default=None,
+        metavar="URL",
+        help="idempotency store: memory://, sqlite:///claims.db, redis://host:6379/0",
+    )
+    worker.add_argument(
+        "--middleware",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="a Middleware class or instance to run (repeatable; the first is outermost)",
+    )
+    worker.add_argument(
+        "--visibility-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the queue's visibility timeout (default: the backend's)",
+    )
     worker.set_defaults(run=_worker)
 
     dlq = commands.add_parser("dlq", help="inspect or redrive a dead-letter queue")

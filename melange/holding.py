@@ -51,6 +51,9 @@ class HeldMessages:
         self.current: Handling | None = None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        # Held while one message is extended, so that the loop, once it stops
+        # holding a message, knows no extension of it is still under way.
+        self._extending = threading.Lock()
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -72,8 +75,9 @@ class HeldMessages:
             self.flush()
 
     def drop(self, message: Message) -> None:
-        """Stop holding a message (released, or left to someone else)."""
-        self._held.pop(id(message), None)
+        """Stop holding a message; no extension of it runs after this returns."""
+        with self._extending:
+            self._held.pop(id(message), None)
 
     def done(self, message: Message) -> None:
         """Acknowledge a finished message soon."""
@@ -84,8 +88,9 @@ class HeldMessages:
 
     def unstarted(self) -> list[Message]:
         """Return and stop holding every message not yet finished."""
-        messages = list(self._held.copy().values())
-        self._held.clear()
+        with self._extending:
+            messages = list(self._held.copy().values())
+            self._held.clear()
         return messages
 
     def flush(self) -> None:
@@ -140,7 +145,9 @@ class HeldMessages:
         seconds = self.visibility_timeout
         for message in messages:
             try:
-                self.backend.extend_visibility(message, seconds)
+                with self._extending:
+                    if id(message) in self._held:
+                        self.backend.extend_visibility(message, seconds)
             except Exception as e:  # the keeper must outlive any one backend failure
                 log.warning("could not extend the visibility of %s: %s", message.message_id, e)
         if handling is not None:

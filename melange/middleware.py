@@ -67,8 +67,9 @@ class Middleware:
 class Handling:
     """The scope of one received message, as middleware sees it.
 
-    ``event`` is set once the message is deserialized. ``state`` is for
-    middleware to share data across hooks of one message.
+    ``event`` is set once the message is deserialized; ``unsuccessful``
+    lists the consumer calls that failed, were skipped or deferred. ``state``
+    is for middleware to share data across hooks of one message.
     """
 
     __slots__ = (
@@ -80,6 +81,7 @@ class Handling:
         "on_exception",
         "queue",
         "stopping",
+        "unsuccessful",
         "visibility_timeout",
     )
 
@@ -99,6 +101,8 @@ class Handling:
         self.on_exception = on_exception
         self.stopping = stopping
         self.event: Any = None
+        #: (consumer, result) of each consumer call that did not succeed, in order.
+        self.unsuccessful: list[tuple[Consumer, CallResult]] = []
         self._state: dict[str, Any] | None = None
         self._keep_alives: list[KeepAlive] | None = None
 

@@ -92,8 +92,16 @@ class MessagePipeline:
         )
 
     def handle(self, handling: Handling) -> Outcome:
-        """Run the middleware and the consumers for one message; return what to do with it."""
-        return self._handle(handling)
+        """Run the middleware and the consumers for one message; return what to do with it.
+
+        An exception a middleware raises counts as a failed handling: retried,
+        then dead-lettered, never out of the consume loop.
+        """
+        try:
+            return self._handle(handling)
+        except Exception as e:
+            handling.report(e)
+            return self._after_failure(handling.message, CallResult.failure(e))
 
     # -- the decision -------------------------------------------------------------
 
@@ -119,6 +127,7 @@ class MessagePipeline:
             result = self._call(ConsumerCall(handling, consumers[0]))
             if result is _SUCCESS:
                 return self._success
+            handling.unsuccessful.append((consumers[0], result))
             return self._combine(message, [result])
         return self._combine(message, self._run_consumers(handling, consumers, done_before))
 
@@ -145,6 +154,8 @@ class MessagePipeline:
             result = self._call(ConsumerCall(handling, consumer))
             if result.succeeded:
                 succeeded.add(consumer.consumer_id)
+            else:
+                handling.unsuccessful.append((consumer, result))
             results.append(result)
         if succeeded and any(r.failed or r.deferred for r in results):
             self._memory.remember_successes(handling.message.message_id, succeeded)

@@ -57,9 +57,7 @@ class IdempotencyStoreContract:
         time.sleep(0.4)
         assert store.claim("billing", "m-1") is Claim.ACQUIRED
 
-    def test_the_lease_given_to_claim_wins_over_the_default(
-        self, make_store: StoreFactory
-    ) -> None:
+    def test_the_lease_given_to_claim_wins_over_the_default(self, make_store: StoreFactory) -> None:
         store = make_store(lease_seconds=30)
         assert store.claim("billing", "m-1", 0.2)
         time.sleep(0.4)

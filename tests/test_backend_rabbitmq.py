@@ -27,7 +27,6 @@ from melange.backends import from_url
 from melange.backends._decoding import bytes_of
 from melange.backends.rabbitmq import RabbitMQBackend
 from melange.backends.rabbitmq_topology import delay_bucket_ms
-from melange.dead_letters import ERROR_TYPE, SOURCE_QUEUE
 from melange.exceptions import (
     BackendConnectionError,
     BatchPublishError,
@@ -37,7 +36,6 @@ from melange.exceptions import (
     TopicNotFoundError,
 )
 from melange.models import DECODE_ERROR, QueueWrapper, TopicWrapper
-from melange.policies import RetryPolicy
 from tests.conformance import BackendContract, receive, unique, wait_until
 from tests.recorder import Numbered, Recorder
 from tests.servers.rabbitmq import RabbitMQNode
@@ -99,30 +97,6 @@ def test_a_topic_fans_out_to_two_queues_of_two_services(backend: RabbitMQBackend
     for consumer in (billing, shipping):
         assert sorted(consumer.seen) == [(str(i), 1) for i in range(5)]
     assert {m.manifest for m in sent} == {"OrderCreated"}
-
-
-def test_a_handler_that_always_fails_ends_in_the_dead_letter_queue(
-    backend: RabbitMQBackend,
-) -> None:
-    failing = Recording(fail=True)
-    retry = RetryPolicy(immediate_attempts=1, max_deliveries=3, backoff_seconds=0.2, jitter=0)
-    dispatcher = MessageDispatcher(backend, consumers=[failing], retry=retry)
-    queue = unique("orders")
-    _, dead_letter = dispatcher.declare(queue)
-    assert dead_letter is not None
-    sent = MessagePublisher(backend).publish(OrderCreated(order_id="o-1"), queue=queue)
-    dispatcher.consume_loop(queue, max_messages=3, idle_timeout=15)
-    # Released twice with a delay (holding queues), counted across releases.
-    assert failing.seen == [("o-1", 1), ("o-1", 2), ("o-1", 3)]
-    [dead] = receive(backend, dead_letter, 1)
-    assert (dead.message_id, dead.content, dead.manifest) == (
-        sent.message_id,
-        sent.content,
-        sent.manifest,
-    )
-    assert dead.metadata[ERROR_TYPE] == "builtins.RuntimeError"
-    assert dead.metadata[SOURCE_QUEUE] == queue
-    assert backend.retrieve_messages(backend.get_queue(queue), wait_seconds=1) == []
 
 
 def test_a_release_at_the_limit_is_dead_lettered_by_the_broker(backend: RabbitMQBackend) -> None:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,47 @@ def test_a_broker_error_is_reported_not_raised(
 ) -> None:
     assert main(["--backend", f"sqlite:///{tmp_path}/missing/b.db", "dlq", "peek", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_dlq_peek_says_when_the_broker_moved_a_message_on_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/b.db"
+    with SQLiteBackend(tmp_path / "b.db") as backend:
+        queue, _ = backend.declare_queue(
+            "paid", dead_letter_queue_name="paid-dlq", visibility_timeout=0.1, max_receive_count=1
+        )
+        sent = MessagePublisher(backend).publish(OrderPaid(order_id="o-1"), queue="paid")
+        assert len(backend.retrieve_messages(queue)) == 1  # received, never acknowledged
+        time.sleep(0.2)
+        assert backend.retrieve_messages(queue) == []  # moved to paid-dlq by the broker
+    assert main(["--backend", url, "dlq", "peek", "paid"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    peeked = json.loads(line)
+    assert peeked["message_id"] == sent.message_id
+    assert "moved by the broker on its own" in peeked["reason"]
+
+
+def test_worker_options_build_the_store_and_the_middleware(tmp_path: Path) -> None:
+    from melange.cli import build_parser, load_middleware
+    from melange.idempotency import SQLiteIdempotencyStore, store_from_url
+
+    args = build_parser().parse_args(
+        ["worker", "m:C", "--queue", "q", "--idempotency", "memory://", "--middleware", "a:B"]
+    )
+    assert (args.idempotency, args.middleware, args.visibility_timeout) == (
+        "memory://",
+        ["a:B"],
+        None,
+    )
+    store = store_from_url(f"sqlite:///{tmp_path}/claims.db?lease_seconds=5")
+    assert isinstance(store, SQLiteIdempotencyStore)
+    assert store.lease_seconds == 5
+    store.close()
+    with pytest.raises(ConfigurationError, match="unknown idempotency store"):
+        store_from_url("mongodb://x")
+    with pytest.raises(ConfigurationError, match="unknown options"):
+        store_from_url("memory://?colour=red")
+    assert type(load_middleware("tests.contract_workers:Crash")).__name__ == "Crash"
+    with pytest.raises(ConfigurationError, match="not a Middleware"):
+        load_middleware("tests.test_cli:ROOT")

@@ -288,3 +288,41 @@ def test_ambiguous_consumers_fail_when_defined() -> None:
         class AcceptsOnly(Consumer):
             def accepts(self, manifest: str | None) -> bool:  # type: ignore[override]
                 return True
+
+
+class Counting(InMemoryMessagingBackend):
+    """The in-memory broker, noting each extension and release in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+
+    def extend_visibility(self, message: Message, seconds: float) -> None:
+        time.sleep(0.01)  # wide enough for a release to try to slip in
+        self.calls.append(("extend", message.message_id))
+        super().extend_visibility(message, seconds)
+
+    def release(self, message: Message, delay: float = 0.0) -> None:
+        self.calls.append(("release", message.message_id))
+        super().release(message, delay)
+
+
+def test_no_extension_runs_after_a_message_is_released() -> None:
+    from melange.holding import HeldMessages
+
+    backend = Counting()
+    queue, _ = backend.declare_queue("q", visibility_timeout=0.6)
+    for n in range(20):
+        backend.publish_to_queue(Message(content=str(n)), queue)
+    batch = backend.retrieve_messages(queue, max_messages=20)
+    with HeldMessages(backend, visibility_timeout=0.6) as held:
+        held.hold(batch)
+        time.sleep(0.25)  # the keeper is extending every 0.2 s
+        for message in batch:
+            held.drop(message)
+            backend.release(message, 30)
+        time.sleep(0.5)
+    for message in batch:
+        mine = [kind for kind, message_id in backend.calls if message_id == message.message_id]
+        assert mine[-1] == "release", mine
+    assert backend.retrieve_messages(queue) == []  # every release delay held

@@ -238,3 +238,21 @@ def test_the_middleware_guide_runs(block: str) -> None:
         exec(compile(earlier, "docs/middleware.md", "exec"), namespace)
         if earlier == block:
             break
+
+
+class Broken(Middleware):
+    def handle_message(self, handling: Handling, call_next: Callable[[], Outcome]) -> Outcome:
+        raise OSError("disk full")
+
+
+def test_a_failing_middleware_is_a_failed_handling_not_a_crash(
+    backend: InMemoryMessagingBackend,
+) -> None:
+    billing_log: list[str] = []
+    run_one(backend, [Billing(billing_log)], [Broken()])
+    assert billing_log == []
+    [dead] = backend.retrieve_messages(backend.get_queue("billing-dlq"))
+    assert (dead.metadata["error_type"], dead.metadata["error_message"]) == (
+        "builtins.OSError",
+        "disk full",
+    )

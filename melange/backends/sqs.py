@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import heapq
 import math
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -57,12 +55,6 @@ _QUEUE_OPTIONS = {
     "message_deduplication_id": "MessageDeduplicationId",
 }
 _URL_OPTIONS = frozenset({"region", "secure", "profile"})
-# Receipt handles are spread over this many locks, so visibility changes of
-# different messages do not wait for each other.
-_RECEIPT_LOCKS = 16
-# How long a released receipt is never extended, at least: a heartbeat thread
-# may still hold the message from before it was released.
-_RELEASE_GRACE_SECONDS = 60.0
 
 
 class AWSBackend(SQSTopology):
@@ -99,8 +91,6 @@ class AWSBackend(SQSTopology):
         self._lock = threading.Lock()
         self._queue_urls: dict[str, str] = {}  # melange name -> URL
         self._queue_arns: dict[str, str] = {}  # URL -> ARN
-        self._released = _Released()  # guarded by _lock
-        self._receipt_locks = tuple(threading.Lock() for _ in range(_RECEIPT_LOCKS))
 
     @classmethod
     def from_url(cls, url: str) -> AWSBackend:
@@ -372,51 +362,35 @@ class AWSBackend(SQSTopology):
     def release(self, message: Message, delay: float = 0.0) -> None:
         """Make a received message visible again after ``delay`` (rounded up to seconds).
 
-        ``extend_visibility`` leaves it alone from then on.
-
         Raises:
             QueueNotFoundError: its queue is gone.
             BackendError: SQS refused (e.g. an expired receipt handle).
         """
         url, handle = _receipt(message)
-        seconds = _visibility_seconds(delay)
-        with self._receipt_lock(handle):
-            with self._lock:
-                self._released.add(handle, max(seconds, _RELEASE_GRACE_SECONDS), time.monotonic())
-            # A message no longer in flight is back in the queue already (or gone): nothing to do.
-            with translated(f"change visibility in SQS queue {url}", tolerate=NOT_IN_FLIGHT_CODES):
-                self._sqs.change_message_visibility(
-                    QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=seconds
-                )
+        # A message no longer in flight is back in the queue already (or gone): nothing to do.
+        with translated(f"change visibility in SQS queue {url}", tolerate=NOT_IN_FLIGHT_CODES):
+            self._sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=_visibility_seconds(delay)
+            )
 
     def extend_visibility(self, message: Message, seconds: float) -> None:
         """Hide a received message ``seconds`` from now (``ChangeMessageVisibility``); thread-safe.
 
-        ``seconds`` is rounded up and kept within 0 to 43,200. A message that
-        was acknowledged or released, or whose receipt SQS no longer honours
-        (deleted, visible again, received again), is left alone without error.
+        ``seconds`` is rounded up and kept within 0 to 43,200. A message whose
+        receipt SQS no longer honours (deleted, visible again, received again)
+        is left alone without error. The dispatcher never extends a message
+        after releasing it.
 
         Raises:
-            ValueError: the message was not received from an AWSBackend.
             QueueNotFoundError: its queue is gone.
             BackendError: SQS refused otherwise, e.g. past the 12 hours a
                 message can stay hidden in all.
         """
         url, handle = _receipt(message)
-        whole = _visibility_seconds(seconds)
-        # Held across the request, so a release of the same message cannot
-        # slip in between the check and the change and then be undone by it.
-        with self._receipt_lock(handle):
-            with self._lock:
-                if self._released.holds(handle, time.monotonic()):
-                    return
-            with translated(f"extend visibility in SQS queue {url}", tolerate=receipt_gone):
-                self._sqs.change_message_visibility(
-                    QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=whole
-                )
-
-    def _receipt_lock(self, handle: str) -> threading.Lock:
-        return self._receipt_locks[hash(handle) % _RECEIPT_LOCKS]
+        with translated(f"extend visibility in SQS queue {url}", tolerate=receipt_gone):
+            self._sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=_visibility_seconds(seconds)
+            )
 
     def close_connection(self) -> None:
         """Close both clients' connections; safe to call more than once."""
@@ -457,27 +431,6 @@ def _renamed(given: Mapping[str, Any], known: Mapping[str, str], what: str) -> d
 
 def _reason(failure: Mapping[str, Any]) -> str:
     return f"{failure.get('Code', '?')}: {failure.get('Message', '')}"
-
-
-class _Released:
-    """Receipt handles released lately, each until a deadline (no I/O, not thread-safe)."""
-
-    def __init__(self) -> None:
-        self._until: dict[str, float] = {}
-        self._deadlines: list[tuple[float, str]] = []  # a heap, to forget in order
-
-    def add(self, handle: str, seconds: float, now: float) -> None:
-        """Remember ``handle`` for ``seconds`` from ``now``; forget the ones past their deadline."""
-        while self._deadlines and self._deadlines[0][0] <= now:
-            deadline, old = heapq.heappop(self._deadlines)
-            if self._until.get(old) == deadline:
-                del self._until[old]
-        self._until[handle] = now + seconds
-        heapq.heappush(self._deadlines, (now + seconds, handle))
-
-    def holds(self, handle: str, now: float) -> bool:
-        """Return whether ``handle`` was released and its deadline has not passed."""
-        return self._until.get(handle, now) > now
 
 
 def _visibility_seconds(seconds: float) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from melange.idempotency.base import IdempotencyStore
+from melange.exceptions import ConfigurationError
+from melange.idempotency.base import Claim, IdempotencyStore
 from melange.idempotency.memory import InMemoryIdempotencyStore
 from melange.idempotency.sqlite import SQLiteIdempotencyStore
 
@@ -12,10 +14,12 @@ if TYPE_CHECKING:
     from melange.idempotency.redis import RedisIdempotencyStore
 
 __all__ = [
+    "Claim",
     "IdempotencyStore",
     "InMemoryIdempotencyStore",
     "RedisIdempotencyStore",
     "SQLiteIdempotencyStore",
+    "store_from_url",
 ]
 
 
@@ -26,3 +30,43 @@ def __getattr__(name: str) -> Any:
 
         return RedisIdempotencyStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def store_from_url(url: str) -> IdempotencyStore:
+    """Build a store from ``memory://``, ``sqlite:///path/claims.db`` or ``redis://host:port/0``.
+
+    ``?lease_seconds=`` and ``?ttl_seconds=`` set those; a Redis URL also takes ``?prefix=``.
+
+    Raises:
+        ConfigurationError: the scheme is not known or an option is malformed.
+        IdempotencyError: the store cannot be opened.
+        MissingExtraError: the Redis driver is not installed.
+    """
+    parts = urlsplit(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    options: dict[str, Any] = {}
+    try:
+        for name in ("lease_seconds", "ttl_seconds"):
+            if name in query:
+                options[name] = float(query.pop(name))
+    except ValueError as e:
+        raise ConfigurationError(f"{url}: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme == "memory":
+        store: IdempotencyStore = InMemoryIdempotencyStore(**options)
+    elif scheme == "sqlite":
+        store = SQLiteIdempotencyStore(unquote(parts.path), **options)
+    elif scheme in ("redis", "rediss"):
+        from melange.idempotency.redis import RedisIdempotencyStore
+
+        if "prefix" in query:
+            options["prefix"] = query.pop("prefix")
+        store = RedisIdempotencyStore(parts._replace(query="").geturl(), **options)
+    else:
+        raise ConfigurationError(
+            f"unknown idempotency store URL scheme {scheme!r} (known: memory, sqlite, redis)"
+        )
+    if query:
+        store.close()
+        raise ConfigurationError(f"{url}: unknown options {sorted(query)}")
+    return store

@@ -1,0 +1,332 @@
+"""The dispatcher on a real backend: one set of end-to-end scenarios for every broker.
+
+A subclass provides three fixtures:
+
+- ``backend``: a fresh backend (closed afterwards);
+- ``backend_url``: a URL other processes can open it by (``None``: the broker
+  lives in this process, and the process scenarios do not apply);
+- ``inject_undecodable``: ``inject(queue_name) -> original`` publishes, with
+  the broker's raw client, one message melange cannot read and returns its
+  original content as the backend will show it.
+
+Class attributes tune timings for brokers that only take whole seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from melange import (
+    Consumer,
+    Message,
+    MessageDispatcher,
+    MessagePublisher,
+    RetryPolicy,
+    listener,
+)
+from melange.backends._decoding import bytes_of
+from melange.backends.interfaces import MessagingBackend
+from melange.models import DECODE_ERROR
+from tests.conformance import wait_until
+from tests.recorder import Numbered
+
+ROOT = Path(__file__).resolve().parent.parent
+Inject = Callable[[str], str]
+Spawn = Callable[..., "subprocess.Popen[bytes]"]
+
+
+def queue_name(prefix: str = "contract") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Effects(Consumer):
+    """Counts side effects per event number, in this process."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        super().__init__(consumer_id="contract-side-effects")
+        self.seconds = seconds
+        self.counts: Counter[int] = Counter()
+        self.lock = threading.Lock()
+
+    @listener
+    def on_number(self, event: Numbered, message: Message) -> None:
+        time.sleep(self.seconds)
+        with self.lock:
+            self.counts[event.number] += 1
+
+
+def drain(backend: MessagingBackend, name: str) -> list[Message]:
+    """Return (and acknowledge) every message now in queue ``name``."""
+    queue = backend.get_queue(name)
+    found: list[Message] = []
+    while batch := backend.retrieve_messages(queue, max_messages=10, wait_seconds=0.5):
+        found.extend(batch)
+        backend.acknowledge_batch(batch)
+    return found
+
+
+def effects_in(path: Path) -> Counter[int]:
+    if not path.exists():
+        return Counter()
+    return Counter(int(line.split()[0]) for line in path.read_text().splitlines())
+
+
+class DispatcherContract:
+    """Scenarios every backend passes under the dispatcher."""
+
+    #: The shortest visibility timeout the broker takes (seconds).
+    visibility_timeout: float = 1.0
+
+    # -- in this process --------------------------------------------------------------
+
+    def dispatcher(
+        self, backend: MessagingBackend, queue: str, consumer: Consumer, **options: Any
+    ) -> MessageDispatcher:
+        visibility = options.pop("visibility_timeout", self.visibility_timeout)
+        dispatcher = MessageDispatcher(backend, consumers=[consumer], **options)
+        dispatcher.declare(queue, visibility_timeout=visibility)
+        return dispatcher
+
+    def test_a_handler_longer_than_twice_the_visibility_timeout_runs_once(
+        self, backend: MessagingBackend
+    ) -> None:
+        queue = queue_name()
+        effects = Effects(seconds=4 * self.visibility_timeout)
+        workers = [
+            self.dispatcher(backend, queue, effects, visibility_timeout=2 * self.visibility_timeout)
+            for _ in range(2)
+        ]
+        MessagePublisher(backend).publish(Numbered(number=1), queue=queue)
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=w.consume_loop, args=(queue,), kwargs={"stop_event": stop})
+            for w in workers
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            assert wait_until(lambda: sum(effects.counts.values()) > 0, timeout=30)
+            time.sleep(2 * self.visibility_timeout)  # a second delivery would have started
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+        assert effects.counts == Counter({1: 1})
+        assert drain(backend, queue) == []
+        assert drain(backend, f"{queue}-dlq") == []
+
+    def test_a_handler_that_always_fails_is_retried_then_dead_lettered_with_its_reason(
+        self, backend: MessagingBackend
+    ) -> None:
+        class Refuses(Consumer):
+            def __init__(self) -> None:
+                super().__init__()
+                self.deliveries: list[int] = []
+
+            @listener
+            def on_number(self, event: Numbered, message: Message) -> None:
+                self.deliveries.append(message.receive_count)
+                raise RuntimeError(f"no {event.number}")
+
+        queue = queue_name()
+        refuses = Refuses()
+        retry = RetryPolicy(immediate_attempts=2, max_deliveries=3, backoff_seconds=0.1, jitter=0)
+        dispatcher = self.dispatcher(backend, queue, refuses, retry=retry)
+        sent = MessagePublisher(backend).publish(Numbered(number=7), queue=queue)
+        dispatcher.consume_loop(queue, max_messages=3, idle_timeout=10 * self.visibility_timeout)
+        # Two attempts per delivery; released with a delay twice, counted across releases.
+        assert refuses.deliveries == [1, 1, 2, 2, 3, 3]
+        [dead] = drain(backend, f"{queue}-dlq")
+        assert (dead.message_id, dead.content, dead.manifest) == (
+            sent.message_id,
+            sent.content,
+            sent.manifest,
+        )
+        assert dead.metadata["error_type"] == "builtins.RuntimeError"
+        assert dead.metadata["error_message"] == "no 7"
+        assert dead.metadata["error_stage"] == "handle"
+        assert dead.metadata["attempts"] == "6"
+        assert dead.metadata["source_queue"] == queue
+        assert dead.metadata["correlation_id"] == sent.metadata["correlation_id"]
+        assert drain(backend, queue) == []
+
+    def test_an_undecodable_message_is_dead_lettered_and_the_rest_handled(
+        self, backend: MessagingBackend, inject_undecodable: Inject
+    ) -> None:
+        queue = queue_name()
+        effects = Effects()
+        dispatcher = self.dispatcher(backend, queue, effects)
+        publisher = MessagePublisher(backend)
+        publisher.publish(Numbered(number=1), queue=queue)
+        original = inject_undecodable(queue)
+        publisher.publish(Numbered(number=2), queue=queue)
+        dispatcher.consume_loop(queue, idle_timeout=2 * self.visibility_timeout)
+        assert effects.counts == Counter({1: 1, 2: 1})
+        [dead] = drain(backend, f"{queue}-dlq")
+        assert bytes_of(dead.content) == bytes_of(original)
+        assert dead.metadata["error_stage"] in ("decode", "deserialize")
+        assert dead.metadata["error_message"]
+        assert dead.metadata["source_queue"] == queue
+        if dead.metadata["error_stage"] == "decode":
+            assert dead.metadata[DECODE_ERROR] == dead.metadata["error_message"]
+        assert drain(backend, queue) == []
+
+    def test_a_store_outage_mid_run_loses_and_dead_letters_nothing(
+        self, backend: MessagingBackend, restartable_redis: Any
+    ) -> None:
+        from melange.idempotency.redis import RedisIdempotencyStore
+
+        queue = queue_name()
+        effects = Effects(seconds=0.05)
+        store = RedisIdempotencyStore(restartable_redis.url, prefix=f"{queue}:")
+        dispatcher = self.dispatcher(backend, queue, effects, idempotency=store)
+        MessagePublisher(backend).publish_batch(
+            [Numbered(number=n) for n in range(40)], queue=queue
+        )
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                dispatcher.consume_loop(queue, stop_event=stop)
+            except BaseException as e:  # the test asserts there was none
+                errors.append(e)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        try:
+            assert wait_until(lambda: sum(effects.counts.values()) >= 5, timeout=30)
+            restartable_redis.stop()
+            time.sleep(2.0)
+            restartable_redis.start()
+            assert wait_until(lambda: len(effects.counts) == 40, timeout=60)
+        finally:
+            stop.set()
+            worker.join(timeout=60)
+            store.close()
+        assert errors == []
+        assert worker.is_alive() is False
+        assert effects.counts == Counter(dict.fromkeys(range(40), 1))
+        assert drain(backend, f"{queue}-dlq") == []
+
+    # -- worker processes ----------------------------------------------------------------
+
+    @pytest.fixture
+    def spawn(self, tmp_path: Path) -> Iterator[Spawn]:
+        """Start ``melange worker`` processes; kill, by PID, any still running at the end."""
+        started: list[subprocess.Popen[bytes]] = []
+
+        def start(backend_url: str, queue: str, *, store: str | None, **env: str) -> Any:
+            command = [
+                sys.executable,
+                "-m",
+                "melange.cli",
+                "--backend",
+                backend_url,
+                "worker",
+                "tests.contract_workers:consumers",
+                "--middleware",
+                "tests.contract_workers:Crash",
+                "--queue",
+                queue,
+                "--no-declare",
+                "--visibility-timeout",
+                str(self.visibility_timeout),
+            ]
+            if store is not None:
+                command += ["--idempotency", store]
+            log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            log.close()
+            started.append(process)
+            return process
+
+        yield start
+        for process in started:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+    def require_url(self, backend_url: str | None) -> str:
+        if backend_url is None:
+            pytest.skip("this broker lives inside one process: no other process can reach it")
+        return backend_url
+
+    def test_two_workers_with_handlers_longer_than_the_visibility_timeout(
+        self, backend: MessagingBackend, backend_url: str | None, spawn: Spawn, tmp_path: Path
+    ) -> None:
+        url = self.require_url(backend_url)
+        queue = queue_name()
+        self.dispatcher(backend, queue, Effects())
+        MessagePublisher(backend).publish_batch([Numbered(number=n) for n in range(4)], queue=queue)
+        out = tmp_path / "effects.txt"
+        env = {"CONTRACT_OUT": str(out), "CONTRACT_SECONDS": str(2 * self.visibility_timeout)}
+        workers = [spawn(url, queue, store=None, **env) for _ in range(2)]
+        try:
+            assert wait_until(lambda: sum(effects_in(out).values()) >= 4, timeout=90)
+            time.sleep(2 * self.visibility_timeout)  # a redelivery would have run by now
+        finally:
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM)
+            for worker in workers:
+                worker.wait(timeout=60)
+        assert effects_in(out) == Counter(dict.fromkeys(range(4), 1))
+        assert drain(backend, f"{queue}-dlq") == []
+        assert drain(backend, queue) == []
+        assert [w.returncode for w in workers] == [0, 0]
+
+    @pytest.mark.parametrize("moment", ["before", "after"])
+    @pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
+    def test_a_worker_killed_around_its_side_effect_loses_and_repeats_nothing(  # noqa: PLR0917
+        self,
+        backend: MessagingBackend,
+        backend_url: str | None,
+        spawn: Spawn,
+        tmp_path: Path,
+        moment: str,
+        store_kind: str,
+        request: pytest.FixtureRequest,
+    ) -> None:
+        url = self.require_url(backend_url)
+        queue = queue_name()
+        if store_kind == "sqlite":
+            store = f"sqlite:///{tmp_path / 'claims.db'}"
+        else:
+            store = f"{request.getfixturevalue('redis_url')}?prefix={queue}:"
+        self.dispatcher(backend, queue, Effects())
+        MessagePublisher(backend).publish_batch([Numbered(number=n) for n in range(4)], queue=queue)
+        out, marks = tmp_path / "effects.txt", tmp_path / "marks.txt"
+        env = {"CONTRACT_OUT": str(out), "CONTRACT_MARKS": str(marks)}
+        doomed = spawn(url, queue, store=store, CONTRACT_HANG=moment, **env)
+        point = "started" if moment == "before" else "settled"
+        assert wait_until(lambda: marks.exists() and point in marks.read_text(), timeout=60)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=30)
+        survivor = spawn(url, queue, store=store, **env)
+        try:
+            assert wait_until(lambda: len(effects_in(out)) == 4, timeout=90)
+            time.sleep(2 * self.visibility_timeout)  # a repeat would run by now
+        finally:
+            survivor.send_signal(signal.SIGTERM)
+            survivor.wait(timeout=60)
+        assert effects_in(out) == Counter(dict.fromkeys(range(4), 1))
+        assert drain(backend, f"{queue}-dlq") == []
+        assert drain(backend, queue) == []

@@ -1,0 +1,149 @@
+"""The dispatcher-on-backend contract, run on memory, SQLite, real RabbitMQ and moto's SNS/SQS."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from melange import Message, MessagePublisher
+from melange.backends._decoding import text_of
+from melange.backends.interfaces import MessagingBackend
+from melange.backends.memory import InMemoryMessagingBackend
+from melange.backends.sqlite import SQLiteBackend
+from tests.dispatcher_contract import DispatcherContract, Inject
+from tests.recorder import Numbered
+
+pytestmark = pytest.mark.slow
+
+
+class TestOnMemory(DispatcherContract):
+    visibility_timeout = 0.5
+
+    @pytest.fixture
+    def backend(self) -> Iterator[MessagingBackend]:
+        with InMemoryMessagingBackend() as backend:
+            yield backend
+
+    @pytest.fixture
+    def backend_url(self) -> None:
+        return None
+
+    @pytest.fixture
+    def inject_undecodable(self, backend: MessagingBackend) -> Inject:
+        def inject(queue: str) -> str:
+            content = '{"number": 99}'
+            # Written by a producer whose serializer this service does not have.
+            foreign = Message(content=content, manifest="Numbered", serializer_id=4242)
+            backend.publish_to_queue(foreign, backend.get_queue(queue))
+            return content
+
+        return inject
+
+
+@pytest.mark.sqlite
+class TestOnSQLite(DispatcherContract):
+    @pytest.fixture
+    def path(self, tmp_path: Path) -> Path:
+        return tmp_path / "broker.db"
+
+    @pytest.fixture
+    def backend(self, path: Path) -> Iterator[MessagingBackend]:
+        with SQLiteBackend(path) as backend:
+            yield backend
+
+    @pytest.fixture
+    def backend_url(self, path: Path) -> str:
+        return f"sqlite:///{path}"
+
+    @pytest.fixture
+    def inject_undecodable(self, backend: MessagingBackend, path: Path) -> Inject:
+        def inject(queue: str) -> str:
+            sent = MessagePublisher(backend).publish(Numbered(number=99), queue=queue)
+            raw = b'{"number": 99, "note": "caf\xe9"}'  # Latin-1, not UTF-8
+            db = sqlite3.connect(path)
+            try:
+                with db:
+                    db.execute(
+                        "UPDATE melange_bodies SET content = CAST(? AS TEXT) WHERE message_id = ?",
+                        (raw, sent.message_id),
+                    )
+            finally:
+                db.close()
+            return text_of(raw)[0]
+
+        return inject
+
+
+@pytest.mark.rabbitmq
+class TestOnRabbitMQ(DispatcherContract):
+    @pytest.fixture
+    def backend(self, rabbitmq_node: object) -> Iterator[MessagingBackend]:
+        from melange.backends.rabbitmq import RabbitMQBackend
+
+        with RabbitMQBackend(rabbitmq_node.url) as backend:  # type: ignore[attr-defined]
+            yield backend
+
+    @pytest.fixture
+    def backend_url(self, rabbitmq_node: object) -> str:
+        return str(rabbitmq_node.url)  # type: ignore[attr-defined]
+
+    @pytest.fixture
+    def inject_undecodable(self, rabbitmq_node: object) -> Inject:
+        import pika
+
+        def inject(queue: str) -> str:
+            body = b'{"number": 99}'
+            connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_node.url))  # type: ignore[attr-defined]
+            try:
+                channel = connection.channel()
+                channel.basic_publish(
+                    "",
+                    queue,
+                    body,
+                    pika.BasicProperties(
+                        message_id="foreign-1",
+                        type="Numbered",
+                        delivery_mode=2,
+                        headers={"x-melange-serializer": "json-please"},
+                    ),
+                )
+            finally:
+                connection.close()
+            return body.decode()
+
+        return inject
+
+
+@pytest.mark.sqs
+class TestOnSQS(DispatcherContract):
+    visibility_timeout = 1.0  # SQS takes whole seconds
+
+    @pytest.fixture
+    def backend(self, moto: object) -> Iterator[MessagingBackend]:
+        from melange.backends.sqs import LocalSQSBackend
+
+        with LocalSQSBackend(moto.host, moto.port, region=moto.region) as backend:  # type: ignore[attr-defined]
+            yield backend
+
+    @pytest.fixture
+    def backend_url(self, moto: object) -> str:
+        return str(moto.url)  # type: ignore[attr-defined]
+
+    @pytest.fixture
+    def inject_undecodable(self, backend: MessagingBackend) -> Inject:
+        def inject(queue: str) -> str:
+            body = '{"number": 99}'
+            backend.sqs_client.send_message(  # type: ignore[attr-defined]
+                QueueUrl=backend.get_queue(queue).unwrap(),
+                MessageBody=body,
+                MessageAttributes={
+                    "melange.serializer_id": {"DataType": "String", "StringValue": "json"},
+                    "melange.manifest": {"DataType": "String", "StringValue": "Numbered"},
+                },
+            )
+            return body
+
+        return inject
