@@ -9,12 +9,22 @@ messages through ``MessageDispatcher`` to a typed ``@listener``. Both sides use
 the same kind of queue (quorum, which melange declares). With no ``--url`` a
 throwaway rabbitmq-server is started and stopped.
 
+FastStream, the framework a user would pick instead (``faststream[rabbit]``,
+asyncio over aio-pika, from ``pip install 'melange[bench]'``), consumes the
+same messages in the same run: raw pika fills a durable quorum queue, then an
+``async`` ``@broker.subscriber`` handler taking the pydantic model counts them
+(prefetch 100 through ``Channel(prefetch_count=100)``, FastStream's default
+ack after the handler returns, its per-message logging off with
+``logger=None``). ``--no-faststream`` leaves it out.
+
     .venv/bin/python bench/rabbitmq.py --messages 10000
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib.metadata
 import statistics
 import sys
 import time
@@ -29,6 +39,13 @@ from pydantic import BaseModel
 from melange import Consumer, MessageDispatcher, MessagePublisher, listener
 from melange.backends.rabbitmq import RabbitMQBackend
 from tests.servers.rabbitmq import start_node
+
+try:
+    from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
+except ImportError:  # the optional ``bench`` extra is not installed
+    FASTSTREAM: str | None = None
+else:
+    FASTSTREAM = importlib.metadata.version("faststream")
 
 QUORUM = {"x-queue-type": "quorum"}
 
@@ -147,7 +164,69 @@ def melange_consume(url: str, queue: str, n: int, batch_size: int) -> float:
     return n / elapsed
 
 
-def run(url: str, n: int, batch: int, dispatch_batch: int, rounds: int) -> None:
+def raw_fill(url: str, queue: str, n: int, timeout: float = 120.0) -> None:
+    """Fill a durable quorum queue with the same messages, untimed; return once all are in."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True, arguments=QUORUM)
+        for body, properties in raw_messages(n):
+            channel.basic_publish("", queue, body, properties)
+        deadline = time.monotonic() + timeout
+        while channel.queue_declare(queue, passive=True).method.message_count < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{queue} did not reach {n} messages in {timeout:.0f}s")
+            connection.sleep(0.05)
+    finally:
+        connection.close()
+
+
+def raw_delete(url: str, queue: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_delete(queue)
+    finally:
+        connection.close()
+
+
+async def _faststream_consume(url: str, queue: str, n: int) -> float:
+    broker = RabbitBroker(url, logger=None)
+    handled = [0]
+    all_handled = asyncio.Event()
+
+    @broker.subscriber(
+        RabbitQueue(queue, queue_type=QueueType.QUORUM, durable=True),
+        channel=Channel(prefetch_count=100),
+    )
+    async def on_number(event: Numbered) -> None:
+        handled[0] += 1
+        if handled[0] == n:
+            all_handled.set()
+
+    await broker.connect()
+    try:
+        started = time.perf_counter()
+        await broker.start()  # declares the (existing) queue and starts consuming
+        await asyncio.wait_for(all_handled.wait(), timeout=max(120.0, n / 50))
+        elapsed = time.perf_counter() - started
+    finally:
+        await broker.stop()
+    assert handled[0] == n, handled[0]
+    return n / elapsed
+
+
+def faststream_consume(url: str, queue: str, n: int) -> float:
+    """FastStream consuming ``n`` messages that raw pika put in the queue beforehand."""
+    raw_fill(url, queue, n)
+    try:
+        return asyncio.run(_faststream_consume(url, queue, n))
+    finally:
+        raw_delete(url, queue)
+
+
+def run(
+    url: str, n: int, batch: int, dispatch_batch: int, rounds: int, *, faststream: bool
+) -> None:
     figures: dict[str, list[float]] = {}
     for _ in range(rounds):
         tag = uuid.uuid4().hex[:6]
@@ -159,6 +238,9 @@ def run(url: str, n: int, batch: int, dispatch_batch: int, rounds: int) -> None:
             ("mel_con", melange_consume(url, f"bench-melange-{tag}", n, dispatch_batch)),
         ):
             figures.setdefault(name, []).append(rate)
+        if faststream:
+            rate = faststream_consume(url, f"bench-faststream-{tag}", n)
+            figures.setdefault("fs_con", []).append(rate)
     raw_pub, raw_con, single, mel_pub, mel_con = (
         statistics.median(figures[name])
         for name in ("raw_pub", "raw_con", "single", "mel_pub", "mel_con")
@@ -175,6 +257,15 @@ def run(url: str, n: int, batch: int, dispatch_batch: int, rounds: int) -> None:
     print(
         f"consume  {label:<44s}{mel_con:>9,.0f} msgs/s   x{mel_con / raw_con:.2f} raw (target x0.9)"
     )
+    if not faststream:
+        return
+    fs_con = statistics.median(figures["fs_con"])
+    label = f"FastStream {FASTSTREAM}, async pydantic subscriber"
+    print(
+        f"consume  {label:<44s}{fs_con:>9,.0f} msgs/s   x{fs_con / raw_con:.2f} raw;"
+        f" melange x{mel_con / fs_con:.2f} FastStream"
+    )
+    print("         (FastStream: durable quorum queue, prefetch 100, ack after the handler)")
 
 
 def main() -> None:
@@ -184,13 +275,21 @@ def main() -> None:
     parser.add_argument("--dispatch-batch", type=int, default=10, help="dispatcher batch_size")
     parser.add_argument("--rounds", type=int, default=3, help="each figure is the median")
     parser.add_argument("--url", help="an existing broker (default: start a throwaway node)")
+    parser.add_argument(
+        "--no-faststream", action="store_true", help="leave out the FastStream consumer"
+    )
     args = parser.parse_args()
+    faststream = not args.no_faststream
+    if faststream and FASTSTREAM is None:
+        print("FastStream 0.6+ is not installed, skipping it: pip install 'melange[bench]'")
+        faststream = False
+    settings = (args.messages, args.batch, args.dispatch_batch, args.rounds)
     if args.url:
-        run(args.url, args.messages, args.batch, args.dispatch_batch, args.rounds)
+        run(args.url, *settings, faststream=faststream)
         return
     node = start_node()
     try:
-        run(node.url, args.messages, args.batch, args.dispatch_batch, args.rounds)
+        run(node.url, *settings, faststream=faststream)
     finally:
         node.stop()
 

@@ -44,10 +44,7 @@ def load_consumers(target: str, backend: MessagingBackend) -> list[Consumer]:
     Raises:
         ConfigurationError: the target is malformed or names no consumer.
     """
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise ConfigurationError(f"expected module:attribute, got {target!r}")
-    found = getattr(importlib.import_module(module_name), attribute)
+    found = _imported(target)
     if callable(found) and not isinstance(found, type) and not isinstance(found, Consumer):
         found = found(backend)
     items = found if isinstance(found, list | tuple) else [found]
@@ -66,14 +63,18 @@ def load_middleware(target: str) -> Middleware:
     Raises:
         ConfigurationError: the target is malformed or names no middleware.
     """
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise ConfigurationError(f"expected module:attribute, got {target!r}")
-    found = getattr(importlib.import_module(module_name), attribute)
+    found = _imported(target)
     middleware = found() if isinstance(found, type) else found
     if not isinstance(middleware, Middleware):
         raise ConfigurationError(f"{target} names {found!r}, not a Middleware")
     return middleware
+
+
+def _imported(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"expected module:attribute, got {target!r}")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:

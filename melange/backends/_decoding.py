@@ -14,7 +14,14 @@ from typing import Any
 
 from melange.models import DECODE_ERROR, Message, _unchecked, new_message_id
 
-__all__ = ["bytes_of", "header_text", "integer_or_none", "text_of", "undecodable"]
+__all__ = [
+    "bytes_of",
+    "header_text",
+    "integer_or_none",
+    "original_form",
+    "text_of",
+    "undecodable",
+]
 
 
 def text_of(raw: bytes) -> tuple[str, str | None]:
@@ -28,6 +35,15 @@ def text_of(raw: bytes) -> tuple[str, str | None]:
 def bytes_of(text: str) -> bytes:
     """Return the bytes ``text_of`` read ``text`` from (UTF-8, surrogates restored)."""
     return text.encode("utf-8", "surrogateescape")
+
+
+def original_form(text: str) -> str | bytes:
+    """Return ``text`` as a driver writes it: itself, or the non-UTF-8 bytes it was read from."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return bytes_of(text)
+    return text
 
 
 def header_text(value: Any) -> str:

@@ -286,33 +286,35 @@ class InMemoryMessagingBackend(MessagingBackend):
 
     def extend_visibility(self, message: Message, seconds: float) -> None:
         """Keep a received message hidden for ``seconds`` from now, if it is still held."""
-        receipt = _receipt(message)
         with self._lock:
-            queue = self._queues.get(receipt.queue)
-            if queue is None:
-                return
-            entry = queue.in_flight.pop(receipt.token, None)
-            if entry is None:
+            taken = self._take_in_flight(message)
+            if taken is None:
                 return  # acknowledged, released, or handed out again
+            queue, entry = taken
             deadline = _monotonic() + max(seconds, 0.0)
             if queue.in_flight:  # re-inserted last, so no earlier than the last deadline
                 deadline = max(deadline, next(reversed(queue.in_flight.values()))[0])
-            queue.in_flight[receipt.token] = (deadline, *entry[1:])
+            queue.in_flight[message.receipt.token] = (deadline, *entry[1:])
             self._wake()
 
     def release(self, message: Message, delay: float = 0.0) -> None:
-        receipt = message.receipt
         with self._lock:
-            queue = self._queues.get(receipt.queue)
-            if queue is None:
-                return
-            entry = queue.in_flight.pop(receipt.token, None)
-            if entry is None:
+            taken = self._take_in_flight(message)
+            if taken is None:
                 return  # already expired and handed out again
-            _, original, count = entry
+            queue, (_, original, count) = taken
             due = _monotonic() + max(delay, 0.0)
             heapq.heappush(queue.delayed, (due, next(self._tokens), original, count))
             self._wake()
+
+    def _take_in_flight(self, message: Message) -> tuple[_Queue, tuple[float, Message, int]] | None:
+        """Take a received message out of its queue's in-flight set (lock held), if there."""
+        receipt = _receipt(message)
+        queue = self._queues.get(receipt.queue)
+        if queue is None:
+            return None
+        entry = queue.in_flight.pop(receipt.token, None)
+        return None if entry is None else (queue, entry)
 
     # -- inspection and helpers ---------------------------------------------------
 

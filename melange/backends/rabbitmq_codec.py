@@ -22,7 +22,14 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from melange.backends._decoding import bytes_of, header_text, integer_or_none, text_of, undecodable
+from melange.backends._decoding import (
+    bytes_of,
+    header_text,
+    integer_or_none,
+    original_form,
+    text_of,
+    undecodable,
+)
 from melange.backends.rabbitmq_publisher import OnReturn, Outgoing
 from melange.exceptions import MissingExtraError
 from melange.models import DECODE_ERROR, Message, _unchecked
@@ -94,8 +101,8 @@ def outgoing(
     message_id, manifest = message.message_id, message.manifest
     properties = pika.BasicProperties(
         delivery_mode=_PERSISTENT,
-        message_id=message_id if message_id.isascii() else _wire(message_id),
-        type=manifest if manifest is None or manifest.isascii() else _wire(manifest),
+        message_id=message_id if message_id.isascii() else original_form(message_id),
+        type=manifest if manifest is None or manifest.isascii() else original_form(manifest),
         headers=_wire_headers(headers) if headers else None,
     )
     # surrogateescape: bytes that were not UTF-8 when received go out unchanged.
@@ -259,17 +266,11 @@ def _raw(text: str | bytes) -> bytes:
     return text if isinstance(text, bytes) else bytes_of(text)
 
 
-def _wire(text: str) -> str | bytes:
-    """Return ``text`` as pika can send it: text read from bytes that were not UTF-8 as those."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return bytes_of(text)
-    return text
-
-
 def _wire_headers(headers: dict[str, Any]) -> dict[Any, Any]:
     for key, value in headers.items():
         if not key.isascii() or (type(value) is str and not value.isascii()):
-            return {_wire(k): _wire(v) if type(v) is str else v for k, v in headers.items()}
+            return {
+                original_form(k): original_form(v) if type(v) is str else v
+                for k, v in headers.items()
+            }
     return headers

@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from itertools import chain, repeat
 from typing import Any, NamedTuple
 
-from melange.backends._decoding import bytes_of, header_text, integer_or_none, text_of, undecodable
+from melange.backends._decoding import (
+    header_text,
+    integer_or_none,
+    original_form,
+    text_of,
+    undecodable,
+)
 from melange.exceptions import PublishError, QueueNotFoundError
 from melange.models import DECODE_ERROR, Message, _unchecked
 
@@ -347,19 +353,11 @@ def _escaped(row: int, m: Message) -> tuple[Any, ...]:
     try:
         return (
             row,
-            _storable(m.message_id),
-            _storable(m.content),
+            original_form(m.message_id),
+            original_form(m.content),
             _encode_ascii(m.metadata if type(m.metadata) is dict else dict(m.metadata)),
             m.serializer_id,
-            None if m.manifest is None else _storable(m.manifest),
+            None if m.manifest is None else original_form(m.manifest),
         )
     except UnicodeEncodeError as e:
         raise PublishError(f"message {m.message_id!r} cannot be stored: {e}") from e
-
-
-def _storable(text: str) -> str | bytes:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return bytes_of(text)
-    return text

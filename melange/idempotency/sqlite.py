@@ -101,8 +101,7 @@ class SQLiteIdempotencyStore(IdempotencyStore):
             IdempotencyError: the file cannot be used.
         """
         key = self.key(consumer_id, message_id)
-        with self._lock:
-            token = self._tokens.get(key)
+        token = self._token(key)
         if token is not None:
             self._execute(_RENEW, (time.time() + lease_seconds, key, token))
 
@@ -124,12 +123,15 @@ class SQLiteIdempotencyStore(IdempotencyStore):
             IdempotencyError: the file cannot be used.
         """
         key = self.key(consumer_id, message_id)
-        with self._lock:
-            token = self._tokens.get(key)
+        token = self._token(key)
         if token is not None:
             self._execute(_RELEASE, (key, token))
             with self._lock:
                 self._tokens.pop(key, None)
+
+    def _token(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._tokens.get(key)
 
     def _execute(self, sql: str, parameters: tuple[object, ...]) -> int:
         try:
