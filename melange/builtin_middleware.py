@@ -39,32 +39,46 @@ class CurrentMessageMiddleware(Middleware):
             _current.reset(token)
 
 
+_received = signals.message_received
+_processed = signals.message_processed
+_failed = signals.message_failed
+_skipped = signals.message_skipped
+
+
 class SignalsMiddleware(Middleware):
     """Sends the blinker signals of a message's life (see ``melange.signals``)."""
 
     def handle_message(self, handling: Handling, call_next: Callable[[], Outcome]) -> Outcome:
-        sender, message, queue = handling.dispatcher, handling.message, handling.queue
-        if signals.message_received.receivers:
-            signals.message_received.send(sender, message=message, queue=queue)
+        if _received.receivers:
+            _received.send(handling.dispatcher, message=handling.message, queue=handling.queue)
         outcome = call_next()
-        for consumer, result in handling.unsuccessful:
-            if result.failed and signals.message_failed.receivers:
-                signals.message_failed.send(
-                    sender, message=message, consumer=consumer, error=result.error
+        if handling.unsuccessful:
+            self._unsuccessful(handling)
+        kind = outcome.kind
+        if kind is OutcomeKind.ACK:
+            if _processed.receivers:
+                _processed.send(
+                    handling.dispatcher,
+                    message=handling.message,
+                    event=handling.event,
+                    queue=handling.queue,
                 )
-            elif result.skipped and signals.message_skipped.receivers:
-                signals.message_skipped.send(
-                    sender, message=message, consumer=consumer, reason=result.reason
-                )
-        if outcome.kind is OutcomeKind.ACK and signals.message_processed.receivers:
-            signals.message_processed.send(
-                sender, message=message, event=handling.event, queue=queue
-            )
-        elif outcome.kind is OutcomeKind.SKIP and signals.message_skipped.receivers:
-            signals.message_skipped.send(
-                sender, message=message, queue=queue, reason=outcome.reason
+        elif kind is OutcomeKind.SKIP and _skipped.receivers:
+            _skipped.send(
+                handling.dispatcher,
+                message=handling.message,
+                queue=handling.queue,
+                reason=outcome.reason,
             )
         return outcome
+
+    def _unsuccessful(self, handling: Handling) -> None:
+        sender, message = handling.dispatcher, handling.message
+        for consumer, result in handling.unsuccessful:
+            if result.failed and _failed.receivers:
+                _failed.send(sender, message=message, consumer=consumer, error=result.error)
+            elif result.skipped and _skipped.receivers:
+                _skipped.send(sender, message=message, consumer=consumer, reason=result.reason)
 
 
 class IdempotencyMiddleware(Middleware):

@@ -209,7 +209,9 @@ class Consumer:
         if self._style is _Style.ORIGINAL:
             self._process(event, message)
             return
-        found = self.handler_for(type(event))
+        found = self._cache.get(type(event))  # the hot path: a known class
+        if found is None:
+            found = self.handler_for(type(event))
         if found is None:
             raise LookupError(f"{type(self).__qualname__} has no listener for {type(event)!r}")
         handler, takes_message = found

@@ -22,7 +22,7 @@ from melange.exceptions import BackendError, QueueNotFoundError
 from melange.holding import HeldMessages
 from melange.idempotency.base import IdempotencyStore
 from melange.manifests import manifest_of
-from melange.middleware import Handling, Middleware
+from melange.middleware import Consuming, Handling, Middleware
 from melange.models import Message, QueueWrapper
 from melange.outcomes import Outcome, OutcomeKind
 from melange.pipeline import MessagePipeline
@@ -267,12 +267,12 @@ class MessageDispatcher:
         else:
             held.hold(batch)
         handled = 0
-        handle, name, visibility = self.pipeline.handle, state.name, state.visibility_timeout
-        stopping = stop.is_set
+        handle, stopping = self.pipeline.handle, stop.is_set
+        consuming = Consuming(state.name, self, state.visibility_timeout, on_exception, stopping)
         for message in batch:
             if stopping():
                 break
-            handling = Handling(message, name, self, visibility, on_exception, stopping)
+            handling = Handling(message, consuming)
             held.start(handling)
             try:
                 outcome = handle(handling)

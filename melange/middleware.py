@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConsumerCall",
+    "Consuming",
     "Destination",
     "DestinationKind",
     "Handling",
@@ -64,6 +65,17 @@ class Middleware:
         call_next()
 
 
+@dataclass(frozen=True, slots=True)
+class Consuming:
+    """What every message of one consume loop shares: its queue and its settings."""
+
+    queue: str
+    dispatcher: Any = None
+    visibility_timeout: float = 30.0
+    on_exception: Callable[[BaseException], None] | None = None
+    stopping: Callable[[], bool] = lambda: False
+
+
 class Handling:
     """The scope of one received message, as middleware sees it.
 
@@ -72,39 +84,35 @@ class Handling:
     is for middleware to share data across hooks of one message.
     """
 
-    __slots__ = (
-        "_keep_alives",
-        "_state",
-        "dispatcher",
-        "event",
-        "message",
-        "on_exception",
-        "queue",
-        "stopping",
-        "unsuccessful",
-        "visibility_timeout",
-    )
+    __slots__ = ("_keep_alives", "_state", "consuming", "event", "message", "unsuccessful")
 
-    def __init__(  # noqa: PLR0917 - built once per message on the hot path
-        self,
-        message: Message,
-        queue: str,
-        dispatcher: Any = None,
-        visibility_timeout: float = 30.0,
-        on_exception: Callable[[BaseException], None] | None = None,
-        stopping: Callable[[], bool] = lambda: False,
-    ) -> None:
+    def __init__(self, message: Message, consuming: Consuming) -> None:
         self.message = message
-        self.queue = queue
-        self.dispatcher = dispatcher
-        self.visibility_timeout = visibility_timeout
-        self.on_exception = on_exception
-        self.stopping = stopping
+        self.consuming = consuming
         self.event: Any = None
         #: (consumer, result) of each consumer call that did not succeed, in order.
-        self.unsuccessful: list[tuple[Consumer, CallResult]] = []
+        self.unsuccessful: tuple[tuple[Consumer, CallResult], ...] = ()
         self._state: dict[str, Any] | None = None
         self._keep_alives: list[KeepAlive] | None = None
+
+    @property
+    def queue(self) -> str:
+        """Return the name of the queue the message came from."""
+        return self.consuming.queue
+
+    @property
+    def dispatcher(self) -> Any:
+        """Return the dispatcher handling it."""
+        return self.consuming.dispatcher
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Return the visibility timeout (seconds) the loop keeps the message hidden for."""
+        return self.consuming.visibility_timeout
+
+    def stopping(self) -> bool:
+        """Return whether the loop was told to stop (long waits should end early)."""
+        return self.consuming.stopping()
 
     @property
     def state(self) -> dict[str, Any]:
@@ -115,8 +123,9 @@ class Handling:
 
     def report(self, error: BaseException) -> None:
         """Tell the loop's ``on_exception`` hook about an error a handler raised."""
-        if self.on_exception is not None:
-            self.on_exception(error)
+        hook = self.consuming.on_exception
+        if hook is not None:
+            hook(error)
 
     def keep_alive(self, renew: KeepAlive) -> Callable[[], None]:
         """Have ``renew(seconds)`` called with the visibility extensions; return its remover.

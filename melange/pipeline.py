@@ -111,13 +111,22 @@ class MessagePipeline:
         if reason is not None:
             return Outcome.dead_letter(Stage.DECODE, reason, error_type="melange.DecodeError")
         try:
-            handling.event = self._deserialize(message)
+            try:
+                handling.event = event = self.serializers.deserialize(
+                    message.content, message.manifest, message.serializer_id
+                )
+            except UnknownManifestError:
+                # A subclass of an accepted class may have been defined since attach.
+                if not self._learn_event_types():
+                    raise
+                handling.event = event = self.serializers.deserialize(
+                    message.content, message.manifest, message.serializer_id
+                )
         except UnknownManifestError as e:
             return Outcome.skip(str(e))
         except SerializationError as e:
             handling.report(e)
             return Outcome.dead_letter(Stage.DESERIALIZE, str(e), error=e)
-        event = handling.event
         consumers = self._consumers_for(type(event), message.manifest)
         if not consumers:
             return Outcome.skip(f"no listener accepts {type(event).__qualname__}")
@@ -127,19 +136,9 @@ class MessagePipeline:
             result = self._call(ConsumerCall(handling, consumers[0]))
             if result is _SUCCESS:
                 return self._success
-            handling.unsuccessful.append((consumers[0], result))
+            handling.unsuccessful = ((consumers[0], result),)
             return self._combine(message, [result])
         return self._combine(message, self._run_consumers(handling, consumers, done_before))
-
-    def _deserialize(self, message: Message) -> Any:
-        serializers = self.serializers
-        try:
-            return serializers.deserialize(message.content, message.manifest, message.serializer_id)
-        except UnknownManifestError:
-            # A subclass of an accepted class may have been defined since attach.
-            if not self._learn_event_types():
-                raise
-            return serializers.deserialize(message.content, message.manifest, message.serializer_id)
 
     def _run_consumers(
         self, handling: Handling, consumers: Sequence[Consumer], done_before: set[str] | None
@@ -155,7 +154,7 @@ class MessagePipeline:
             if result.succeeded:
                 succeeded.add(consumer.consumer_id)
             else:
-                handling.unsuccessful.append((consumer, result))
+                handling.unsuccessful = (*handling.unsuccessful, (consumer, result))
             results.append(result)
         if succeeded and any(r.failed or r.deferred for r in results):
             self._memory.remember_successes(handling.message.message_id, succeeded)

@@ -95,7 +95,12 @@ class MessagePublisher:
             raise ConfigurationError("a delay needs queue=: topics cannot delay a message")
         if not self._build_hooks and not self._send_hooks:
             message = self.build_message(event, headers)
-            self._send(message, self._resolve(message, topic, queue), delay)
+            known = self._topics.get(message.manifest) if topic is queue is None else None  # type: ignore[arg-type]
+            if known is not None and current_hold() is None:
+                # The common case, kept short: routed by type to a topic already known.
+                self.backend.publish_to_topic(message, known)
+            else:
+                self._send(message, self._resolve(message, topic, queue), delay)
         else:
             publishing = Publishing(
                 event, _text_headers(headers), _requested(topic, queue), delay, publisher=self

@@ -10,7 +10,7 @@ import pytest
 from melange import AckPolicy, Consumer, Message, RetryPolicy, listener
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.dead_letters import Stage
-from melange.middleware import Handling, Middleware
+from melange.middleware import Consuming, Handling, Middleware
 from melange.models import DECODE_ERROR
 from melange.outcomes import CallResult, Outcome, OutcomeKind
 from melange.pipeline import MessagePipeline
@@ -58,7 +58,7 @@ def received(event: Any, receive_count: int = 1) -> Message:
 
 
 def decide(pipe: MessagePipeline, message: Message) -> Outcome:
-    return pipe.handle(Handling(message, "billing"))
+    return pipe.handle(Handling(message, Consuming("billing")))
 
 
 def test_a_handled_message_is_acknowledged() -> None:
