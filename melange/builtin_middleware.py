@@ -1,4 +1,4 @@
-"""The middleware melange itself runs: current message, signals, idempotency."""
+"""The middleware melange itself runs: the message's scope (context, signals), idempotency."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from melange.idempotency.base import Claim, IdempotencyStore
 from melange.middleware import ConsumerCall, Handling, Middleware
 from melange.outcomes import CallResult, Outcome, OutcomeKind
 
-__all__ = ["CurrentMessageMiddleware", "IdempotencyMiddleware", "SignalsMiddleware"]
+__all__ = ["IdempotencyMiddleware", "MessageScopeMiddleware"]
 
 log = logging.getLogger("melange.idempotency")
 T = TypeVar("T")
@@ -28,30 +28,30 @@ class _Unavailable(enum.Enum):
 _UNAVAILABLE = _Unavailable.UNAVAILABLE
 
 
-class CurrentMessageMiddleware(Middleware):
-    """Makes the message being handled current, so what handlers publish carries its correlation."""
-
-    def handle_message(self, handling: Handling, call_next: Callable[[], Outcome]) -> Outcome:
-        token = _current.set(handling.message)
-        try:
-            return call_next()
-        finally:
-            _current.reset(token)
-
-
 _received = signals.message_received
 _processed = signals.message_processed
 _failed = signals.message_failed
 _skipped = signals.message_skipped
 
 
-class SignalsMiddleware(Middleware):
-    """Sends the blinker signals of a message's life (see ``melange.signals``)."""
+class MessageScopeMiddleware(Middleware):
+    """Makes the message current while it is handled, and sends the signals of its life.
+
+    While the message is handled, ``melange.context.current_message()`` is
+    it, so what its handlers publish carries its correlation. The blinker
+    signals of ``melange.signals`` (received, processed, failed, skipped)
+    are sent around it. One middleware for both, outermost: each layer
+    costs every message a few calls.
+    """
 
     def handle_message(self, handling: Handling, call_next: Callable[[], Outcome]) -> Outcome:
         if _received.receivers:
             _received.send(handling.dispatcher, message=handling.message, queue=handling.queue)
-        outcome = call_next()
+        token = _current.set(handling.message)
+        try:
+            outcome = call_next()
+        finally:
+            _current.reset(token)
         if handling.unsuccessful:
             self._unsuccessful(handling)
         kind = outcome.kind

@@ -10,11 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from melange.backends.interfaces import MessagingBackend
-from melange.builtin_middleware import (
-    CurrentMessageMiddleware,
-    IdempotencyMiddleware,
-    SignalsMiddleware,
-)
+from melange.builtin_middleware import IdempotencyMiddleware, MessageScopeMiddleware
 from melange.consumers import Consumer
 from melange.dead_letters import DeadLetterer
 from melange.dead_letters import dead_letter_queue_name as _dead_letter_name
@@ -83,7 +79,7 @@ class MessageDispatcher:
         self._routes: dict[tuple[type, str | None], tuple[Consumer, ...]] = {}
         self._queues: dict[str, _QueueState] = {}
         self._lock = threading.Lock()
-        chain: list[Middleware] = [SignalsMiddleware(), CurrentMessageMiddleware(), *middleware]
+        chain: list[Middleware] = [MessageScopeMiddleware(), *middleware]
         if idempotency is not None:
             chain.append(IdempotencyMiddleware(idempotency))
         self.pipeline = MessagePipeline(

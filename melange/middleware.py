@@ -247,6 +247,5 @@ def hold_publishes() -> Iterator[HeldPublishes]:
         held.discard()
 
 
-def current_hold() -> HeldPublishes | None:
-    """Return the innermost active ``hold_publishes``, if any (used by publishers)."""
-    return _held.get()
+#: Return the innermost active ``hold_publishes``, if any (used by publishers).
+current_hold = _held.get
