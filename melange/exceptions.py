@@ -10,6 +10,7 @@
     │   ├── UnknownSerializerError       no serializer has the message's id
     │   ├── UnknownManifestError         no class is known for the manifest
     │   ├── DeserializationError         content cannot be read (malformed)
+    │   │   ├── UndecodableMessageError  the backend could not decode it off the wire
     │   │   ├── MessageValidationError   content read but the event is invalid
     │   │   └── UnsafePayloadError       a signed payload whose signature fails
     │   └── NoSerializerError            no serializer is bound to an object's class
@@ -48,6 +49,7 @@ __all__ = [
     "SerializationError",
     "StorageError",
     "TopicNotFoundError",
+    "UndecodableMessageError",
     "UnknownManifestError",
     "UnknownSerializerError",
     "UnsafePayloadError",
@@ -94,6 +96,10 @@ class DeserializationError(SerializationError):
 
 class MessageValidationError(DeserializationError):
     """The content was read, but it does not make a valid event."""
+
+
+class UndecodableMessageError(DeserializationError):
+    """The backend could not decode a received message (a header, its text encoding…)."""
 
 
 class UnsafePayloadError(DeserializationError):

@@ -17,7 +17,11 @@ from typing import Any, TypeVar
 
 from melange.consumers import Consumer
 from melange.dead_letters import Stage
-from melange.exceptions import SerializationError, UnknownManifestError
+from melange.exceptions import (
+    SerializationError,
+    UndecodableMessageError,
+    UnknownManifestError,
+)
 from melange.middleware import ConsumerCall, Handling, Middleware
 from melange.models import DECODE_ERROR, Message
 from melange.outcomes import _SUCCESS, CallResult, Outcome
@@ -27,6 +31,7 @@ from melange.serializers import SerializerRegistry
 __all__ = ["MessagePipeline"]
 
 ExceptionHook = Callable[[BaseException], None]
+_UNDECODABLE = f"{UndecodableMessageError.__module__}.{UndecodableMessageError.__qualname__}"
 S = TypeVar("S")
 R = TypeVar("R")
 _REMEMBERED = 10_000
@@ -109,7 +114,7 @@ class MessagePipeline:
         message = handling.message
         reason = message.metadata.get(DECODE_ERROR)
         if reason is not None:
-            return Outcome.dead_letter(Stage.DECODE, reason, error_type="melange.DecodeError")
+            return Outcome.dead_letter(Stage.DECODE, reason, error_type=_UNDECODABLE)
         try:
             try:
                 handling.event = event = self.serializers.deserialize(

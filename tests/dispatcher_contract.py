@@ -181,6 +181,7 @@ class DispatcherContract:
         assert dead.metadata["source_queue"] == queue
         if dead.metadata["error_stage"] == "decode":
             assert dead.metadata[DECODE_ERROR] == dead.metadata["error_message"]
+            assert dead.metadata["error_type"] == "melange.exceptions.UndecodableMessageError"
         assert drain(backend, queue) == []
 
     def test_a_store_outage_mid_run_loses_and_dead_letters_nothing(
