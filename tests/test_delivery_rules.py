@@ -84,7 +84,7 @@ def test_a_finished_message_is_acknowledged_while_the_next_handler_runs(
 
         @listener
         def on_created(self, event: OrderCreated) -> None:
-            time.sleep(1.0)
+            time.sleep(2.5)
 
     dispatcher = MessageDispatcher(backend, consumers=[Mixed()])
     dispatcher.declare("billing", visibility_timeout=5)
@@ -97,7 +97,7 @@ def test_a_finished_message_is_acknowledged_while_the_next_handler_runs(
     worker.start()
     queue = backend.get_queue("billing")
     # The fast one is acknowledged long before the slow handler ends.
-    assert wait_until(lambda: backend.queue_depth(queue) == 1, timeout=0.8)
+    assert wait_until(lambda: backend.queue_depth(queue) == 1, timeout=1.5)
     worker.join()
     assert backend.queue_depth(queue) == 0
 
