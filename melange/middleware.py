@@ -18,11 +18,12 @@ until its scope ends (see docs/middleware.md).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from melange.models import Message, QueueWrapper, TopicWrapper
 
@@ -39,10 +40,14 @@ __all__ = [
     "HeldPublishes",
     "Middleware",
     "Publishing",
+    "compose",
     "hold_publishes",
+    "hooks_of",
 ]
 
 KeepAlive = Callable[[float], None]
+S = TypeVar("S")
+R = TypeVar("R")
 
 
 class Middleware:
@@ -63,6 +68,28 @@ class Middleware:
     def send_message(self, publishing: Publishing, call_next: Callable[[], None]) -> None:
         """Wrap handing ``publishing.message`` to the backend."""
         call_next()
+
+
+def hooks_of(middleware: Sequence[Middleware], name: str) -> tuple[Callable[..., Any], ...]:
+    """Return the bound ``name`` hooks that do something (not the base class's pass-through)."""
+    base = getattr(Middleware, name)
+    return tuple(getattr(m, name) for m in middleware if getattr(type(m), name) is not base)
+
+
+def compose(hooks: tuple[Callable[..., Any], ...], core: Callable[[S], R]) -> Callable[[S], R]:
+    """Return ``core`` wrapped by ``hooks``, the first outermost; built once, run per scope."""
+    wrapped = core
+    for hook in reversed(hooks):
+        wrapped = _wrap(hook, wrapped)
+    return wrapped
+
+
+def _wrap(hook: Callable[..., Any], inner: Callable[[S], R]) -> Callable[[S], R]:
+    def run(scope: S) -> R:
+        result: R = hook(scope, partial(inner, scope))
+        return result
+
+    return run
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,12 +8,10 @@ loop (sync now, asyncio later) fetches messages and applies outcomes.
 
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from melange.consumers import Consumer
 from melange.dead_letters import Stage
@@ -22,7 +20,7 @@ from melange.exceptions import (
     UndecodableMessageError,
     UnknownManifestError,
 )
-from melange.middleware import ConsumerCall, Handling, Middleware
+from melange.middleware import ConsumerCall, Handling, Middleware, compose, hooks_of
 from melange.models import DECODE_ERROR, Message
 from melange.outcomes import _SUCCESS, CallResult, Outcome
 from melange.policies import AckPolicy, RetryPolicy
@@ -32,14 +30,7 @@ __all__ = ["MessagePipeline"]
 
 ExceptionHook = Callable[[BaseException], None]
 _UNDECODABLE = f"{UndecodableMessageError.__module__}.{UndecodableMessageError.__qualname__}"
-S = TypeVar("S")
-R = TypeVar("R")
 _REMEMBERED = 10_000
-
-
-class _Hook(enum.Enum):
-    MESSAGE = "handle_message"
-    CONSUMER = "call_consumer"
 
 
 @dataclass(slots=True)
@@ -87,8 +78,8 @@ class MessagePipeline:
         self.ack_policy = ack_policy
         self.retry = retry if retry is not None else RetryPolicy()
         self._learn_event_types = learn_event_types
-        self._handle = _compose(_overriding(self.middleware, _Hook.MESSAGE), self._decide)
-        self._call = _compose(_overriding(self.middleware, _Hook.CONSUMER), self._attempt)
+        self._handle = compose(hooks_of(self.middleware, "handle_message"), self._decide)
+        self._call = compose(hooks_of(self.middleware, "call_consumer"), self._attempt)
         self._memory = _Memory()
         self._success = (
             Outcome.keep("the handler acknowledges (AckPolicy.MANUAL)")
@@ -205,27 +196,3 @@ class MessagePipeline:
                 self.retry.delay_for(delivery), f"failed: {error!r}", error=error
             )
         return Outcome.dead_letter(Stage.HANDLE, str(error), error=error, attempts=attempts)
-
-
-def _overriding(middleware: Sequence[Middleware], hook: _Hook) -> tuple[Callable[..., Any], ...]:
-    """Return the bound hooks that do something (skipping the base class's pass-throughs)."""
-    base = getattr(Middleware, hook.value)
-    return tuple(
-        getattr(m, hook.value) for m in middleware if getattr(type(m), hook.value) is not base
-    )
-
-
-def _compose(hooks: tuple[Callable[..., Any], ...], core: Callable[[S], R]) -> Callable[[S], R]:
-    """Return ``core`` wrapped by ``hooks``, the first outermost; built once, run per message."""
-    wrapped = core
-    for hook in reversed(hooks):
-        wrapped = _wrap(hook, wrapped)
-    return wrapped
-
-
-def _wrap(hook: Callable[..., Any], inner: Callable[[S], R]) -> Callable[[S], R]:
-    def run(scope: S) -> R:
-        result: R = hook(scope, partial(inner, scope))
-        return result
-
-    return run

@@ -15,7 +15,9 @@ from melange.middleware import (
     DestinationKind,
     Middleware,
     Publishing,
+    compose,
     current_hold,
+    hooks_of,
 )
 from melange.models import (
     CAUSATION_ID,
@@ -55,16 +57,11 @@ class MessagePublisher:
         self.backend = backend
         self.serializers = serializers if serializers is not None else SerializerRegistry()
         self.middleware = tuple(middleware)
-        self._build_hooks = [
-            m.build_message
-            for m in self.middleware
-            if type(m).build_message is not Middleware.build_message
-        ]
-        self._send_hooks = [
-            m.send_message
-            for m in self.middleware
-            if type(m).send_message is not Middleware.send_message
-        ]
+        build_hooks = hooks_of(self.middleware, "build_message")
+        send_hooks = hooks_of(self.middleware, "send_message")
+        self._wrapped = bool(build_hooks or send_hooks)
+        self._build = compose(build_hooks, self._build_core)
+        self._send_message = compose(send_hooks, self._send_core)
         self._topics: dict[str, TopicWrapper] = {}
         self._queues: dict[str, QueueWrapper] = {}
         self._lock = threading.Lock()
@@ -93,7 +90,7 @@ class MessagePublisher:
             raise ConfigurationError("publish to a topic or to a queue, not both")
         if delay > 0 and queue is None:
             raise ConfigurationError("a delay needs queue=: topics cannot delay a message")
-        if not self._build_hooks and not self._send_hooks:
+        if not self._wrapped:
             message = self.build_message(event, headers)
             known = self._topics.get(message.manifest) if topic is queue is None else None  # type: ignore[arg-type]
             if known is not None and current_hold() is None:
@@ -105,9 +102,8 @@ class MessagePublisher:
             publishing = Publishing(
                 event, _text_headers(headers), _requested(topic, queue), delay, publisher=self
             )
-            message = self._build_wrapped(publishing)
-            publishing.message = message
-            self._send_wrapped(publishing, topic, queue)
+            message = publishing.message = self._build(publishing)
+            self._send_message(publishing)
         if signals.message_published.receivers:
             signals.message_published.send(self, message=message, event=event)
         return message
@@ -131,7 +127,7 @@ class MessagePublisher:
         """
         if topic is not None and queue is not None:
             raise ConfigurationError("publish to a topic or to a queue, not both")
-        if self._build_hooks or self._send_hooks or current_hold() is not None:
+        if self._wrapped or current_hold() is not None:
             return [self.publish(e, topic=topic, queue=queue, headers=headers) for e in events]
         messages = [self.build_message(event, headers) for event in events]
         groups: dict[_Target, list[Message]] = {}
@@ -174,29 +170,22 @@ class MessagePublisher:
 
     # -- middleware ------------------------------------------------------------------
 
-    def _build_wrapped(self, publishing: Publishing) -> Message:
-        def build(index: int) -> Message:
-            if index == len(self._build_hooks):
-                return self.build_message(publishing.event, publishing.headers)
-            return self._build_hooks[index](publishing, lambda: build(index + 1))
+    def _build_core(self, publishing: Publishing) -> Message:
+        return self.build_message(publishing.event, publishing.headers)
 
-        return build(0)
-
-    def _send_wrapped(
-        self,
-        publishing: Publishing,
-        topic: str | TopicWrapper | None,
-        queue: str | QueueWrapper | None,
-    ) -> None:
-        def send(index: int) -> None:
-            if index == len(self._send_hooks):
-                message = publishing.message
-                assert message is not None
-                self._send(message, self._resolve(message, topic, queue), publishing.delay)
+    def _send_core(self, publishing: Publishing) -> None:
+        message = publishing.message
+        assert message is not None
+        requested = publishing.destination
+        topic: str | TopicWrapper | None = None
+        queue: str | QueueWrapper | None = None
+        if requested is not None:
+            given = requested.wrapper or requested.name
+            if requested.kind is DestinationKind.QUEUE:
+                queue = given  # type: ignore[assignment]
             else:
-                self._send_hooks[index](publishing, lambda: send(index + 1))
-
-        send(0)
+                topic = given  # type: ignore[assignment]
+        self._send(message, self._resolve(message, topic, queue), publishing.delay)
 
     # -- sending ---------------------------------------------------------------------
 
