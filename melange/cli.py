@@ -31,8 +31,6 @@ from melange.models import Message
 
 __all__ = ["main"]
 
-_ERROR_HEADERS = ERROR_HEADERS
-
 
 def load_consumers(target: str, backend: MessagingBackend) -> list[Consumer]:
     """Import ``module:attribute`` and return the consumers it names.
@@ -157,7 +155,7 @@ def _describe(message: Message) -> dict[str, Any]:
 
 
 def _without_error_headers(message: Message) -> Message:
-    headers = {k: v for k, v in message.metadata.items() if k not in _ERROR_HEADERS}
+    headers = {k: v for k, v in message.metadata.items() if k not in ERROR_HEADERS}
     return Message(
         content=message.content,
         message_id=message.message_id,
