@@ -17,8 +17,8 @@ from melange.outcomes import CallResult, Outcome, OutcomeKind
 
 __all__ = ["IdempotencyMiddleware", "MessageScopeMiddleware"]
 
-log = logging.getLogger("melange.idempotency")
-T = TypeVar("T")
+_log = logging.getLogger("melange.idempotency")
+_T = TypeVar("_T")
 
 
 class _Unavailable(enum.Enum):
@@ -122,14 +122,14 @@ class IdempotencyMiddleware(Middleware):
                 is _UNAVAILABLE
             ):
                 # Handled: acknowledging it is right; releasing it would run it again.
-                log.warning("handled %s but could not record it as done", message_id)
+                _log.warning("handled %s but could not record it as done", message_id)
         elif (
             self._retrying(handling, lambda: store.release(consumer_id, message_id)) is _UNAVAILABLE
         ):
-            log.warning("could not release the claim on %s; it ends with its lease", message_id)
+            _log.warning("could not release the claim on %s; it ends with its lease", message_id)
         return result
 
-    def _retrying(self, handling: Handling, operation: Callable[[], T]) -> T | _Unavailable:
+    def _retrying(self, handling: Handling, operation: Callable[[], _T]) -> _T | _Unavailable:
         """Return ``operation()``, retried on store errors; ``_UNAVAILABLE`` if it stayed down."""
         deadline = time.monotonic() + self.store_retry_seconds
         pause = 0.05
@@ -138,8 +138,8 @@ class IdempotencyMiddleware(Middleware):
                 return operation()
             except IdempotencyError as e:
                 if time.monotonic() + pause > deadline or handling.stopping():
-                    log.warning("idempotency store unavailable: %s", e)
+                    _log.warning("idempotency store unavailable: %s", e)
                     return _UNAVAILABLE
-                log.info("idempotency store error, retrying in %.2fs: %s", pause, e)
+                _log.info("idempotency store error, retrying in %.2fs: %s", pause, e)
             time.sleep(pause)
             pause = min(pause * 2, 2.0)

@@ -22,14 +22,14 @@ from typing import Any
 from melange.backends import default_backend_url, from_url
 from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer
-from melange.dead_letters import ERROR_HEADERS, ERROR_MESSAGE, ERROR_TYPE, dead_letter_queue_name
+from melange.dead_letters import dead_letter_queue_name, dead_letter_reason, peek, redrive
 from melange.dispatcher import MessageDispatcher
 from melange.exceptions import ConfigurationError, MelangeError
 from melange.idempotency import store_from_url
 from melange.middleware import Middleware
 from melange.models import Message
 
-__all__ = ["main"]
+__all__ = ["build_parser", "load_consumers", "load_middleware", "main"]
 
 
 def load_consumers(target: str, backend: MessagingBackend) -> list[Consumer]:
@@ -107,62 +107,29 @@ def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:
     return 0
 
 
-def _dead_letter_queue(args: argparse.Namespace) -> str:
-    return str(args.dead_letter_queue or dead_letter_queue_name(args.queue))
-
-
 def _peek(args: argparse.Namespace, backend: MessagingBackend) -> int:
-    queue = backend.get_queue(_dead_letter_queue(args))
-    messages = backend.retrieve_messages(queue, max_messages=args.limit)
+    messages = peek(backend, args.queue, dead_letter_queue=args.dead_letter_queue, limit=args.limit)
     for message in messages:
-        print(json.dumps(_describe(message), ensure_ascii=False))
-        backend.release(message)
+        print(json.dumps(_described(message), ensure_ascii=False))
     return 0
 
 
 def _redrive(args: argparse.Namespace, backend: MessagingBackend) -> int:
-    source = backend.get_queue(_dead_letter_queue(args))
-    target = backend.get_queue(args.queue)
-    moved = 0
-    while args.limit is None or moved < args.limit:
-        wanted = 10 if args.limit is None else min(10, args.limit - moved)
-        batch = backend.retrieve_messages(source, max_messages=wanted)
-        if not batch:
-            break
-        backend.publish_batch_to_queue([_without_error_headers(m) for m in batch], target)
-        backend.acknowledge_batch(batch)
-        moved += len(batch)
-    print(f"moved {moved} message(s) from {source.unwrap()} to {args.queue}")
+    source = args.dead_letter_queue or dead_letter_queue_name(args.queue)
+    moved = redrive(backend, args.queue, dead_letter_queue=source, limit=args.limit)
+    print(f"moved {moved} message(s) from {source} to {args.queue}")
     return 0
 
 
-def _describe(message: Message) -> dict[str, Any]:
-    if ERROR_TYPE in message.metadata:
-        reason = message.metadata.get(ERROR_MESSAGE, "")
-    else:
-        reason = (
-            "moved by the broker on its own after its max_receive_count receives"
-            " (no melange worker dead-lettered it: e.g. a worker crashed on it)"
-        )
+def _described(message: Message) -> dict[str, Any]:
     return {
         "message_id": message.message_id,
         "manifest": message.manifest,
         "serializer_id": message.serializer_id,
-        "reason": reason,
+        "reason": dead_letter_reason(message),
         "metadata": dict(message.metadata),
         "content": message.content,
     }
-
-
-def _without_error_headers(message: Message) -> Message:
-    headers = {k: v for k, v in message.metadata.items() if k not in ERROR_HEADERS}
-    return Message(
-        content=message.content,
-        message_id=message.message_id,
-        metadata=headers,
-        serializer_id=message.serializer_id,
-        manifest=message.manifest,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

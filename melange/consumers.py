@@ -15,13 +15,13 @@ from melange.models import Message
 
 __all__ = ["Consumer", "Handler", "listener"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+_F = TypeVar("_F", bound=Callable[..., Any])
 Handler = Callable[[Any, Message], None]
 
 _LISTENER = "__melange_listener__"
 
 
-def listener(func: F) -> F:
+def listener(func: _F) -> _F:
     """Mark a ``Consumer`` method as a handler for the event type its first parameter names.
 
     The annotation may be a class, a union of classes, or a base class. An

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from melange import signals
 from melange.backends.interfaces import MessagingBackend
-from melange.exceptions import BackendError, MessageTooLargeError
+from melange.exceptions import BackendError, BatchPublishError, MessageTooLargeError
 from melange.models import Message, QueueWrapper
 
 __all__ = [
@@ -23,6 +23,10 @@ __all__ = [
     "DeadLetterer",
     "Stage",
     "dead_letter_queue_name",
+    "dead_letter_reason",
+    "peek",
+    "redrive",
+    "without_error_headers",
 ]
 
 ERROR_TYPE = "error_type"
@@ -135,3 +139,82 @@ def _shorter_and_shorter(
     # The content must survive whole; the original headers go before the reason does.
     yield essential
     yield {ERROR_STAGE: essential[ERROR_STAGE]}
+
+
+def dead_letter_reason(message: Message) -> str:
+    """Return why a message is in a dead-letter queue, as its headers (or their absence) say."""
+    if ERROR_TYPE in message.metadata:
+        return message.metadata.get(ERROR_MESSAGE, "")
+    return (
+        "moved by the broker on its own after its max_receive_count receives"
+        " (no melange worker dead-lettered it: e.g. a worker crashed on it)"
+    )
+
+
+def without_error_headers(message: Message) -> Message:
+    """Return the message as first published: melange's dead-letter headers removed."""
+    headers = {k: v for k, v in message.metadata.items() if k not in ERROR_HEADERS}
+    return Message(
+        content=message.content,
+        message_id=message.message_id,
+        metadata=headers,
+        serializer_id=message.serializer_id,
+        manifest=message.manifest,
+    )
+
+
+def peek(
+    backend: MessagingBackend,
+    queue: str,
+    *,
+    dead_letter_queue: str | None = None,
+    limit: int = 10,
+) -> list[Message]:
+    """Return up to ``limit`` dead letters of ``queue``, handing each straight back.
+
+    Raises:
+        QueueNotFoundError: the dead-letter queue does not exist.
+    """
+    source = backend.get_queue(dead_letter_queue or dead_letter_queue_name(queue))
+    messages = backend.retrieve_messages(source, max_messages=limit)
+    for message in messages:
+        backend.release(message)
+    return messages
+
+
+def redrive(
+    backend: MessagingBackend,
+    queue: str,
+    *,
+    dead_letter_queue: str | None = None,
+    limit: int | None = None,
+) -> int:
+    """Move dead letters back to ``queue`` (all, or ``limit``); return how many moved.
+
+    Each batch is published first and acknowledged after, so a crash
+    between the two repeats a move (consumers' idempotency absorbs it) but
+    never loses one. In a partly failed batch only what was sent is
+    acknowledged; the rest stays in the dead-letter queue.
+
+    Raises:
+        QueueNotFoundError: either queue does not exist.
+        BatchPublishError: some messages could not be moved (the others were).
+    """
+    source = backend.get_queue(dead_letter_queue or dead_letter_queue_name(queue))
+    target = backend.get_queue(queue)
+    moved = 0
+    while limit is None or moved < limit:
+        wanted = 10 if limit is None else min(10, limit - moved)
+        batch = backend.retrieve_messages(source, max_messages=wanted)
+        if not batch:
+            break
+        try:
+            backend.publish_batch_to_queue([without_error_headers(m) for m in batch], target)
+        except BatchPublishError as e:
+            failed = {message.message_id for message, _ in e.failed}
+            sent = [m for m in batch if m.message_id not in failed]
+            backend.acknowledge_batch(sent)
+            raise
+        backend.acknowledge_batch(batch)
+        moved += len(batch)
+    return moved

@@ -18,7 +18,7 @@ from melange.exceptions import BackendError, QueueNotFoundError
 from melange.holding import HeldMessages
 from melange.idempotency.base import IdempotencyStore
 from melange.manifests import manifest_of
-from melange.middleware import Consuming, Handling, Middleware
+from melange.middleware import Consuming, ExceptionHook, Handling, Middleware
 from melange.models import Message, QueueWrapper
 from melange.outcomes import Outcome, OutcomeKind
 from melange.pipeline import MessagePipeline
@@ -27,9 +27,8 @@ from melange.serializers import SerializerRegistry
 
 __all__ = ["MessageDispatcher", "SimpleMessageDispatcher"]
 
-log = logging.getLogger("melange.dispatcher")
+_log = logging.getLogger("melange.dispatcher")
 
-ExceptionHook = Callable[[BaseException], None]
 _POLL_SECONDS = 1.0
 _MAX_OUTAGE_PAUSE = 30.0
 
@@ -210,7 +209,7 @@ class MessageDispatcher:
                     raise
                 except BackendError as e:
                     outage_pause = min(max(outage_pause * 2, 0.5), _MAX_OUTAGE_PAUSE)
-                    log.warning(
+                    _log.warning(
                         "receive from %s failed (%s); retrying in %.1fs", queue, e, outage_pause
                     )
                     stop.wait(outage_pause)
@@ -323,7 +322,7 @@ class MessageDispatcher:
             self.backend.release(message, delay)
         except BackendError as e:
             # It comes back when its visibility timeout ends.
-            log.warning("could not release %s: %s", message.message_id, e)
+            _log.warning("could not release %s: %s", message.message_id, e)
 
     # -- helpers ----------------------------------------------------------------------
 

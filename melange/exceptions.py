@@ -5,7 +5,9 @@
     MelangeError
     ├── ConfigurationError
     │   ├── ListenerDefinitionError      a @listener that cannot be routed
-    │   └── MissingExtraError            (also ImportError) a driver extra is not installed
+    │   ├── MissingExtraError            (also ImportError) a driver extra is not installed
+    │   ├── InvalidArgumentError         (also ValueError) a value out of its range
+    │   └── UnexpectedOptionError        (also TypeError) an option nobody takes
     ├── SerializationError
     │   ├── UnknownSerializerError       no serializer has the message's id
     │   ├── UnknownManifestError         no class is known for the manifest
@@ -22,6 +24,7 @@
     │   ├── PublishError                 the broker did not take (or confirm) a message
     │   │   └── BatchPublishError        some messages of a batch failed
     │   ├── UnsupportedOperationError    the backend cannot do what was asked
+    │   ├── ForeignMessageError          (also ValueError) not received from this backend
     │   └── StorageError                 the embedded store is unusable
     └── IdempotencyError                 the idempotency store cannot be used
 """
@@ -37,7 +40,9 @@ __all__ = [
     "BatchPublishError",
     "ConfigurationError",
     "DeserializationError",
+    "ForeignMessageError",
     "IdempotencyError",
+    "InvalidArgumentError",
     "ListenerDefinitionError",
     "MelangeError",
     "MessageTooLargeError",
@@ -50,6 +55,7 @@ __all__ = [
     "StorageError",
     "TopicNotFoundError",
     "UndecodableMessageError",
+    "UnexpectedOptionError",
     "UnknownManifestError",
     "UnknownSerializerError",
     "UnsafePayloadError",
@@ -76,6 +82,14 @@ class MissingExtraError(ConfigurationError, ImportError):
         super().__init__(f"{package} is not installed: pip install 'melange[{extra}]'")
         self.package = package
         self.extra = extra
+
+
+class InvalidArgumentError(ConfigurationError, ValueError):
+    """An argument or setting is out of its range, such as a negative timeout."""
+
+
+class UnexpectedOptionError(ConfigurationError, TypeError):
+    """An option was given that the receiving call does not take."""
 
 
 class SerializationError(MelangeError):
@@ -153,6 +167,10 @@ class BatchPublishError(PublishError):
 
 class UnsupportedOperationError(BackendError):
     """The backend cannot do what was asked."""
+
+
+class ForeignMessageError(BackendError, ValueError):
+    """A message handed to a backend was not received from that backend."""
 
 
 class StorageError(BackendError):

@@ -24,7 +24,7 @@ from melange.models import Message
 
 __all__ = ["HeldMessages"]
 
-log = logging.getLogger("melange.dispatcher")
+_log = logging.getLogger("melange.dispatcher")
 
 _MIN_EXTEND_INTERVAL = 0.2
 # The keeper thread wakes this rarely: each wake-up takes the GIL from the loop.
@@ -149,19 +149,19 @@ class HeldMessages:
                     if id(message) in self._held:
                         self.backend.extend_visibility(message, seconds)
             except Exception as e:  # the keeper must outlive any one backend failure
-                log.warning("could not extend the visibility of %s: %s", message.message_id, e)
+                _log.warning("could not extend the visibility of %s: %s", message.message_id, e)
         if handling is not None:
             try:
                 handling.renew(seconds)
             except Exception as e:
-                log.warning("could not renew a lease on %s: %s", handling.message.message_id, e)
+                _log.warning("could not renew a lease on %s: %s", handling.message.message_id, e)
 
     def _acknowledge(self, messages: list[Message]) -> None:
         try:
             self.backend.acknowledge_batch(messages)
         except MelangeError as e:
             # They come back after their visibility timeout; an idempotency store skips them.
-            log.warning("could not acknowledge %d messages: %s", len(messages), e)
+            _log.warning("could not acknowledge %d messages: %s", len(messages), e)
 
 
 def _drain(queue: deque[Message]) -> list[Message]:

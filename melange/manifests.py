@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from melange.exceptions import ConfigurationError, UnknownManifestError
 
-__all__ = ["EventTypes", "manifest_of"]
+__all__ = ["MANIFEST_ATTRIBUTE", "EventTypes", "manifest_of"]
 
 MANIFEST_ATTRIBUTE = "__melange_manifest__"
 

@@ -36,18 +36,24 @@ __all__ = [
     "Consuming",
     "Destination",
     "DestinationKind",
+    "ExceptionHook",
     "Handling",
     "HeldPublishes",
+    "KeepAlive",
     "Middleware",
     "Publishing",
     "compose",
+    "current_hold",
     "hold_publishes",
     "hooks_of",
 ]
 
+#: Pushes a message's visibility (and its claims) this many seconds further.
 KeepAlive = Callable[[float], None]
-S = TypeVar("S")
-R = TypeVar("R")
+#: Told about each exception a handler raised (a consume loop's ``on_exception``).
+ExceptionHook = Callable[[BaseException], None]
+_S = TypeVar("_S")
+_R = TypeVar("_R")
 
 
 class Middleware:
@@ -76,7 +82,7 @@ def hooks_of(middleware: Sequence[Middleware], name: str) -> tuple[Callable[...,
     return tuple(getattr(m, name) for m in middleware if getattr(type(m), name) is not base)
 
 
-def compose(hooks: tuple[Callable[..., Any], ...], core: Callable[[S], R]) -> Callable[[S], R]:
+def compose(hooks: tuple[Callable[..., Any], ...], core: Callable[[_S], _R]) -> Callable[[_S], _R]:
     """Return ``core`` wrapped by ``hooks``, the first outermost; built once, run per scope."""
     wrapped = core
     for hook in reversed(hooks):
@@ -84,9 +90,9 @@ def compose(hooks: tuple[Callable[..., Any], ...], core: Callable[[S], R]) -> Ca
     return wrapped
 
 
-def _wrap(hook: Callable[..., Any], inner: Callable[[S], R]) -> Callable[[S], R]:
-    def run(scope: S) -> R:
-        result: R = hook(scope, partial(inner, scope))
+def _wrap(hook: Callable[..., Any], inner: Callable[[_S], _R]) -> Callable[[_S], _R]:
+    def run(scope: _S) -> _R:
+        result: _R = hook(scope, partial(inner, scope))
         return result
 
     return run
@@ -99,7 +105,7 @@ class Consuming:
     queue: str
     dispatcher: Any = None
     visibility_timeout: float = 30.0
-    on_exception: Callable[[BaseException], None] | None = None
+    on_exception: ExceptionHook | None = None
     stopping: Callable[[], bool] = lambda: False
 
 
@@ -247,6 +253,16 @@ class HeldPublishes:
             send()
             sent.append(message)
         return sent
+
+    def after_last(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` right after the latest held send goes out; never, if discarded."""
+        message, send = self._sends[-1]
+
+        def send_then_call() -> None:
+            send()
+            callback()
+
+        self._sends[-1] = (message, send_then_call)
 
     def discard(self) -> list[Message]:
         """Drop every held message unsent; return them."""

@@ -20,7 +20,13 @@ from melange.exceptions import (
     UndecodableMessageError,
     UnknownManifestError,
 )
-from melange.middleware import ConsumerCall, Handling, Middleware, compose, hooks_of
+from melange.middleware import (
+    ConsumerCall,
+    Handling,
+    Middleware,
+    compose,
+    hooks_of,
+)
 from melange.models import DECODE_ERROR, Message
 from melange.outcomes import _SUCCESS, CallResult, Outcome
 from melange.policies import AckPolicy, RetryPolicy
@@ -28,7 +34,6 @@ from melange.serializers import SerializerRegistry
 
 __all__ = ["MessagePipeline"]
 
-ExceptionHook = Callable[[BaseException], None]
 _UNDECODABLE = f"{UndecodableMessageError.__module__}.{UndecodableMessageError.__qualname__}"
 _REMEMBERED = 10_000
 

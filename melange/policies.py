@@ -6,6 +6,8 @@ import enum
 import random
 from dataclasses import dataclass
 
+from melange.exceptions import InvalidArgumentError
+
 __all__ = ["AckPolicy", "RetryPolicy"]
 
 
@@ -43,9 +45,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.immediate_attempts < 1 or self.max_deliveries < 1:
-            raise ValueError("immediate_attempts and max_deliveries must be at least 1")
+            raise InvalidArgumentError("immediate_attempts and max_deliveries must be at least 1")
         if self.backoff_seconds < 0 or not 0 <= self.jitter <= 1:
-            raise ValueError("backoff_seconds must be >= 0 and jitter within [0, 1]")
+            raise InvalidArgumentError("backoff_seconds must be >= 0 and jitter within [0, 1]")
 
     @classmethod
     def none(cls) -> RetryPolicy:

@@ -7,7 +7,7 @@ import pytest
 from melange.backends import from_url
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.models import Message
-from tests.conformance import BackendContract, receive
+from melange.testing import BackendContract, receive
 
 
 class TestInMemoryBackend(BackendContract):
@@ -45,7 +45,7 @@ def test_backend_out_of_scope_is_collected() -> None:
 
 def test_link_synchronously_delivers_on_publish() -> None:
     from melange import Consumer, MessagePublisher, listener
-    from melange.backends.memory import link_synchronously
+    from melange.testing import link_synchronously
     from tests.events import OrderCreated, OrderPaid
 
     seen: list[str] = []
@@ -66,3 +66,14 @@ def test_link_synchronously_delivers_on_publish() -> None:
     publisher.publish(OrderCreated(order_id="o-1"))
     assert seen == ["created o-1", "paid o-1"]
     assert backend.queue_depth(backend.get_queue("shipping")) == 0
+
+
+@pytest.mark.parametrize("old_path", ["melange.backends.memory", "melange.backends.testing"])
+def test_link_synchronously_at_its_old_path_is_the_same_function(old_path: str) -> None:
+    import importlib
+
+    from melange.testing import link_synchronously
+
+    module = importlib.import_module(old_path)
+    with pytest.warns(DeprecationWarning, match="melange.testing"):
+        assert module.link_synchronously is link_synchronously

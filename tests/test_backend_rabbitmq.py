@@ -24,9 +24,9 @@ from pydantic import BaseModel
 
 from melange import Consumer, Message, MessageDispatcher, MessagePublisher, listener, signals
 from melange.backends import from_url
-from melange.backends._decoding import bytes_of
+from melange.backends.decoding import bytes_of
 from melange.backends.rabbitmq import RabbitMQBackend
-from melange.backends.rabbitmq_topology import delay_bucket_ms
+from melange.backends.rabbitmq._topology import delay_bucket_ms
 from melange.exceptions import (
     BackendConnectionError,
     BatchPublishError,
@@ -36,7 +36,7 @@ from melange.exceptions import (
     TopicNotFoundError,
 )
 from melange.models import DECODE_ERROR, QueueWrapper, TopicWrapper
-from tests.conformance import BackendContract, receive, unique, wait_until
+from melange.testing import BackendContract, receive, unique_name, wait_until
 from tests.recorder import Numbered, Recorder
 from tests.servers.rabbitmq import RabbitMQNode
 from tests.support import free_port
@@ -87,7 +87,7 @@ def raw_channel(node: RabbitMQNode) -> tuple[pika.BlockingConnection, object]:
 def test_a_topic_fans_out_to_two_queues_of_two_services(backend: RabbitMQBackend) -> None:
     billing, shipping = Recording(), Recording()
     services = [MessageDispatcher(backend, consumers=[c]) for c in (billing, shipping)]
-    names = [unique("billing"), unique("shipping")]
+    names = [unique_name("billing"), unique_name("shipping")]
     for dispatcher, name in zip(services, names, strict=True):
         dispatcher.declare(name)
     publisher = MessagePublisher(backend)
@@ -101,7 +101,7 @@ def test_a_topic_fans_out_to_two_queues_of_two_services(backend: RabbitMQBackend
 
 def test_a_release_at_the_limit_is_dead_lettered_by_the_broker(backend: RabbitMQBackend) -> None:
     queue, dead_letter = backend.declare_queue(
-        unique("q"), dead_letter_queue_name=unique("dlq"), max_receive_count=2
+        unique_name("q"), dead_letter_queue_name=unique_name("dlq"), max_receive_count=2
     )
     assert dead_letter is not None
     sent = Message(content="bad", manifest="m", serializer_id=7, metadata={"k": "v"})
@@ -122,7 +122,9 @@ def test_a_release_at_the_limit_is_dead_lettered_by_the_broker(backend: RabbitMQ
 def test_confirmed_publishes_survive_a_broker_restart(
     backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode
 ) -> None:
-    queue, _ = backend.declare_queue(unique("durable"), dead_letter_queue_name=unique("dlq"))
+    queue, _ = backend.declare_queue(
+        unique_name("durable"), dead_letter_queue_name=unique_name("dlq")
+    )
     messages = [Message(content=str(i)) for i in range(1000)]
     for first in range(0, 1000, 100):
         backend.publish_batch_to_queue(messages[first : first + 100], queue)
@@ -142,7 +144,7 @@ def test_confirmed_publishes_survive_a_broker_restart(
 @pytest.mark.slow
 def test_a_publish_while_the_broker_is_down_raises(rabbitmq_node: RabbitMQNode) -> None:
     with RabbitMQBackend(rabbitmq_node.url, confirm_timeout=2) as backend:
-        queue, _ = backend.declare_queue(unique("q"))
+        queue, _ = backend.declare_queue(unique_name("q"))
         rabbitmq_node.stop_node()
         try:
             with pytest.raises(PublishError):
@@ -168,7 +170,7 @@ def test_a_consumer_whose_connection_is_cut_reconnects_and_finishes(
                 rabbitmq_node.ctl("close_all_connections", "test: cut mid-stream")
 
     dispatcher = MessageDispatcher(backend, consumers=[CutMidStream()])
-    queue = unique("stream")
+    queue = unique_name("stream")
     dispatcher.declare(queue, visibility_timeout=60)
     MessagePublisher(backend).publish_batch(
         [OrderCreated(order_id=str(i)) for i in range(200)], queue=queue
@@ -186,7 +188,7 @@ def test_a_consumer_whose_connection_is_cut_reconnects_and_finishes(
 def test_a_consumer_killed_mid_handler_has_its_message_delivered_to_another(
     rabbitmq_node: RabbitMQNode, tmp_path: Path
 ) -> None:
-    queue = unique("crash")
+    queue = unique_name("crash")
     with RabbitMQBackend(rabbitmq_node.url) as backend:
         MessageDispatcher(backend, consumers=[Recorder(os.devnull, hang=False)]).declare(queue)
         MessagePublisher(backend).publish(Numbered(number=7), queue=queue)
@@ -225,18 +227,18 @@ def test_a_consumer_killed_mid_handler_has_its_message_delivered_to_another(
 
 def test_publishing_to_what_does_not_exist_raises(backend: RabbitMQBackend) -> None:
     with pytest.raises(QueueNotFoundError):
-        backend.publish_to_queue(Message(content="x"), QueueWrapper(unique("ghost")))
+        backend.publish_to_queue(Message(content="x"), QueueWrapper(unique_name("ghost")))
     with pytest.raises(TopicNotFoundError):
-        backend.publish_to_topic(Message(content="x"), TopicWrapper(unique("ghost")))
+        backend.publish_to_topic(Message(content="x"), TopicWrapper(unique_name("ghost")))
     with pytest.raises(QueueNotFoundError):
-        backend.retrieve_messages(QueueWrapper(unique("ghost")))
+        backend.retrieve_messages(QueueWrapper(unique_name("ghost")))
 
 
 def test_a_queue_or_exchange_deleted_behind_its_back_is_reported(
     backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode
 ) -> None:
-    queue, _ = backend.declare_queue(unique("q"))
-    topic = backend.declare_topic(unique("t"))
+    queue, _ = backend.declare_queue(unique_name("q"))
+    topic = backend.declare_topic(unique_name("t"))
     connection, channel = raw_channel(rabbitmq_node)
     channel.queue_delete(queue.unwrap())  # type: ignore[attr-defined]
     channel.exchange_delete(topic.unwrap())  # type: ignore[attr-defined]
@@ -245,7 +247,7 @@ def test_a_queue_or_exchange_deleted_behind_its_back_is_reported(
         backend.publish_to_queue(Message(content="x"), queue)
     with pytest.raises(TopicNotFoundError):  # the broker closed the confirm channel
         backend.publish_to_topic(Message(content="x"), topic)
-    other, _ = backend.declare_queue(unique("q"))
+    other, _ = backend.declare_queue(unique_name("q"))
     backend.publish_to_queue(Message(content="still works"), other)
     assert [m.content for m in receive(backend, other, 1)] == ["still works"]
 
@@ -253,7 +255,7 @@ def test_a_queue_or_exchange_deleted_behind_its_back_is_reported(
 def test_redeclaring_with_another_delivery_limit_is_a_configuration_error(
     backend: RabbitMQBackend,
 ) -> None:
-    name, dead_letter = unique("q"), unique("dlq")
+    name, dead_letter = unique_name("q"), unique_name("dlq")
     backend.declare_queue(name, dead_letter_queue_name=dead_letter, max_receive_count=3)
     with pytest.raises(ConfigurationError, match="x-delivery-limit"):
         backend.declare_queue(name, dead_letter_queue_name=dead_letter, max_receive_count=4)
@@ -279,7 +281,7 @@ def test_bad_credentials_fail_fast(rabbitmq_node: RabbitMQNode) -> None:
 
 
 def test_ack_of_a_message_already_requeued_is_a_no_op(backend: RabbitMQBackend) -> None:
-    queue, _ = backend.declare_queue(unique("q"), visibility_timeout=0.3)
+    queue, _ = backend.declare_queue(unique_name("q"), visibility_timeout=0.3)
     backend.publish_batch_to_queue([Message(content="a"), Message(content="b")], queue)
     first = receive(backend, queue, 2)
     time.sleep(1.0)  # both requeued by the visibility timeout
@@ -297,9 +299,9 @@ def test_ack_of_a_message_already_requeued_is_a_no_op(backend: RabbitMQBackend) 
 def test_buffered_messages_go_back_uncounted_when_a_backend_closes(
     rabbitmq_node: RabbitMQNode,
 ) -> None:
-    name = unique("q")
+    name = unique_name("q")
     with RabbitMQBackend(rabbitmq_node.url) as first:
-        queue, _ = first.declare_queue(name, dead_letter_queue_name=unique("dlq"))
+        queue, _ = first.declare_queue(name, dead_letter_queue_name=unique_name("dlq"))
         first.publish_batch_to_queue([Message(content=str(i)) for i in range(20)], queue)
         [taken] = first.retrieve_messages(queue, max_messages=1, wait_seconds=5)
     with RabbitMQBackend(rabbitmq_node.url) as second:
@@ -311,7 +313,7 @@ def test_buffered_messages_go_back_uncounted_when_a_backend_closes(
 
 
 def test_an_idle_buffer_is_handed_back_to_other_consumers(rabbitmq_node: RabbitMQNode) -> None:
-    name = unique("q")
+    name = unique_name("q")
     with (
         RabbitMQBackend(rabbitmq_node.url, idle_release=0.5) as idle,
         RabbitMQBackend(rabbitmq_node.url) as other,
@@ -328,7 +330,7 @@ def test_an_idle_buffer_is_handed_back_to_other_consumers(rabbitmq_node: RabbitM
 
 
 def test_two_threads_share_one_backend(backend: RabbitMQBackend) -> None:
-    queue, _ = backend.declare_queue(unique("q"))
+    queue, _ = backend.declare_queue(unique_name("q"))
     received: list[Message] = []
     errors: list[BaseException] = []
 
@@ -363,11 +365,11 @@ def test_an_abandoned_backend_is_collected_and_its_thread_ends(
     rabbitmq_node: RabbitMQNode,
 ) -> None:
     backend = RabbitMQBackend(rabbitmq_node.url)
-    queue, _ = backend.declare_queue(unique("q"))
+    queue, _ = backend.declare_queue(unique_name("q"))
     backend.publish_to_queue(Message(content="x"), queue)
     assert receive(backend, queue, 1)
     ref = weakref.ref(backend)
-    thread = backend._link._thread
+    thread = backend._io._thread
     assert thread is not None
     assert thread.is_alive()
     del backend, queue
@@ -382,7 +384,7 @@ def test_heartbeats_go_on_while_a_handler_runs_long(rabbitmq_node: RabbitMQNode)
     # With a 1 s heartbeat the broker drops a connection that is silent for ~3 s;
     # the I/O thread keeps it alive while this thread is busy elsewhere.
     with RabbitMQBackend(rabbitmq_node.url, heartbeat=1) as backend:
-        queue, _ = backend.declare_queue(unique("q"))
+        queue, _ = backend.declare_queue(unique_name("q"))
         backend.publish_to_queue(Message(content="slow"), queue)
         [message] = receive(backend, queue, 1)
         time.sleep(6)  # a long handler that never calls the backend
@@ -392,7 +394,7 @@ def test_heartbeats_go_on_while_a_handler_runs_long(rabbitmq_node: RabbitMQNode)
 
 def test_a_closed_backend_refuses_work(rabbitmq_node: RabbitMQNode) -> None:
     backend = RabbitMQBackend(rabbitmq_node.url)
-    queue, _ = backend.declare_queue(unique("q"))
+    queue, _ = backend.declare_queue(unique_name("q"))
     backend.publish_to_queue(Message(content="x"), queue)
     [message] = receive(backend, queue, 1)
     backend.close_connection()
@@ -481,7 +483,7 @@ def test_a_bad_delivery_is_returned_undecodable_between_good_ones(
     body, properties, reason = BAD_INPUT[case]
     with RabbitMQBackend(rabbitmq_node.url) as backend:
         queue, dead_letter = backend.declare_queue(
-            unique("q"), dead_letter_queue_name=unique("dlq"), visibility_timeout=1
+            unique_name("q"), dead_letter_queue_name=unique_name("dlq"), visibility_timeout=1
         )
         assert dead_letter is not None
         first, last = Message(content="first", serializer_id=3), Message(content="last")
@@ -512,8 +514,8 @@ def test_a_bad_header_keeps_its_bytes_when_published_again(
     backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode
 ) -> None:
     # What a dead-letter copy does: the original bytes go out, not an encoding error.
-    source, _ = backend.declare_queue(unique("q"))
-    copy, _ = backend.declare_queue(unique("copy"))
+    source, _ = backend.declare_queue(unique_name("q"))
+    copy, _ = backend.declare_queue(unique_name("copy"))
     headers = {"trace": b"\xc3(\xff", "x-melange-serializer": "json"}
     raw_publish(rabbitmq_node, "", source.unwrap(), b"\xff\xfe", type="m", headers=headers)
     [bad] = receive(backend, source, 1)
@@ -534,7 +536,7 @@ def test_a_bad_header_keeps_its_bytes_when_published_again(
 
 
 def test_a_buffered_bad_message_goes_back_as_it_was_on_close(rabbitmq_node: RabbitMQNode) -> None:
-    name = unique("q")
+    name = unique_name("q")
     with RabbitMQBackend(rabbitmq_node.url) as first:
         queue, _ = first.declare_queue(name)
         first.publish_to_queue(Message(content="taken"), queue)
@@ -542,8 +544,8 @@ def test_a_buffered_bad_message_goes_back_as_it_was_on_close(rabbitmq_node: Rabb
         raw_publish(rabbitmq_node, "", name, b"buffered", message_id="m-1", headers=headers)
         [taken] = first.retrieve_messages(queue, max_messages=1, wait_seconds=5)
         first.acknowledge(taken)
-        consumer = first._consumers[name]
-        assert wait_until(lambda: len(consumer.ready) == 1)
+        subscription = first._subscriptions[name]
+        assert wait_until(lambda: len(subscription.ready) == 1)
         started = time.monotonic()
     assert time.monotonic() - started < 5  # the I/O thread put it back and closed
     with RabbitMQBackend(rabbitmq_node.url) as second:
@@ -557,7 +559,7 @@ def test_a_buffered_bad_message_goes_back_as_it_was_on_close(rabbitmq_node: Rabb
 def test_header_values_of_every_amqp_type_reach_handlers_as_text(
     backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode
 ) -> None:
-    queue, _ = backend.declare_queue(unique("q"))
+    queue, _ = backend.declare_queue(unique_name("q"))
     headers = {
         "int": 42,
         "long": 2**40,
@@ -596,8 +598,8 @@ def test_a_foreign_message_without_id_keeps_one_id_across_redeliveries(
     rabbitmq_node: RabbitMQNode,
 ) -> None:
     with RabbitMQBackend(rabbitmq_node.url) as backend:
-        topic = backend.declare_topic(unique("t"))
-        queue, _ = backend.declare_queue(unique("q"), topic, visibility_timeout=1)
+        topic = backend.declare_topic(unique_name("t"))
+        queue, _ = backend.declare_queue(unique_name("q"), topic, visibility_timeout=1)
         for body in (b"a", b"b"):
             raw_publish(rabbitmq_node, topic.unwrap(), "", body, headers={"k": "v"})
         first = {m.content: m for m in receive(backend, queue, 2)}
@@ -612,8 +614,8 @@ def test_a_foreign_message_without_id_keeps_one_id_across_redeliveries(
         assert (b.content, b.message_id, b.receive_count) == ("b", ids["b"], 2)
         backend.acknowledge(b)
         backend.release(a)
-        consumer = backend._consumers[queue.unwrap()]
-        assert wait_until(lambda: len(consumer.ready) == 1)
+        subscription = backend._subscriptions[queue.unwrap()]
+        assert wait_until(lambda: len(subscription.ready) == 1)
     # Closing put "a" back as a new message, sent to the queue rather than the topic.
     with RabbitMQBackend(rabbitmq_node.url) as other:
         [again] = receive(other, queue, 1)
@@ -624,7 +626,7 @@ def test_a_foreign_message_without_id_keeps_one_id_across_redeliveries(
 def test_byte_identical_foreign_messages_share_an_id(
     backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode
 ) -> None:
-    queue, _ = backend.declare_queue(unique("q"))
+    queue, _ = backend.declare_queue(unique_name("q"))
     for stamp in (None, None, 1_700_000_000):
         raw_publish(rabbitmq_node, "", queue.unwrap(), b"same", timestamp=stamp)
     got = receive(backend, queue, 3)
@@ -636,7 +638,7 @@ def test_byte_identical_foreign_messages_share_an_id(
 
 
 def test_an_extended_message_is_not_redelivered_meanwhile(backend: RabbitMQBackend) -> None:
-    queue, _ = backend.declare_queue(unique("q"), visibility_timeout=1)
+    queue, _ = backend.declare_queue(unique_name("q"), visibility_timeout=1)
     backend.publish_to_queue(Message(content="long job"), queue)
     [message] = receive(backend, queue, 1)
     stop = threading.Event()
@@ -659,7 +661,7 @@ def test_an_extended_message_is_not_redelivered_meanwhile(backend: RabbitMQBacke
 
 
 def test_extending_a_message_handed_out_again_changes_nothing(backend: RabbitMQBackend) -> None:
-    queue, _ = backend.declare_queue(unique("q"), visibility_timeout=1)
+    queue, _ = backend.declare_queue(unique_name("q"), visibility_timeout=1)
     backend.publish_to_queue(Message(content="a"), queue)
     [first] = receive(backend, queue, 1)
     [second] = receive(backend, queue, 1, timeout=5)  # requeued by the visibility timeout
@@ -683,9 +685,9 @@ def test_extend_visibility_refuses_a_message_from_elsewhere(backend: RabbitMQBac
 
 
 def test_a_topic_without_queues_reports_each_unrouted_message(backend: RabbitMQBackend) -> None:
-    empty = backend.declare_topic(unique("empty"))
-    bound = backend.declare_topic(unique("bound"))
-    queue, _ = backend.declare_queue(unique("q"), bound)
+    empty = backend.declare_topic(unique_name("empty"))
+    bound = backend.declare_topic(unique_name("bound"))
+    queue, _ = backend.declare_queue(unique_name("q"), bound)
     unrouted: list[tuple[str, str]] = []
 
     def on_unrouted(sender: object, message: Message, topic: str) -> None:
@@ -735,7 +737,7 @@ def drain(backend: RabbitMQBackend, queue: QueueWrapper, expected: int) -> list[
 
 
 def test_a_queue_publish_that_is_returned_still_raises(backend: RabbitMQBackend) -> None:
-    queue, _ = backend.declare_queue(unique("q"))
+    queue, _ = backend.declare_queue(unique_name("q"))
     backend.delete_queue(queue)
     backend._known_queues.add(queue.unwrap())  # as if deleted by someone else since
     fired: list[Message] = []

@@ -16,19 +16,20 @@ from pydantic import BaseModel
 
 from melange import Consumer, Message, MessageDispatcher, MessagePublisher, listener, signals
 from melange.backends import default_backend_url, from_url
-from melange.backends._decoding import bytes_of
+from melange.backends.decoding import bytes_of
 from melange.backends.sqlite import SQLiteBackend
-from melange.backends.sqlite_queries import UNREAD_METADATA
+from melange.backends.sqlite._queries import UNREAD_METADATA
 from melange.exceptions import (
     BackendError,
     ConfigurationError,
+    IdempotencyError,
     PublishError,
     QueueNotFoundError,
     StorageError,
     TopicNotFoundError,
 )
 from melange.models import DECODE_ERROR, QueueWrapper, TopicWrapper
-from tests.conformance import BackendContract, receive
+from melange.testing import BackendContract, receive
 
 pytestmark = pytest.mark.sqlite
 
@@ -397,7 +398,7 @@ def test_an_extension_needs_the_claim_not_only_the_due_time(
 ) -> None:
     # A stopped clock and no visibility timeout: a second receive leaves the
     # delivery where the first one did, with only the claim telling them apart.
-    monkeypatch.setattr("melange.backends.sqlite._now", lambda: 1_000_000.0)
+    monkeypatch.setattr("melange.backends.sqlite._backend._now", lambda: 1_000_000.0)
     with SQLiteBackend(tmp_path / "b.db") as backend:
         queue, _ = backend.declare_queue("q", visibility_timeout=0)
         backend.publish_to_queue(Message(content="x"), queue)
@@ -525,10 +526,51 @@ def test_a_file_from_a_newer_melange_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     SQLiteBackend(path).close_connection()
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE melange_schema SET version = 99")
+        db.execute("UPDATE melange_schema_versions SET version = 99 WHERE component = 'broker'")
     db.close()
     with pytest.raises(StorageError, match="newer melange"):
         SQLiteBackend(path)
+
+
+def test_each_component_versions_its_own_tables(tmp_path: Path) -> None:
+    from melange.idempotency import SQLiteIdempotencyStore
+
+    path = tmp_path / "app.db"
+    SQLiteBackend(path).close_connection()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT * FROM melange_schema_versions").fetchall() == [("broker", 1)]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    db.close()
+    assert not any("idempotency" in table for table in tables)  # the store's, not the broker's
+    SQLiteIdempotencyStore(path).close()
+    with sqlite3.connect(path) as db:
+        versions = dict(db.execute("SELECT * FROM melange_schema_versions").fetchall())
+        db.execute(
+            "UPDATE melange_schema_versions SET version = 99 WHERE component = 'idempotency'"
+        )
+    db.close()
+    assert versions == {"broker": 1, "idempotency": 1}
+    SQLiteBackend(path).close_connection()  # a newer store's tables do not stop the broker
+    with pytest.raises(IdempotencyError, match="newer melange"):
+        SQLiteIdempotencyStore(path)
+
+
+def test_a_file_of_melange_0_1_keeps_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with SQLiteBackend(path) as backend:
+        queue, _ = backend.declare_queue("q")
+        backend.publish_to_queue(Message(content="from before"), queue)
+    with sqlite3.connect(path) as db:  # the layout 0.1.0 wrote: one version, in melange_schema
+        db.execute("DROP TABLE melange_schema_versions")
+        db.execute("CREATE TABLE melange_schema (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO melange_schema VALUES (1)")
+    db.close()
+    with SQLiteBackend(path) as backend:
+        [message] = receive(backend, backend.get_queue("q"), 1)
+        assert message.content == "from before"
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT * FROM melange_schema_versions").fetchall() == [("broker", 1)]
+    db.close()
 
 
 # -- URLs ---------------------------------------------------------------------------------

@@ -18,9 +18,9 @@ from pydantic import BaseModel
 
 from melange import Consumer, Message, MessageDispatcher, MessagePublisher, RetryPolicy, listener
 from melange.backends import from_url
-from melange.backends import sqs_wire as wire
 from melange.backends.sqs import AWSBackend, LocalSQSBackend
-from melange.backends.sqs_errors import NOT_IN_FLIGHT_CODES, receipt_gone, translated
+from melange.backends.sqs import _wire as wire
+from melange.backends.sqs._errors import NOT_IN_FLIGHT_CODES, receipt_gone, translated
 from melange.exceptions import (
     BackendConnectionError,
     BackendError,
@@ -33,7 +33,7 @@ from melange.exceptions import (
     UnsupportedOperationError,
 )
 from melange.models import DECODE_ERROR, QueueWrapper, TopicWrapper
-from tests.conformance import BackendContract, receive, unique
+from melange.testing import BackendContract, receive, unique_name
 from tests.servers.moto import MotoServer
 from tests.support import free_port
 
@@ -127,7 +127,7 @@ class Recorder(Consumer):
 def test_sns_fans_out_to_two_queues_and_each_gets_the_event_typed(aws: AWSBackend) -> None:
     consumers = [Recorder("billing"), Recorder("shipping")]
     dispatchers = [MessageDispatcher(aws, [c]) for c in consumers]
-    names = [unique("billing"), unique("shipping")]
+    names = [unique_name("billing"), unique_name("shipping")]
     for dispatcher, name in zip(dispatchers, names, strict=True):
         dispatcher.declare(name, visibility_timeout=5)
     sent = MessagePublisher(aws).publish(OrderCreated(order_id="o-1"))
@@ -142,7 +142,7 @@ def test_sns_fans_out_to_two_queues_and_each_gets_the_event_typed(aws: AWSBacken
 
 
 def test_requests_per_message_with_batching(aws: AWSBackend) -> None:
-    name = unique("counted")
+    name = unique_name("counted")
     recorder = Recorder("counted")
     dispatcher = MessageDispatcher(aws, [recorder])
     dispatcher.declare(name, visibility_timeout=30)
@@ -171,7 +171,7 @@ def drain_fifo(aws: AWSBackend, queue: QueueWrapper, expected: int) -> list[Mess
 
 
 def test_fifo_keeps_order_within_each_group(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("orders") + ".fifo")
+    queue, _ = aws.declare_queue(unique_name("orders") + ".fifo")
     requests = Requests(aws)
     for n in range(4):
         aws.publish_to_queue(Message(content=f"a{n}"), queue, message_group_id="a")
@@ -189,7 +189,7 @@ def test_fifo_keeps_order_within_each_group(aws: AWSBackend) -> None:
 
 
 def test_fifo_deduplicates_by_message_id_or_the_given_id(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("dedup") + ".fifo")
+    queue, _ = aws.declare_queue(unique_name("dedup") + ".fifo")
     message = Message(content="once")
     aws.publish_to_queue(message, queue)
     aws.publish_to_queue(message, queue)  # same message id: same deduplication id
@@ -200,8 +200,8 @@ def test_fifo_deduplicates_by_message_id_or_the_given_id(aws: AWSBackend) -> Non
 
 
 def test_fifo_topic_delivers_to_fifo_queue_in_order(aws: AWSBackend) -> None:
-    topic = aws.declare_topic(unique("events") + ".fifo")
-    queue, _ = aws.declare_queue(unique("sub") + ".fifo", topic)
+    topic = aws.declare_topic(unique_name("events") + ".fifo")
+    queue, _ = aws.declare_queue(unique_name("sub") + ".fifo", topic)
     requests = Requests(aws)
     aws.publish_to_topic(Message(content="0"), topic, {"MessageGroupId": "g"})
     aws.publish_batch_to_topic([Message(content=str(n)) for n in range(1, 12)], topic)
@@ -232,7 +232,7 @@ class Shipping(Consumer):
 
 
 def test_dispatcher_on_a_fifo_topic_and_queue(aws: AWSBackend) -> None:
-    name = unique("shipping") + ".fifo"
+    name = unique_name("shipping") + ".fifo"
     shipping = Shipping()
     dispatcher = MessageDispatcher(aws, [shipping])
     _, dead_letter = dispatcher.declare(name, visibility_timeout=5)
@@ -247,18 +247,20 @@ def test_dispatcher_on_a_fifo_topic_and_queue(aws: AWSBackend) -> None:
 
 
 def test_what_sqs_would_refuse_is_refused_before_any_request(aws: AWSBackend) -> None:
-    standard = aws.declare_topic(unique("t"))
+    standard = aws.declare_topic(unique_name("t"))
     requests = Requests(aws)
     with pytest.raises(ConfigurationError, match="FIFO"):
-        aws.declare_queue(unique("q") + ".fifo", dead_letter_queue_name=unique("dlq"))
+        aws.declare_queue(unique_name("q") + ".fifo", dead_letter_queue_name=unique_name("dlq"))
     with pytest.raises(ConfigurationError, match="FIFO"):
-        aws.declare_queue(unique("q"), dead_letter_queue_name=unique("dlq") + ".fifo")
+        aws.declare_queue(unique_name("q"), dead_letter_queue_name=unique_name("dlq") + ".fifo")
     with pytest.raises(ConfigurationError, match="FIFO topics"):
-        aws.declare_queue(unique("q") + ".fifo", standard)
+        aws.declare_queue(unique_name("q") + ".fifo", standard)
     with pytest.raises(ConfigurationError, match="visibility_timeout"):
-        aws.declare_queue(unique("q"), visibility_timeout=50_000)
+        aws.declare_queue(unique_name("q"), visibility_timeout=50_000)
     with pytest.raises(ConfigurationError, match="max_receive_count"):
-        aws.declare_queue(unique("q"), dead_letter_queue_name=unique("dlq"), max_receive_count=0)
+        aws.declare_queue(
+            unique_name("q"), dead_letter_queue_name=unique_name("dlq"), max_receive_count=0
+        )
     assert requests.total == 0
 
 
@@ -267,7 +269,10 @@ def test_what_sqs_would_refuse_is_refused_before_any_request(aws: AWSBackend) ->
 
 def test_redrive_moves_to_the_dead_letter_queue_after_the_chosen_count(aws: AWSBackend) -> None:
     queue, dead_letter = aws.declare_queue(
-        unique("q"), dead_letter_queue_name=unique("dlq"), visibility_timeout=1, max_receive_count=2
+        unique_name("q"),
+        dead_letter_queue_name=unique_name("dlq"),
+        visibility_timeout=1,
+        max_receive_count=2,
     )
     assert dead_letter is not None
     redrive = json.loads(queue_attribute(aws, queue, "RedrivePolicy"))
@@ -288,19 +293,21 @@ def test_default_receive_count_is_the_class_attribute(moto: MotoServer) -> None:
         default_max_receive_count = 7
 
     with Patient(moto.host, moto.port) as backend:
-        queue, _ = backend.declare_queue(unique("q"), dead_letter_queue_name=unique("dlq"))
+        queue, _ = backend.declare_queue(
+            unique_name("q"), dead_letter_queue_name=unique_name("dlq")
+        )
         redrive = json.loads(queue_attribute(backend, queue, "RedrivePolicy"))
     assert redrive["maxReceiveCount"] == 7
 
 
 def test_visibility_timeout_is_rounded_up_to_whole_seconds(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=1.2)
+    queue, _ = aws.declare_queue(unique_name("q"), visibility_timeout=1.2)
     assert queue_attribute(aws, queue, "VisibilityTimeout") == "2"
 
 
 def test_queue_policy_names_exactly_the_subscribed_topics(aws: AWSBackend) -> None:
-    first, second, other = (aws.declare_topic(unique(n)) for n in ("a", "b", "c"))
-    name = unique("q")
+    first, second, other = (aws.declare_topic(unique_name(n)) for n in ("a", "b", "c"))
+    name = unique_name("q")
     queue, _ = aws.declare_queue(name, first)
     aws.declare_queue(name, second)  # adding a topic keeps the first
 
@@ -326,8 +333,8 @@ def test_queue_policy_names_exactly_the_subscribed_topics(aws: AWSBackend) -> No
 def test_redeclaring_keeps_statements_written_by_others_and_skips_needless_writes(
     aws: AWSBackend,
 ) -> None:
-    topic = aws.declare_topic(unique("t"))
-    name = unique("q")
+    topic = aws.declare_topic(unique_name("t"))
+    name = unique_name("q")
     queue, _ = aws.declare_queue(name)
     foreign = {"Sid": "ops", "Effect": "Deny", "Principal": "*", "Action": "sqs:PurgeQueue"}
     policy = json.dumps({"Version": "2012-10-17", "Statement": [foreign]})
@@ -341,9 +348,9 @@ def test_redeclaring_keeps_statements_written_by_others_and_skips_needless_write
 
 
 def test_delete_queue_removes_its_subscriptions(aws: AWSBackend) -> None:
-    topic = aws.declare_topic(unique("t"))
-    kept, _ = aws.declare_queue(unique("kept"), topic)
-    gone, _ = aws.declare_queue(unique("gone"), topic)
+    topic = aws.declare_topic(unique_name("t"))
+    kept, _ = aws.declare_queue(unique_name("kept"), topic)
+    gone, _ = aws.declare_queue(unique_name("gone"), topic)
     aws.delete_queue(gone)
     aws.delete_queue(gone)  # already gone: nothing to do
     subscriptions = aws.sns_client.list_subscriptions_by_topic(TopicArn=topic.obj)
@@ -352,8 +359,8 @@ def test_delete_queue_removes_its_subscriptions(aws: AWSBackend) -> None:
 
 
 def test_delete_topic_removes_it_and_its_subscriptions(aws: AWSBackend) -> None:
-    topic = aws.declare_topic(unique("t"))
-    aws.declare_queue(unique("q"), topic)
+    topic = aws.declare_topic(unique_name("t"))
+    aws.declare_queue(unique_name("q"), topic)
     aws.delete_topic(topic)
     aws.delete_topic(topic)  # already gone: nothing to do
     assert aws.sns_client.list_subscriptions()["Subscriptions"] == []
@@ -372,7 +379,7 @@ def test_names_sns_and_sqs_refuse_are_mapped(aws: AWSBackend) -> None:
 
 
 def test_a_message_comes_back_identical(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     sent = Message(
         content='{"name": "Zoë ✓ 😀"}',
         metadata={"correlation_id": "c-1", "custom": "välue"},
@@ -390,7 +397,7 @@ def test_a_message_comes_back_identical(aws: AWSBackend) -> None:
 
 
 def test_headers_travel_one_attribute_each_while_they_fit(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     headers = {f"h{n}": str(n) for n in range(7)}
     aws.publish_to_queue(
         Message(content="x", metadata=headers, manifest="m", serializer_id=1), queue
@@ -427,7 +434,7 @@ def test_headers_travel_one_attribute_each_while_they_fit(aws: AWSBackend) -> No
 def test_headers_sqs_would_refuse_or_too_many_are_packed(
     aws: AWSBackend, headers: dict[str, str]
 ) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     sent = Message(content="x", metadata=headers, manifest="m", serializer_id=3)
     aws.publish_to_queue(sent, queue)
     [received] = receive(aws, queue, 1)
@@ -442,7 +449,7 @@ def test_headers_sqs_would_refuse_or_too_many_are_packed(
 
 
 def test_a_message_from_another_producer_is_read(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     response = aws.sqs_client.send_message(
         QueueUrl=queue.obj,
         MessageBody="plain",
@@ -501,7 +508,7 @@ UNREADABLE: dict[str, tuple[dict[str, Any], str, tuple[str, str]]] = {
 def test_an_unreadable_message_comes_back_undecodable_and_the_others_intact(
     aws: AWSBackend, attributes: dict[str, Any], reason: str, kept: tuple[str, str]
 ) -> None:
-    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=30)
+    queue, _ = aws.declare_queue(unique_name("q"), visibility_timeout=30)
     before = Message(content="before", metadata={"correlation_id": "c-1"}, serializer_id=1)
     after = Message(content="after", metadata={"k": "v"}, serializer_id=2, manifest="m")
     aws.publish_to_queue(before, queue)
@@ -532,7 +539,7 @@ def test_an_unreadable_message_comes_back_undecodable_and_the_others_intact(
 
 
 def test_yield_messages_hands_out_an_unreadable_message_without_raising(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     aws.sqs_client.send_message(
         QueueUrl=queue.obj,
         MessageBody="b",
@@ -568,8 +575,8 @@ def test_a_receive_count_that_is_not_an_integer_is_unknown_and_undecodable() -> 
 
 
 def test_an_oversized_message_is_refused_before_any_request(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
-    topic = aws.declare_topic(unique("t"))
+    queue, _ = aws.declare_queue(unique_name("q"))
+    topic = aws.declare_topic(unique_name("t"))
     requests = Requests(aws)
     assert aws.max_message_size == 262_144
     big = Message(content="x" * 262_144)  # the attributes push it over
@@ -594,7 +601,9 @@ def test_an_oversized_message_is_refused_before_any_request(aws: AWSBackend) -> 
 def test_a_dead_letter_copy_that_no_longer_fits_is_refused_before_any_request(
     aws: AWSBackend,
 ) -> None:
-    queue, dead_letter = aws.declare_queue(unique("q"), dead_letter_queue_name=unique("dlq"))
+    queue, dead_letter = aws.declare_queue(
+        unique_name("q"), dead_letter_queue_name=unique_name("dlq")
+    )
     assert dead_letter is not None
     assert aws.max_message_size == 262_144
     probe = Message(content="", manifest="m", serializer_id=1, metadata={"correlation_id": "c"})
@@ -617,7 +626,7 @@ def test_a_dead_letter_copy_that_no_longer_fits_is_refused_before_any_request(
 
 def test_without_a_size_limit_the_broker_decides(aws: AWSBackend) -> None:
     aws.max_message_size = None
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     requests = Requests(aws)
     with pytest.raises(PublishError, match="shorter than"):  # the queue's MaximumMessageSize
         aws.publish_to_queue(Message(content="x" * 1_100_000), queue)
@@ -625,7 +634,7 @@ def test_without_a_size_limit_the_broker_decides(aws: AWSBackend) -> None:
 
 
 def test_a_message_of_exactly_the_limit_is_sent(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     probe = Message(content="", manifest="m")
     assert aws.max_message_size is not None
     room = aws.max_message_size - wire.size_of("", wire.attributes_for(probe))
@@ -636,7 +645,7 @@ def test_a_message_of_exactly_the_limit_is_sent(aws: AWSBackend) -> None:
 
 
 def test_batch_publish_of_25_makes_3_send_message_batch_calls(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     requests = Requests(aws)
     aws.publish_batch_to_queue([Message(content=str(n)) for n in range(25)], queue)
     assert requests.calls == Counter({"SendMessageBatch": 3})
@@ -645,8 +654,8 @@ def test_batch_publish_of_25_makes_3_send_message_batch_calls(aws: AWSBackend) -
 
 
 def test_topic_batch_of_25_makes_3_publish_batch_calls(aws: AWSBackend) -> None:
-    topic = aws.declare_topic(unique("t"))
-    queue, _ = aws.declare_queue(unique("q"), topic)
+    topic = aws.declare_topic(unique_name("t"))
+    queue, _ = aws.declare_queue(unique_name("q"), topic)
     requests = Requests(aws)
     aws.publish_batch_to_topic([Message(content=str(n)) for n in range(25)], topic)
     assert requests.calls == Counter({"PublishBatch": 3})
@@ -654,7 +663,7 @@ def test_topic_batch_of_25_makes_3_publish_batch_calls(aws: AWSBackend) -> None:
 
 
 def test_batches_are_split_by_size_too(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     requests = Requests(aws)
     aws.publish_batch_to_queue([Message(content="x" * 100_000) for _ in range(4)], queue)
     assert [len(p["Entries"]) for p in requests.of("SendMessageBatch")] == [2, 2]
@@ -664,8 +673,8 @@ def test_batches_are_split_by_size_too(aws: AWSBackend) -> None:
 def test_entries_a_batch_refuses_are_reported_and_the_rest_delivered(aws: AWSBackend) -> None:
     # SNS takes 256 KiB: with melange's own check raised, SNS refuses that one entry.
     aws.max_message_size = 400_000
-    topic = aws.declare_topic(unique("t"))
-    queue, _ = aws.declare_queue(unique("q"), topic)
+    topic = aws.declare_topic(unique_name("t"))
+    queue, _ = aws.declare_queue(unique_name("q"), topic)
     small = [Message(content=f"small-{n}") for n in range(3)]
     big = Message(content="x" * 300_000)
     with pytest.raises(BatchPublishError) as refused:
@@ -680,7 +689,7 @@ def test_a_failed_later_request_reports_every_unsent_message(aws: AWSBackend) ->
     # moto refuses a SendMessageBatch over 1 MiB as a whole; melange's limits are raised
     # so that the second request is the one refused, after the first was sent.
     aws.max_message_size = aws.max_batch_bytes = 2_000_000
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     first = [Message(content=str(n)) for n in range(10)]
     unsent = [Message(content="x" * 600_000) for _ in range(2)]
     with pytest.raises(BatchPublishError) as refused:
@@ -694,8 +703,8 @@ def test_a_failed_later_request_reports_every_unsent_message(aws: AWSBackend) ->
 
 
 def test_delays_are_whole_seconds_and_within_sqs_limits(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
-    fifo, _ = aws.declare_queue(unique("q") + ".fifo")
+    queue, _ = aws.declare_queue(unique_name("q"))
+    fifo, _ = aws.declare_queue(unique_name("q") + ".fifo")
     requests = Requests(aws)
     with pytest.raises(UnsupportedOperationError, match="900"):
         aws.publish_delayed_to_queue(Message(content="x"), queue, 901)
@@ -710,7 +719,7 @@ def test_delays_are_whole_seconds_and_within_sqs_limits(aws: AWSBackend) -> None
 
 
 def test_receiving_long_polls_ten_at_a_time(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     aws.publish_batch_to_queue([Message(content=str(n)) for n in range(30)], queue)
     requests = Requests(aws)  # 30 waiting: no request below has to wait
     assert int(next(iter(aws.yield_messages(queue))).content) in range(30)
@@ -725,8 +734,8 @@ def test_receiving_long_polls_ten_at_a_time(aws: AWSBackend) -> None:
 
 
 def test_acknowledge_batch_deletes_ten_per_request_per_queue(aws: AWSBackend) -> None:
-    first, _ = aws.declare_queue(unique("a"), visibility_timeout=1)
-    second, _ = aws.declare_queue(unique("b"), visibility_timeout=1)
+    first, _ = aws.declare_queue(unique_name("a"), visibility_timeout=1)
+    second, _ = aws.declare_queue(unique_name("b"), visibility_timeout=1)
     aws.publish_batch_to_queue([Message(content=str(n)) for n in range(15)], first)
     aws.publish_batch_to_queue([Message(content=str(n)) for n in range(10)], second)
     received = receive(aws, first, 15) + receive(aws, second, 10)
@@ -739,7 +748,7 @@ def test_acknowledge_batch_deletes_ten_per_request_per_queue(aws: AWSBackend) ->
 
 
 def test_release_rounds_the_delay_up(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=30)
+    queue, _ = aws.declare_queue(unique_name("q"), visibility_timeout=30)
     aws.publish_to_queue(Message(content="r"), queue)
     [message] = receive(aws, queue, 1)
     requests = Requests(aws)
@@ -750,7 +759,7 @@ def test_release_rounds_the_delay_up(aws: AWSBackend) -> None:
 
 
 def test_extend_visibility_keeps_a_message_hidden_longer_in_one_request(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=1)
+    queue, _ = aws.declare_queue(unique_name("q"), visibility_timeout=1)
     aws.publish_to_queue(Message(content="slow"), queue)
     [message] = receive(aws, queue, 1)
     requests = Requests(aws)
@@ -766,7 +775,7 @@ def test_extend_visibility_keeps_a_message_hidden_longer_in_one_request(aws: AWS
 
 
 def test_extend_visibility_is_clamped_to_what_sqs_takes(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=30)
+    queue, _ = aws.declare_queue(unique_name("q"), visibility_timeout=30)
     aws.publish_to_queue(Message(content="m"), queue)
     [message] = receive(aws, queue, 1)
     requests = Requests(aws)
@@ -781,7 +790,7 @@ def test_extend_visibility_is_clamped_to_what_sqs_takes(aws: AWSBackend) -> None
 
 
 def test_extend_visibility_after_acknowledge_is_a_quiet_no_op(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"), visibility_timeout=30)
+    queue, _ = aws.declare_queue(unique_name("q"), visibility_timeout=30)
     aws.publish_to_queue(Message(content="m"), queue)
     [message] = receive(aws, queue, 1)
     aws.acknowledge(message)
@@ -796,9 +805,9 @@ def test_extend_visibility_after_acknowledge_is_a_quiet_no_op(aws: AWSBackend) -
 
 def test_a_missing_queue_or_topic_is_a_typed_error(aws: AWSBackend) -> None:
     with pytest.raises(QueueNotFoundError) as missing:
-        aws.get_queue(unique("ghost"))
+        aws.get_queue(unique_name("ghost"))
     assert isinstance(missing.value.__cause__, botocore.exceptions.ClientError)
-    queue, _ = aws.declare_queue(unique("q"))
+    queue, _ = aws.declare_queue(unique_name("q"))
     aws.delete_queue(queue)
     attempts: list[Callable[[], object]] = [
         lambda: aws.publish_to_queue(Message(content="x"), queue),
@@ -809,14 +818,14 @@ def test_a_missing_queue_or_topic_is_a_typed_error(aws: AWSBackend) -> None:
     for attempt in attempts:
         with pytest.raises(QueueNotFoundError):
             attempt()
-    topic = aws.declare_topic(unique("t"))
+    topic = aws.declare_topic(unique_name("t"))
     aws.delete_topic(topic)
     with pytest.raises(TopicNotFoundError):
         aws.publish_to_topic(Message(content="x"), TopicWrapper(topic.obj))
     with pytest.raises(TopicNotFoundError):
         aws.publish_batch_to_topic([Message(content="x")], TopicWrapper(topic.obj))
     with pytest.raises(TopicNotFoundError):
-        aws.declare_queue(unique("q"), TopicWrapper(topic.obj))
+        aws.declare_queue(unique_name("q"), TopicWrapper(topic.obj))
 
 
 def test_an_unreachable_endpoint_is_a_connection_error() -> None:
@@ -906,14 +915,14 @@ def test_a_receipt_sqs_no_longer_holds_is_told_apart(code: str, text: str, gone:
 
 
 def test_unknown_options_are_refused(aws: AWSBackend) -> None:
-    queue, _ = aws.declare_queue(unique("q"))
-    topic = aws.declare_topic(unique("t"))
+    queue, _ = aws.declare_queue(unique_name("q"))
+    topic = aws.declare_topic(unique_name("t"))
     with pytest.raises(TypeError, match="group"):
         aws.publish_to_queue(Message(content="x"), queue, group="g")
     with pytest.raises(TypeError, match="Ttl"):
         aws.publish_to_topic(Message(content="x"), topic, {"Ttl": "1"})
     with pytest.raises(TypeError, match="durable"):
-        aws.declare_queue(unique("q"), durable=True)
+        aws.declare_queue(unique_name("q"), durable=True)
 
 
 # -- construction ---------------------------------------------------------------------------------
@@ -923,7 +932,7 @@ def test_from_url_forms(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_p
     local = from_url(moto.url)
     assert isinstance(local, LocalSQSBackend)
     with local:
-        queue, _ = local.declare_queue(unique("q"))
+        queue, _ = local.declare_queue(unique_name("q"))
         assert queue.obj.startswith(moto.endpoint)
         assert local.sqs_client.meta.region_name == moto.region
     secure = AWSBackend.from_url("sqs://localhost:4566?region=eu-west-1&secure=true")
@@ -954,7 +963,7 @@ def test_from_url_forms(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_clients_take_session_and_client_options(moto: MotoServer) -> None:
     with AWSBackend(**moto.client_options(), config=Config(read_timeout=30)) as backend:
         assert cast(Any, backend.sqs_client.meta.config).read_timeout == 30
-        queue, _ = backend.declare_queue(unique("q"))
+        queue, _ = backend.declare_queue(unique_name("q"))
         assert backend.get_queue(queue.obj.rsplit("/", 1)[1]) == queue
     assert backend.sqs_client.meta.region_name == moto.region
 
@@ -982,7 +991,7 @@ class Fails(Consumer):
 
 
 def test_a_dead_letter_copy_near_the_size_limit_is_made_to_fit(aws: AWSBackend) -> None:
-    name = unique("big")
+    name = unique_name("big")
     dispatcher = MessageDispatcher(aws, consumers=[Fails()], retry=RetryPolicy.none())
     dispatcher.declare(name, visibility_timeout=5)
     publisher = MessagePublisher(aws)

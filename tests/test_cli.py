@@ -4,15 +4,19 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from melange import Consumer, MessageDispatcher, MessagePublisher, RetryPolicy, listener
+from melange import Consumer, Message, MessageDispatcher, MessagePublisher, RetryPolicy, listener
+from melange.backends.memory import InMemoryMessagingBackend
 from melange.backends.sqlite import SQLiteBackend
 from melange.cli import load_consumers, main
-from melange.exceptions import ConfigurationError
-from tests.conformance import receive
+from melange.dead_letters import redrive
+from melange.exceptions import BatchPublishError, ConfigurationError
+from melange.models import QueueWrapper
+from melange.testing import receive
 from tests.events import OrderPaid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +142,36 @@ def test_worker_options_build_the_store_and_the_middleware(tmp_path: Path) -> No
         store_from_url("mongodb://x")
     with pytest.raises(ConfigurationError, match="unknown options"):
         store_from_url("memory://?colour=red")
-    assert type(load_middleware("tests.contract_workers:Crash")).__name__ == "Crash"
+    assert type(load_middleware("melange.testing._contract_workers:Crash")).__name__ == "Crash"
     with pytest.raises(ConfigurationError, match="not a Middleware"):
         load_middleware("tests.test_cli:ROOT")
+
+
+class RefusesOne(InMemoryMessagingBackend):
+    """Takes every message of a batch but the one whose content is ``refused``."""
+
+    default_visibility_timeout = 0.5
+
+    def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
+        taken = [m for m in messages if m.content != "refused"]
+        super().publish_batch_to_queue(taken, queue)
+        if len(taken) < len(messages):
+            raise BatchPublishError([(m, "refused") for m in messages if m not in taken])
+
+
+def test_a_partly_failed_redrive_moves_what_it_sent_and_keeps_the_rest() -> None:
+    backend = RefusesOne()
+    queue, dead_letters = backend.declare_queue("paid", dead_letter_queue_name="paid-dlq")
+    assert dead_letters is not None
+    for content in ("a", "refused", "b"):
+        backend.publish_to_queue(
+            Message(content=content, metadata={"error_type": "x"}), dead_letters
+        )
+    with pytest.raises(BatchPublishError):
+        redrive(backend, "paid")
+    moved = receive(backend, queue, 2)
+    assert sorted(m.content for m in moved) == ["a", "b"]
+    assert all("error_type" not in m.metadata for m in moved)
+    [kept] = receive(backend, dead_letters, 1, timeout=5)
+    assert kept.content == "refused"
+    assert kept.metadata["error_type"] == "x"

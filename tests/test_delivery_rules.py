@@ -15,7 +15,7 @@ from melange.exceptions import IdempotencyError, ListenerDefinitionError
 from melange.idempotency import InMemoryIdempotencyStore
 from melange.idempotency.base import Claim
 from melange.models import QueueWrapper, TopicWrapper
-from tests.conformance import wait_until
+from melange.testing import wait_until
 from tests.events import OrderCreated, OrderPaid
 
 

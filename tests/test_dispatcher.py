@@ -20,7 +20,7 @@ from melange import (
 )
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.idempotency import InMemoryIdempotencyStore
-from tests.conformance import receive
+from melange.testing import receive
 from tests.events import InvoiceSent, OrderCreated, OrderPaid
 
 FAST_RETRY = RetryPolicy(immediate_attempts=2, max_deliveries=3, backoff_seconds=0, jitter=0)

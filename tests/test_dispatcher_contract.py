@@ -9,17 +9,49 @@ from pathlib import Path
 import pytest
 
 from melange import Message, MessagePublisher
-from melange.backends._decoding import text_of
+from melange.backends.decoding import text_of
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.backends.sqlite import SQLiteBackend
-from tests.dispatcher_contract import DispatcherContract, Inject
-from tests.recorder import Numbered
+from melange.idempotency.redis import RedisIdempotencyStore
+from melange.testing import ContractEvent, DispatcherContract, Inject, RestartableStore, unique_name
+from tests.servers.redis import RedisServer
 
 pytestmark = pytest.mark.slow
 
 
-class TestOnMemory(DispatcherContract):
+class RedisOutage:
+    """A ``RestartableStore``: this test's own redis-server."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+
+    def store(self, namespace: str) -> RedisIdempotencyStore:
+        return RedisIdempotencyStore(self.server.url, prefix=f"{namespace}:")
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+
+class OnOurStores(DispatcherContract):
+    """The contract with the stores melange ships: SQLite and a real Redis."""
+
+    @pytest.fixture
+    def restartable_store(self, restartable_redis: RedisServer) -> RestartableStore:
+        return RedisOutage(restartable_redis)
+
+    @pytest.fixture(params=["sqlite", "redis"])
+    def worker_store_url(self, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+        if request.param == "sqlite":
+            return f"sqlite:///{tmp_path / 'claims.db'}"
+        redis_url = request.getfixturevalue("redis_url")
+        return f"{redis_url}?prefix={unique_name('claims')}:"
+
+
+class TestOnMemory(OnOurStores):
     visibility_timeout = 0.5
 
     @pytest.fixture
@@ -36,7 +68,7 @@ class TestOnMemory(DispatcherContract):
         def inject(queue: str) -> str:
             content = '{"number": 99}'
             # Written by a producer whose serializer this service does not have.
-            foreign = Message(content=content, manifest="Numbered", serializer_id=4242)
+            foreign = Message(content=content, manifest="ContractEvent", serializer_id=4242)
             backend.publish_to_queue(foreign, backend.get_queue(queue))
             return content
 
@@ -44,7 +76,7 @@ class TestOnMemory(DispatcherContract):
 
 
 @pytest.mark.sqlite
-class TestOnSQLite(DispatcherContract):
+class TestOnSQLite(OnOurStores):
     @pytest.fixture
     def path(self, tmp_path: Path) -> Path:
         return tmp_path / "broker.db"
@@ -61,7 +93,7 @@ class TestOnSQLite(DispatcherContract):
     @pytest.fixture
     def inject_undecodable(self, backend: MessagingBackend, path: Path) -> Inject:
         def inject(queue: str) -> str:
-            sent = MessagePublisher(backend).publish(Numbered(number=99), queue=queue)
+            sent = MessagePublisher(backend).publish(ContractEvent(number=99), queue=queue)
             raw = b'{"number": 99, "note": "caf\xe9"}'  # Latin-1, not UTF-8
             db = sqlite3.connect(path)
             try:
@@ -78,7 +110,7 @@ class TestOnSQLite(DispatcherContract):
 
 
 @pytest.mark.rabbitmq
-class TestOnRabbitMQ(DispatcherContract):
+class TestOnRabbitMQ(OnOurStores):
     @pytest.fixture
     def backend(self, rabbitmq_node: object) -> Iterator[MessagingBackend]:
         from melange.backends.rabbitmq import RabbitMQBackend
@@ -105,7 +137,7 @@ class TestOnRabbitMQ(DispatcherContract):
                     body,
                     pika.BasicProperties(
                         message_id="foreign-1",
-                        type="Numbered",
+                        type="ContractEvent",
                         delivery_mode=2,
                         headers={"x-melange-serializer": "json-please"},
                     ),
@@ -118,7 +150,7 @@ class TestOnRabbitMQ(DispatcherContract):
 
 
 @pytest.mark.sqs
-class TestOnSQS(DispatcherContract):
+class TestOnSQS(OnOurStores):
     visibility_timeout = 1.0  # SQS takes whole seconds
 
     @pytest.fixture
@@ -141,7 +173,7 @@ class TestOnSQS(DispatcherContract):
                 MessageBody=body,
                 MessageAttributes={
                     "melange.serializer_id": {"DataType": "String", "StringValue": "json"},
-                    "melange.manifest": {"DataType": "String", "StringValue": "Numbered"},
+                    "melange.manifest": {"DataType": "String", "StringValue": "ContractEvent"},
                 },
             )
             return body

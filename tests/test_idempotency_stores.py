@@ -18,7 +18,7 @@ from melange.idempotency import (
 )
 from melange.idempotency.base import Claim
 from melange.models import Message
-from tests.idempotency_contract import IdempotencyStoreContract, StoreFactory
+from melange.testing import IdempotencyStoreContract, StoreFactory
 
 
 class TestInMemoryIdempotencyStore(IdempotencyStoreContract):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -224,20 +223,6 @@ def test_a_batch_publish_inside_a_hold_is_held(backend: InMemoryMessagingBackend
         assert backend.queue_depth(backend.get_queue("receipts")) == 0
         held.release()
     assert backend.queue_depth(backend.get_queue("receipts")) == 3
-
-
-@pytest.mark.parametrize(
-    "block",
-    re.findall(r"```python\n(.*?)```", (ROOT / "docs/middleware.md").read_text(), flags=re.S)[1:],
-)
-def test_the_middleware_guide_runs(block: str) -> None:
-    namespace: dict[str, Any] = {"__name__": "guide"}
-    for earlier in re.findall(
-        r"```python\n(.*?)```", (ROOT / "docs/middleware.md").read_text(), flags=re.S
-    )[1:]:
-        exec(compile(earlier, "docs/middleware.md", "exec"), namespace)
-        if earlier == block:
-            break
 
 
 class Broken(Middleware):

@@ -17,7 +17,7 @@ from melange import (
 )
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.exceptions import ConfigurationError, QueueNotFoundError
-from tests.conformance import receive
+from melange.testing import receive
 from tests.events import InvoiceSent, OrderCreated, OrderPaid
 
 

@@ -7,7 +7,6 @@ import dataclasses
 import os
 import pathlib
 import pickle
-import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -478,15 +477,3 @@ print(sorted({registry.by_name(n).identifier() for n in ("json", "dataclass")}))
 print(registry.deserialize(*registry.serialize(Shipped("p-1"))))
 """
     assert run_python(code).splitlines() == ["[1, 5]", "Shipped(parcel_id='p-1')"]
-
-
-def python_blocks(path: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
-
-
-DOC_BLOCKS = python_blocks(ROOT / "docs" / "serializers.md")
-
-
-@pytest.mark.parametrize("block", DOC_BLOCKS, ids=[f"block{i}" for i in range(len(DOC_BLOCKS))])
-def test_docs_python_blocks_run(block: str) -> None:
-    exec(compile(block, "docs/serializers.md", "exec", dont_inherit=True), {"__name__": "docs"})

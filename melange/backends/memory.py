@@ -9,18 +9,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from melange.backends._routing import report_unrouted
 from melange.backends.interfaces import MessagingBackend
-from melange.exceptions import QueueNotFoundError, TopicNotFoundError, UnsupportedOperationError
+from melange.backends.routing import report_unrouted
+from melange.exceptions import (
+    ForeignMessageError,
+    QueueNotFoundError,
+    TopicNotFoundError,
+)
 from melange.models import Message, QueueWrapper, TopicWrapper
 
-if TYPE_CHECKING:
-    from melange.consumers import Consumer
-
-__all__ = ["InMemoryMessagingBackend", "link_synchronously"]
+__all__ = ["InMemoryMessagingBackend"]
 
 _monotonic = time.monotonic
 
@@ -340,34 +341,21 @@ class InMemoryMessagingBackend(MessagingBackend):
 def _receipt(message: Message) -> _Receipt:
     receipt = message.receipt
     if not isinstance(receipt, _Receipt):
-        raise UnsupportedOperationError("expected a message received from this backend")
+        raise ForeignMessageError("expected a message received from this backend")
     return receipt
 
 
-def link_synchronously(
-    queue: str,
-    consumers: Sequence[Consumer],
-    backend: InMemoryMessagingBackend,
-) -> None:
-    """Make every publish that lands in ``queue`` run ``consumers`` before it returns.
+def __getattr__(name: str) -> Any:
+    """Keep ``link_synchronously`` importable from here; it lives in ``melange.testing``."""
+    if name == "link_synchronously":
+        import warnings
 
-    For unit tests: the queue is declared (with its dead-letter queue and
-    topic subscriptions) and each publish drains it through a dispatcher.
-    """
-    from melange.dispatcher import MessageDispatcher
+        from melange.testing import link_synchronously
 
-    dispatcher = MessageDispatcher(backend, consumers=list(consumers))
-    dispatcher.declare(queue)
-    wrapper = backend.get_queue(queue)
-    draining = threading.local()
-
-    def drain() -> None:
-        if getattr(draining, "active", False):
-            return  # a handler published again: the outer drain picks it up
-        draining.active = True
-        try:
-            dispatcher.consume_loop(queue, idle_timeout=0)
-        finally:
-            draining.active = False
-
-    backend.subscribe_to_publish(wrapper, drain)
+        warnings.warn(
+            "import link_synchronously from melange.testing",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return link_synchronously
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,14 @@
-"""The in-memory backend under the name tests look for."""
+"""The in-memory backend under the name tests look for (``melange.testing`` has the rest)."""
 
-from melange.backends.memory import InMemoryMessagingBackend, link_synchronously
+from typing import Any
 
-__all__ = ["InMemoryMessagingBackend", "link_synchronously"]
+from melange.backends.memory import InMemoryMessagingBackend
+
+__all__ = ["InMemoryMessagingBackend"]
+
+
+def __getattr__(name: str) -> Any:
+    """Keep ``link_synchronously`` importable from here; it lives in ``melange.testing``."""
+    from melange.backends import memory
+
+    return getattr(memory, name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 import enum
 
+from melange.exceptions import InvalidArgumentError
+
 __all__ = ["Claim", "IdempotencyStore"]
 
 
@@ -37,7 +39,7 @@ class IdempotencyStore(abc.ABC):
 
     def __init__(self, *, ttl_seconds: float = 86_400.0, lease_seconds: float = 30.0) -> None:
         if ttl_seconds <= 0 or lease_seconds <= 0:
-            raise ValueError("ttl_seconds and lease_seconds must be positive")
+            raise InvalidArgumentError("ttl_seconds and lease_seconds must be positive")
         self.ttl_seconds = ttl_seconds
         self.lease_seconds = lease_seconds
 

@@ -7,18 +7,24 @@ import threading
 import time
 from pathlib import Path
 
-from melange.backends.sqlite_store import SQLiteFile, translate_errors
+from melange._sqlite import Schema, SQLiteFile, translate_errors
 from melange.exceptions import BackendError, IdempotencyError
 from melange.idempotency.base import Claim, IdempotencyStore
 
 __all__ = ["SQLiteIdempotencyStore"]
 
-_TABLE = """CREATE TABLE IF NOT EXISTS melange_idempotency_claims (
-    key TEXT PRIMARY KEY,
-    done INTEGER NOT NULL,
-    token BLOB,
-    expires_at REAL NOT NULL
-) WITHOUT ROWID"""
+_SCHEMA = Schema(
+    "idempotency",
+    1,
+    (
+        """CREATE TABLE IF NOT EXISTS melange_idempotency_claims (
+            key TEXT PRIMARY KEY,
+            done INTEGER NOT NULL,
+            token BLOB,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ),
+)
 # One statement, so one write transaction: of several claimers exactly one
 # inserts the key or takes over an expired one; the others change no row.
 _CLAIM = (
@@ -64,13 +70,13 @@ class SQLiteIdempotencyStore(IdempotencyStore):
         super().__init__(ttl_seconds=ttl_seconds, lease_seconds=lease_seconds)
         try:
             self._file = SQLiteFile(path, synchronous=synchronous, busy_timeout=busy_timeout)
+            self._file.ensure(_SCHEMA)
         except BackendError as e:
             raise IdempotencyError(str(e)) from e
         self.path = self._file.path
         self._claims = 0
         self._tokens: dict[str, bytes] = {}
         self._lock = threading.Lock()
-        self._execute(_TABLE, ())
 
     def claim(self, consumer_id: str, message_id: str, lease_seconds: float | None = None) -> Claim:
         """Try to take the message for this consumer.

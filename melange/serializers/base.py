@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+import enum
 import threading
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from melange.exceptions import ConfigurationError
 from melange.manifests import EventTypes, manifest_of
@@ -54,6 +55,15 @@ class Serializer(abc.ABC):
         """
 
 
+class _Source(enum.Enum):
+    """Where a ``TypedSerializer``'s event types came from."""
+
+    UNSET = "unset"
+    OWN = "own"  # made on first use, before any registry
+    GIVEN = "given"  # passed by the caller: never replaced
+    REGISTRY = "registry"  # the first registry's; another one is refused
+
+
 class TypedSerializer(Serializer):
     """A serializer that rebuilds classes, found by manifest in ``event_types``.
 
@@ -63,7 +73,7 @@ class TypedSerializer(Serializer):
 
     # Class-level defaults keep subclasses that skip ``super().__init__`` working.
     _event_types: EventTypes | None = None
-    _event_types_source: Literal["unset", "own", "given", "registry"] = "unset"
+    _event_types_source: _Source = _Source.UNSET
     _binding_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, event_types: EventTypes | None = None) -> None:
@@ -77,14 +87,14 @@ class TypedSerializer(Serializer):
         if types is None:
             with self._binding_lock:
                 if self._event_types is None:
-                    self._event_types, self._event_types_source = EventTypes(), "own"
+                    self._event_types, self._event_types_source = EventTypes(), _Source.OWN
                 types = self._event_types
         return types
 
     @event_types.setter
     def event_types(self, event_types: EventTypes) -> None:
         with self._binding_lock:
-            self._event_types, self._event_types_source = event_types, "given"
+            self._event_types, self._event_types_source = event_types, _Source.GIVEN
         self._event_types_changed()
 
     def bind_event_types(self, event_types: EventTypes) -> None:
@@ -98,9 +108,9 @@ class TypedSerializer(Serializer):
         """
         with self._binding_lock:
             current, source = self._event_types, self._event_types_source
-            if source == "given" or current is event_types:
+            if source is _Source.GIVEN or current is event_types:
                 return
-            if source == "registry":
+            if source is _Source.REGISTRY:
                 raise ConfigurationError(
                     f"this {type(self).__qualname__} already reads with another registry's"
                     " event types: give each registry its own instance, or pass event_types"
@@ -108,7 +118,7 @@ class TypedSerializer(Serializer):
             if current is not None:
                 for manifest in current.manifests():
                     event_types.register(current.resolve(manifest))
-            self._event_types, self._event_types_source = event_types, "registry"
+            self._event_types, self._event_types_source = event_types, _Source.REGISTRY
         self._event_types_changed()
 
     def _event_types_changed(self) -> None:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from melange.backends.rabbitmq_errors import nacked, returned, translate
+from melange.backends.rabbitmq._errors import nacked, returned, translate
 from melange.exceptions import MissingExtraError, PublishError
 
 try:
@@ -42,7 +42,14 @@ class OnReturn(enum.Enum):
 #: What one publish sends: exchange, routing key, body, properties, what a return means.
 Outgoing = tuple[str, str, bytes, Any, OnReturn]
 
-_PENDING, _CONFIRMED, _FAILED = 0, 1, 2
+
+class _Status(enum.Enum):
+    PENDING = 0
+    CONFIRMED = 1
+    FAILED = 2
+
+
+_PENDING, _CONFIRMED, _FAILED = _Status.PENDING, _Status.CONFIRMED, _Status.FAILED
 
 
 class PublishBatch:
@@ -56,7 +63,7 @@ class PublishBatch:
         #: Indexes of confirmed messages that no queue took (``OnReturn.REPORT``).
         self.unrouted: list[int] = []
         self.done = threading.Event()
-        self._status = bytearray(size)
+        self._status = [_PENDING] * size
         self._on_done = on_done
         self._lock = threading.Lock()
 

@@ -22,16 +22,16 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from melange.backends._decoding import (
+from melange.backends.decoding import (
     bytes_of,
     header_text,
-    integer_or_none,
+    integer_of,
     original_form,
     text_of,
     undecodable,
 )
-from melange.backends.rabbitmq_publisher import OnReturn, Outgoing
-from melange.exceptions import MissingExtraError
+from melange.backends.rabbitmq._confirms import OnReturn, Outgoing
+from melange.exceptions import MissingExtraError, UndecodableMessageError
 from melange.models import DECODE_ERROR, Message, _unchecked
 
 try:
@@ -40,7 +40,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise MissingExtraError("pika", "rabbitmq") from e
 
 if TYPE_CHECKING:
-    from melange.backends.rabbitmq_consumer import Receipt
+    from melange.backends.rabbitmq._subscription import Receipt
 
 __all__ = [
     "DELIVERY_COUNT",
@@ -129,12 +129,12 @@ def to_message(receipt: Receipt, delivery: Delivery) -> Message:
             if key in _NOT_METADATA:
                 try:
                     if key == DELIVERY_COUNT:
-                        count = integer_or_none(value, key)
+                        count = integer_of(value, key)
                     elif key == SERIALIZER:
-                        serializer_id = integer_or_none(value, key)
+                        serializer_id = integer_of(value, key)
                     elif key == RECEIVES:
-                        earlier = integer_or_none(value, key)
-                except ValueError as e:
+                        earlier = integer_of(value, key)
+                except UndecodableMessageError as e:
                     problems.append(str(e))
                     metadata[key] = header_text(value)
                     counted = counted and key == SERIALIZER
@@ -201,12 +201,12 @@ def uncounted(delivery: Delivery) -> Any:
     properties = delivery[4]
     headers = dict(properties.headers or {})
     try:
-        count = integer_or_none(headers.pop(DELIVERY_COUNT, 0) or 0, DELIVERY_COUNT)
-    except ValueError:
+        count = integer_of(headers.pop(DELIVERY_COUNT, 0) or 0, DELIVERY_COUNT)
+    except UndecodableMessageError:
         count = 0  # the publisher's, passed on until the broker counts a return
     try:
-        receives = integer_or_none(headers.get(RECEIVES, 0) or 0, RECEIVES) + count
-    except ValueError:
+        receives = integer_of(headers.get(RECEIVES, 0) or 0, RECEIVES) + count
+    except UndecodableMessageError:
         receives = 0  # left as it is, for the next receive to report
     if receives:
         headers[RECEIVES] = receives

@@ -3,12 +3,13 @@
 Every pika object lives on this thread; other threads hand it work through
 ``ioloop.add_callback_threadsafe`` and wait on futures or events. The thread
 sends heartbeats whatever the handlers are doing, reconnects with backoff,
-replays the declared topology, restarts consumers, and tracks publisher
+replays the declared topology, restarts subscriptions, and tracks publisher
 confirms.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import threading
@@ -16,10 +17,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from melange.backends.rabbitmq_errors import detached, translate
-from melange.backends.rabbitmq_publisher import Confirms, Outgoing, PublishBatch
+from melange.backends.rabbitmq._confirms import Confirms, Outgoing, PublishBatch
+from melange.backends.rabbitmq._errors import detached, translate
 from melange.exceptions import BackendConnectionError, MissingExtraError, PublishError
 
 try:
@@ -29,7 +30,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise MissingExtraError("pika", "rabbitmq") from e
 
-__all__ = ["Link", "Step", "Subscriber"]
+__all__ = ["ConnectionObserver", "ConnectionThread", "Declared", "Step", "TopologyKey"]
 
 log = logging.getLogger("melange.backends.rabbitmq")
 
@@ -39,8 +40,25 @@ Step = Callable[[Any, Callable[[Any], None]], None]
 _TICK_SECONDS = 0.05
 
 
-class Subscriber(Protocol):
-    """What the link needs from a consumer (all called on the I/O thread)."""
+class Declared(enum.Enum):
+    """The kinds of topology a connection thread declares again after a reconnect."""
+
+    EXCHANGE = "exchange"
+    QUEUE = "queue"
+    BINDING = "binding"
+    DELAY = "delay"
+
+
+class TopologyKey(NamedTuple):
+    """One declared thing: its kind, its name, and for a binding the exchange."""
+
+    kind: Declared
+    name: str
+    source: str = ""
+
+
+class ConnectionObserver(Protocol):
+    """What the connection thread needs from a subscription (all called on the I/O thread)."""
 
     def on_connection_open(self) -> None:
         """The connection is (again) open: resume consuming if wanted."""
@@ -55,7 +73,7 @@ class Subscriber(Protocol):
         """Stop consuming and hand buffered messages back; then call ``done``."""
 
 
-class Link:
+class ConnectionThread:
     """One connection to RabbitMQ, owned by a daemon I/O thread started on first use.
 
     ``parameters`` are pika's connection parameters. Operations submitted
@@ -73,9 +91,9 @@ class Link:
         self.parameters = parameters
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
-        self.subscribers: list[Subscriber] = []
+        self.observers: list[ConnectionObserver] = []
         #: (kind, name...) -> steps to run again after a reconnect, in declaration order.
-        self.topology: dict[tuple[str, ...], list[Step]] = {}
+        self.topology: dict[TopologyKey, list[Step]] = {}
         self.topology_lock = threading.Lock()
         self.last_error: BaseException | None = None
         self._lock = threading.Lock()
@@ -107,7 +125,7 @@ class Link:
         """Run ``callback`` on the I/O thread, connected or not; never waits.
 
         Raises:
-            BackendConnectionError: the link is closed.
+            BackendConnectionError: the connection thread is closed.
         """
         if self._closing:  # the loop may be gone already: nothing would ever run it
             raise BackendConnectionError("the RabbitMQ backend is closed")
@@ -167,7 +185,7 @@ class Link:
             batch.fail_unsettled(PublishError(str(e)))
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop consumers gracefully, close the connection and end the thread; idempotent."""
+        """Stop subscriptions gracefully, close the connection and end the thread; idempotent."""
         with self._lock:
             if self._closing:
                 return
@@ -254,7 +272,7 @@ class Link:
         self._replay(self._connection, entries, 0)
 
     def _replay(
-        self, connection: Any, entries: list[tuple[tuple[str, ...], list[Step]]], index: int
+        self, connection: Any, entries: list[tuple[TopologyKey, list[Step]]], index: int
     ) -> None:
         if connection is not self._connection:
             return  # lost again while replaying: the next connection starts over
@@ -278,7 +296,7 @@ class Link:
         self._backoff = self.reconnect_delay
         self.last_error = None
         self._ticker = self._ioloop.call_later(_TICK_SECONDS, self._tick)
-        for subscriber in list(self.subscribers):
+        for subscriber in list(self.observers):
             subscriber.on_connection_open()
         while self._waiting and self._open:
             run, _ = self._waiting.popleft()
@@ -299,7 +317,7 @@ class Link:
             self._ioloop.remove_timeout(self._ticker)
             self._ticker = None
         self._confirms.detach(reason)
-        for subscriber in list(self.subscribers):
+        for subscriber in list(self.observers):
             subscriber.on_connection_lost()
         if self._closing:
             self._ioloop.stop()
@@ -320,7 +338,7 @@ class Link:
                 return
             connection.close()  # still opening: _on_open_error or _on_close stops the loop
             return
-        stopping = list(self.subscribers)
+        stopping = list(self.observers)
         remaining = [len(stopping)]
 
         def one_stopped() -> None:
@@ -348,7 +366,7 @@ class Link:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        for subscriber in list(self.subscribers):
+        for subscriber in list(self.observers):
             subscriber.tick(now)
         self._ticker = self._ioloop.call_later(_TICK_SECONDS, self._tick)
 
@@ -424,7 +442,7 @@ class Link:
             return  # the caller stopped waiting before this ran: never send it
         if self._failing is not None:
             batch.fail_unsettled(self._failing)
-        elif self._closing and not internal:  # consumers still hand messages back while closing
+        elif self._closing and not internal:  # subscriptions still hand messages back while closing
             batch.fail_unsettled(PublishError("the RabbitMQ backend is closed"))
         elif self._confirms.channel is None or not self._open:
             self._pub_waiting.append(lambda: self._publish(items, batch, internal))

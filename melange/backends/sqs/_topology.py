@@ -8,11 +8,15 @@ import math
 import threading
 from typing import TYPE_CHECKING, Any
 
-from melange.backends import sqs_wire as wire
-from melange.backends.interfaces import MessagingBackend
-from melange.backends.sqs_errors import translated
-from melange.backends.sqs_policy import merged_policy, topics_in_policy
-from melange.exceptions import ConfigurationError, QueueNotFoundError, TopicNotFoundError
+from melange.backends.sqs import _wire as wire
+from melange.backends.sqs._errors import translated
+from melange.backends.sqs._policy import merged_policy, topics_in_policy
+from melange.exceptions import (
+    ConfigurationError,
+    QueueNotFoundError,
+    TopicNotFoundError,
+    UnexpectedOptionError,
+)
 from melange.models import QueueWrapper, TopicWrapper
 
 if TYPE_CHECKING:
@@ -26,19 +30,20 @@ MAX_VISIBILITY_SECONDS = 43_200
 _MAX_RECEIVE_COUNT = 1_000
 
 
-class SQSTopology(MessagingBackend):
-    """The topology half of ``AWSBackend``: topics, queues, dead letters, policies.
+class SQSTopology:
+    """Topics, queues, dead letters and policies for ``AWSBackend``, over its two clients.
 
-    Every name goes through ``sqs_wire.entity_name``. Queue URLs (by name) and
+    Every name goes through ``_wire.entity_name``. Queue URLs (by name) and
     ARNs (by URL) are cached; policies are always read fresh, since another
     process may have added topics.
     """
 
-    _sns: SNSClient
-    _sqs: SQSClient
-    _lock: threading.Lock
-    _queue_urls: dict[str, str]  # melange name -> URL
-    _queue_arns: dict[str, str]  # URL -> ARN
+    def __init__(self, sns: SNSClient, sqs: SQSClient) -> None:
+        self._sns = sns
+        self._sqs = sqs
+        self._lock = threading.Lock()
+        self._queue_urls: dict[str, str] = {}  # melange name -> URL
+        self._queue_arns: dict[str, str] = {}  # URL -> ARN
 
     def declare_topic(self, topic_name: str) -> TopicWrapper:
         """Create or get the SNS topic (FIFO when the name ends in ``.fifo``).
@@ -73,7 +78,7 @@ class SQSTopology(MessagingBackend):
         *topics_to_bind: TopicWrapper,
         dead_letter_queue_name: str | None = None,
         visibility_timeout: float | None = None,
-        max_receive_count: int | None = None,
+        max_receive_count: int,
         **kwargs: Any,
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
         """Create or get the queue, its dead-letter queue, its topic subscriptions and policy.
@@ -84,7 +89,7 @@ class SQSTopology(MessagingBackend):
             BackendError: SNS or SQS refused.
         """
         if kwargs:
-            raise TypeError(f"declare_queue() got unexpected options {sorted(kwargs)}")
+            raise UnexpectedOptionError(f"declare_queue() got unexpected options {sorted(kwargs)}")
         name = wire.entity_name(queue_name)
         topic_arns = [topic.unwrap() for topic in topics_to_bind]
         _check_queue_options(
@@ -97,8 +102,6 @@ class SQSTopology(MessagingBackend):
         dead_letter = None
         if dead_letter_queue_name is not None:
             dead_letter = QueueWrapper(self._create_queue(dead_letter_queue_name))
-            if max_receive_count is None:
-                max_receive_count = self.default_max_receive_count
             redrive = {
                 "deadLetterTargetArn": self._arn_and_policy(dead_letter.obj)[0],
                 "maxReceiveCount": max_receive_count,

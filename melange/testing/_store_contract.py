@@ -8,9 +8,11 @@ from collections.abc import Callable
 
 import pytest
 
-from melange.idempotency import IdempotencyStore
-from melange.idempotency.base import Claim
+from melange.idempotency.base import Claim, IdempotencyStore
 
+__all__ = ["IdempotencyStoreContract", "StoreFactory"]
+
+#: ``make_store(ttl_seconds=..., lease_seconds=...)``: a new store on the shared data.
 StoreFactory = Callable[..., IdempotencyStore]
 
 

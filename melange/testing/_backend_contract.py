@@ -1,50 +1,20 @@
-"""The contract every backend passes. Subclass ``BackendContract`` per backend.
+"""The contract every backend passes: subclass ``BackendContract`` with a ``backend`` fixture.
 
-A subclass provides a ``backend`` fixture. Class attributes tune timings for
-brokers that only take whole seconds.
+Class attributes tune timings for brokers that only take whole seconds.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable
 
 import pytest
 
 from melange.backends.interfaces import MessagingBackend
-from melange.exceptions import QueueNotFoundError
+from melange.exceptions import ForeignMessageError, QueueNotFoundError
 from melange.models import Message, QueueWrapper
+from melange.testing._waiting import receive, unique_name
 
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def receive(
-    backend: MessagingBackend,
-    queue: QueueWrapper,
-    expected: int,
-    timeout: float = 10.0,
-) -> list[Message]:
-    """Receive until ``expected`` messages arrived or ``timeout`` passed."""
-    got: list[Message] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < expected and time.monotonic() < deadline:
-        remaining = max(0.0, deadline - time.monotonic())
-        got.extend(
-            backend.retrieve_messages(queue, max_messages=10, wait_seconds=min(1.0, remaining))
-        )
-    return got
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+__all__ = ["BackendContract"]
 
 
 class BackendContract:
@@ -60,9 +30,9 @@ class BackendContract:
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
         topic_wrappers = [backend.declare_topic(name) for name in topics]
         return backend.declare_queue(
-            unique("q"),
+            unique_name("q"),
             *topic_wrappers,
-            dead_letter_queue_name=unique("dlq") if dlq else None,
+            dead_letter_queue_name=unique_name("dlq") if dlq else None,
             visibility_timeout=self.visibility_timeout,
             max_receive_count=max_receives,
         )
@@ -73,37 +43,37 @@ class BackendContract:
     # -- topology ----------------------------------------------------------------
 
     def test_declare_topic_is_idempotent(self, backend: MessagingBackend) -> None:
-        name = unique("t")
+        name = unique_name("t")
         assert backend.declare_topic(name) == backend.declare_topic(name)
 
     def test_declared_queue_can_be_got(self, backend: MessagingBackend) -> None:
-        name = unique("q")
+        name = unique_name("q")
         queue, dead_letter = backend.declare_queue(name)
         assert dead_letter is None
         assert backend.get_queue(name) == queue
 
     def test_declare_queue_twice_returns_the_same_queue(self, backend: MessagingBackend) -> None:
-        name = unique("q")
+        name = unique_name("q")
         first, _ = backend.declare_queue(name)
         second, _ = backend.declare_queue(name)
         assert first == second
 
     def test_get_queue_never_creates(self, backend: MessagingBackend) -> None:
-        name = unique("missing")
+        name = unique_name("missing")
         with pytest.raises(QueueNotFoundError):
             backend.get_queue(name)
         with pytest.raises(QueueNotFoundError):
             backend.get_queue(name)
 
     def test_deleted_queue_is_gone(self, backend: MessagingBackend) -> None:
-        name = unique("q")
+        name = unique_name("q")
         queue, _ = backend.declare_queue(name)
         backend.delete_queue(queue)
         with pytest.raises(QueueNotFoundError):
             backend.get_queue(name)
 
     def test_deleted_topic_no_longer_feeds_queues(self, backend: MessagingBackend) -> None:
-        name = unique("t")
+        name = unique_name("t")
         queue, _ = self.declare(backend, name)
         backend.delete_topic(backend.declare_topic(name))
         topic = backend.declare_topic(name)  # a new topic, with no subscriptions
@@ -118,7 +88,7 @@ class BackendContract:
     # -- moving messages -----------------------------------------------------------
 
     def test_topic_fans_out_to_every_subscribed_queue(self, backend: MessagingBackend) -> None:
-        name = unique("t")
+        name = unique_name("t")
         first, _ = self.declare(backend, name)
         second, _ = self.declare(backend, name)
         backend.publish_to_topic(Message(content="hello"), backend.declare_topic(name))
@@ -127,15 +97,15 @@ class BackendContract:
             assert message.content == "hello"
 
     def test_queue_subscribes_to_several_topics(self, backend: MessagingBackend) -> None:
-        names = unique("a"), unique("b")
+        names = unique_name("a"), unique_name("b")
         queue, _ = self.declare(backend, *names)
         for name in names:
             backend.publish_to_topic(Message(content=name), backend.declare_topic(name))
         assert sorted(m.content for m in receive(backend, queue, 2)) == sorted(names)
 
     def test_redeclaring_keeps_earlier_subscriptions(self, backend: MessagingBackend) -> None:
-        first, second = unique("a"), unique("b")
-        queue_name = unique("q")
+        first, second = unique_name("a"), unique_name("b")
+        queue_name = unique_name("q")
         backend.declare_queue(queue_name, backend.declare_topic(first))
         queue, _ = backend.declare_queue(queue_name, backend.declare_topic(second))
         for name in (first, second):
@@ -223,7 +193,7 @@ class BackendContract:
         assert sorted(int(m.content) for m in receive(backend, queue, 25)) == list(range(25))
 
     def test_publish_batch_to_topic(self, backend: MessagingBackend) -> None:
-        name = unique("t")
+        name = unique_name("t")
         queue, _ = self.declare(backend, name)
         topic = backend.declare_topic(name)
         backend.publish_batch_to_topic([Message(content=str(i)) for i in range(12)], topic)
@@ -268,6 +238,12 @@ class BackendContract:
         stream = iter(backend.yield_messages(queue, wait_seconds=1))
         got = sorted(next(stream).content for _ in range(3))
         assert got == ["0", "1", "2"]
+
+    def test_a_message_not_received_from_the_backend_is_refused(
+        self, backend: MessagingBackend
+    ) -> None:
+        with pytest.raises(ForeignMessageError):
+            backend.acknowledge(Message(content="never received"))
 
     def test_close_connection_is_idempotent(self, backend: MessagingBackend) -> None:
         backend.close_connection()

@@ -1,6 +1,7 @@
 """What ``melange worker`` runs in the dispatcher-on-backend contract's process tests.
 
-    melange worker tests.contract_workers:consumers --middleware tests.contract_workers:Crash ...
+    melange worker melange.testing._contract_workers:consumers \
+        --middleware melange.testing._contract_workers:Crash ...
 
 The environment tells the worker what to do: ``CONTRACT_OUT`` (a file of
 ``event number pid`` lines, one per side effect, fsynced), ``CONTRACT_MARKS``
@@ -16,14 +17,23 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from melange import Consumer, Message, Middleware, listener
 from melange.backends.interfaces import MessagingBackend
 from melange.middleware import Handling
 from melange.outcomes import Outcome
-from tests.recorder import Numbered
+
+__all__ = ["ContractEvent", "Crash", "SideEffects", "consumers"]
 
 _FOREVER = 3600.0
+
+
+@dataclass(frozen=True)
+class ContractEvent:
+    """The event the dispatcher contract publishes: a number to count side effects by."""
+
+    number: int
 
 
 def _append(path: str | None, line: str) -> None:
@@ -46,7 +56,7 @@ class SideEffects(Consumer):
         self.hang = os.environ.get("CONTRACT_HANG", "")
 
     @listener
-    def on_number(self, event: Numbered, message: Message) -> None:
+    def on_number(self, event: ContractEvent, message: Message) -> None:
         _append(self.marks, f"started {event.number} {os.getpid()}")
         if self.hang == "before":
             time.sleep(_FOREVER)  # killed here, before the side effect

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -12,7 +11,9 @@ from melange.exceptions import (
     BackendError,
     BatchPublishError,
     ConfigurationError,
+    ForeignMessageError,
     MissingExtraError,
+    UnexpectedOptionError,
     UnsupportedOperationError,
 )
 
@@ -21,9 +22,10 @@ try:
 except ImportError as e:  # pragma: no cover - only without the extra
     raise MissingExtraError("boto3", "sqs") from e
 
-from melange.backends import sqs_wire as wire
-from melange.backends.sqs_errors import NOT_IN_FLIGHT_CODES, receipt_gone, translated
-from melange.backends.sqs_topology import MAX_VISIBILITY_SECONDS, SQSTopology
+from melange.backends.interfaces import MessagingBackend
+from melange.backends.sqs import _wire as wire
+from melange.backends.sqs._errors import NOT_IN_FLIGHT_CODES, receipt_gone, translated
+from melange.backends.sqs._topology import MAX_VISIBILITY_SECONDS, SQSTopology
 from melange.models import Message, QueueWrapper, TopicWrapper
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ _QUEUE_OPTIONS = {
 _URL_OPTIONS = frozenset({"region", "secure", "profile"})
 
 
-class AWSBackend(SQSTopology):
+class AWSBackend(MessagingBackend):
     """Topics are SNS topics, queues are SQS queues; options go to ``boto3.Session`` and clients.
 
     Session options (``region_name``, ``profile_name``, ``aws_access_key_id``…)
@@ -88,9 +90,7 @@ class AWSBackend(SQSTopology):
             session = boto3.Session(**session_options)
             self._sns: SNSClient = session.client("sns", **client_options)
             self._sqs: SQSClient = session.client("sqs", **client_options)
-        self._lock = threading.Lock()
-        self._queue_urls: dict[str, str] = {}  # melange name -> URL
-        self._queue_arns: dict[str, str] = {}  # URL -> ARN
+        self._topology = SQSTopology(self._sns, self._sqs)
 
     @classmethod
     def from_url(cls, url: str) -> AWSBackend:
@@ -136,6 +136,76 @@ class AWSBackend(SQSTopology):
     def sqs_client(self) -> SQSClient:
         """Return the boto3 SQS client."""
         return self._sqs
+
+    # -- topology (``SQSTopology`` does the work) ----------------------------------------
+
+    def declare_topic(self, topic_name: str) -> TopicWrapper:
+        """Create or get the SNS topic (FIFO when the name ends in ``.fifo``).
+
+        Raises:
+            BackendError: SNS refused.
+        """
+        return self._topology.declare_topic(topic_name)
+
+    def get_queue(self, queue_name: str) -> QueueWrapper:
+        """Return an existing queue; never creates one.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        return self._topology.get_queue(queue_name)
+
+    def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        visibility_timeout: float | None = None,
+        max_receive_count: int | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Create or get the queue, its dead-letter queue, its subscriptions and policy.
+
+        Raises:
+            ConfigurationError: FIFO and standard mixed, or a value SQS cannot take.
+            UnexpectedOptionError: an option SQS does not take.
+            TopicNotFoundError: a topic to bind does not exist.
+            BackendError: SNS or SQS refused.
+        """
+        return self._topology.declare_queue(
+            queue_name,
+            *topics_to_bind,
+            dead_letter_queue_name=dead_letter_queue_name,
+            visibility_timeout=visibility_timeout,
+            max_receive_count=(
+                self.default_max_receive_count if max_receive_count is None else max_receive_count
+            ),
+            **kwargs,
+        )
+
+    def queue_policy(self, queue: QueueWrapper) -> str | None:
+        """Return the queue's access policy JSON as SQS holds it, or ``None``.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        return self._topology.queue_policy(queue)
+
+    def delete_queue(self, queue: QueueWrapper) -> None:
+        """Unsubscribe the queue from its topics, then delete it; a gone queue is fine.
+
+        Raises:
+            BackendError: SNS or SQS refused.
+        """
+        self._topology.delete_queue(queue)
+
+    def delete_topic(self, topic: TopicWrapper) -> None:
+        """Unsubscribe every subscriber of the topic, then delete it; a gone topic is fine.
+
+        Raises:
+            BackendError: SNS refused.
+        """
+        self._topology.delete_topic(topic)
 
     # -- publishing --------------------------------------------------------------------
 
@@ -302,7 +372,9 @@ class AWSBackend(SQSTopology):
         wanted = max(1, min(10, int(kwargs.pop("max_messages", 10))))
         wait = max(0, min(self.max_wait_seconds, math.ceil(float(kwargs.pop("wait_seconds", 0)))))
         if kwargs:
-            raise TypeError(f"retrieve_messages() got unexpected options {sorted(kwargs)}")
+            raise UnexpectedOptionError(
+                f"retrieve_messages() got unexpected options {sorted(kwargs)}"
+            )
         url = queue.unwrap()
         with translated(f"receive from SQS queue {url}"):
             response = self._sqs.receive_message(
@@ -425,7 +497,7 @@ class LocalSQSBackend(AWSBackend):
 def _renamed(given: Mapping[str, Any], known: Mapping[str, str], what: str) -> dict[str, Any]:
     unknown = sorted(set(given) - set(known))
     if unknown:
-        raise TypeError(f"unknown {what} {unknown}; known: {sorted(known)}")
+        raise UnexpectedOptionError(f"unknown {what} {unknown}; known: {sorted(known)}")
     return {known[key]: value for key, value in given.items() if value is not None}
 
 
@@ -441,5 +513,5 @@ def _visibility_seconds(seconds: float) -> int:
 def _receipt(message: Message) -> tuple[str, str]:
     receipt = message.receipt
     if not (isinstance(receipt, tuple) and len(receipt) == 2):
-        raise ValueError("this message was not received from an AWSBackend")
+        raise ForeignMessageError("this message was not received from an AWSBackend")
     return receipt

@@ -13,21 +13,20 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from melange.backends._routing import report_unrouted
 from melange.backends.interfaces import MessagingBackend
-from melange.backends.rabbitmq_codec import outgoing, to_message
-from melange.backends.rabbitmq_connection import Link, Step
-from melange.backends.rabbitmq_consumer import (
+from melange.backends.rabbitmq._codec import outgoing, to_message
+from melange.backends.rabbitmq._confirms import OnReturn, Outgoing, PublishBatch
+from melange.backends.rabbitmq._connection import ConnectionThread, Declared, Step, TopologyKey
+from melange.backends.rabbitmq._errors import translate
+from melange.backends.rabbitmq._subscription import (
     ACK,
     REJECT,
     REQUEUE,
-    QueueConsumer,
+    QueueSubscription,
     Receipt,
     receipt_of,
 )
-from melange.backends.rabbitmq_errors import translate
-from melange.backends.rabbitmq_publisher import OnReturn, Outgoing, PublishBatch
-from melange.backends.rabbitmq_topology import (
+from melange.backends.rabbitmq._topology import (
     QUORUM,
     bind,
     declare_exchange,
@@ -39,6 +38,7 @@ from melange.backends.rabbitmq_topology import (
     parse_url,
     queue_arguments,
 )
+from melange.backends.routing import report_unrouted
 from melange.exceptions import (
     BackendError,
     BatchPublishError,
@@ -58,6 +58,7 @@ __all__ = ["RabbitMQBackend"]
 log = logging.getLogger("melange.backends.rabbitmq")
 
 _PRECONDITION_FAILED = 406
+_PER_QUEUE = (Declared.QUEUE, Declared.BINDING)
 
 
 class RabbitMQBackend(MessagingBackend):
@@ -111,17 +112,17 @@ class RabbitMQBackend(MessagingBackend):
         if self.prefetch < 1:
             raise ConfigurationError("prefetch must be at least 1")
         self.parameters = parameters
-        self._link = Link(
+        self._io = ConnectionThread(
             parameters, reconnect_delay=reconnect_delay, max_reconnect_delay=max_reconnect_delay
         )
         self._lock = threading.Lock()
-        self._consumers: dict[str, QueueConsumer] = {}
+        self._subscriptions: dict[str, QueueSubscription] = {}
         self._settings: dict[str, tuple[float, int | None, bool]] = {}
         self._known_queues: set[str] = set()
         self._known_exchanges: set[str] = set()
         self._delay_routes: set[int] = set()
-        # A finalizer on the link (not on self) lets an abandoned backend be collected.
-        self._finalizer = weakref.finalize(self, self._link.close)
+        # A finalizer on the connection thread (not on self) lets an abandoned backend be collected.
+        self._finalizer = weakref.finalize(self, self._io.close)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RabbitMQBackend:
@@ -140,18 +141,18 @@ class RabbitMQBackend(MessagingBackend):
 
     def _run(self, steps: list[Step], *, queue: str | None = None, topic: str | None = None) -> Any:
         try:
-            return self._link.run_steps(steps, self.operation_timeout)
+            return self._io.run_steps(steps, self.operation_timeout)
         except (pika_errors.AMQPError, OSError) as e:
             raise translate(e, queue=queue, topic=topic) from e
 
-    def _remember(self, key: tuple[str, ...], steps: list[Step]) -> None:
-        with self._link.topology_lock:
-            self._link.topology[key] = steps
+    def _remember(self, key: TopologyKey, steps: list[Step]) -> None:
+        with self._io.topology_lock:
+            self._io.topology[key] = steps
 
-    def _forget(self, match: Callable[[tuple[str, ...]], bool]) -> None:
-        with self._link.topology_lock:
-            for key in [k for k in self._link.topology if match(k)]:
-                del self._link.topology[key]
+    def _forget(self, match: Callable[[TopologyKey], bool]) -> None:
+        with self._io.topology_lock:
+            for key in [k for k in self._io.topology if match(k)]:
+                del self._io.topology[key]
 
     def declare_topic(self, topic_name: str) -> TopicWrapper:
         """Declare a durable fanout exchange.
@@ -162,7 +163,7 @@ class RabbitMQBackend(MessagingBackend):
         """
         steps = [declare_exchange(topic_name)]
         self._run(steps, topic=topic_name)
-        self._remember(("exchange", topic_name), steps)
+        self._remember(TopologyKey(Declared.EXCHANGE, topic_name), steps)
         self._known_exchanges.add(topic_name)
         return TopicWrapper(topic_name)
 
@@ -192,7 +193,7 @@ class RabbitMQBackend(MessagingBackend):
         """Declare a queue with melange's arguments; with none, accept one that exists as it is."""
         steps = [declare_queue(name, arguments or QUORUM)]
         try:
-            self._link.run_steps(steps, self.operation_timeout)
+            self._io.run_steps(steps, self.operation_timeout)
         except pika_errors.ChannelClosedByBroker as e:
             if arguments is not None or e.reply_code != _PRECONDITION_FAILED:
                 raise translate(e, queue=name) from e
@@ -201,7 +202,7 @@ class RabbitMQBackend(MessagingBackend):
             self._run(steps, queue=name)
         except (pika_errors.AMQPError, OSError) as e:
             raise translate(e, queue=name) from e
-        self._remember(("queue", name), steps)
+        self._remember(TopologyKey(Declared.QUEUE, name), steps)
         self._known_queues.add(name)
 
     def declare_queue(
@@ -233,8 +234,8 @@ class RabbitMQBackend(MessagingBackend):
             name = topic.unwrap()
             steps = [declare_exchange(name), bind(queue_name, name)]
             self._run(steps, queue=queue_name, topic=name)
-            self._remember(("exchange", name), [steps[0]])
-            self._remember(("bind", queue_name, name), [steps[1]])
+            self._remember(TopologyKey(Declared.EXCHANGE, name), [steps[0]])
+            self._remember(TopologyKey(Declared.BINDING, queue_name, name), [steps[1]])
             self._known_exchanges.add(name)
         with self._lock:
             visibility, earlier_limit, dead_letters = self._settings.get(
@@ -247,9 +248,9 @@ class RabbitMQBackend(MessagingBackend):
             else:
                 dead_letters = True
             self._settings[queue_name] = (visibility, limit, dead_letters)
-            consumer = self._consumers.get(queue_name)
-        if consumer is not None:
-            self._configure(consumer)
+            subscription = self._subscriptions.get(queue_name)
+        if subscription is not None:
+            self._configure(subscription)
         dead_letter = QueueWrapper(dead_letter_queue_name) if dead_letter_queue_name else None
         return QueueWrapper(queue_name), dead_letter
 
@@ -261,12 +262,12 @@ class RabbitMQBackend(MessagingBackend):
         """
         name = queue.unwrap()
         with self._lock:
-            consumer = self._consumers.pop(name, None)
+            subscription = self._subscriptions.pop(name, None)
             self._settings.pop(name, None)
         self._known_queues.discard(name)
-        self._forget(lambda key: key[0] in ("queue", "bind") and key[1] == name)
-        if consumer is not None:
-            self._link.call_soon(lambda: self._drop_consumer(consumer))
+        self._forget(lambda key: key.kind in _PER_QUEUE and key.name == name)
+        if subscription is not None:
+            self._io.call_soon(lambda: self._drop_subscription(subscription))
         self._run([delete_queue(name)], queue=name)
 
     def delete_topic(self, topic: TopicWrapper) -> None:
@@ -277,14 +278,20 @@ class RabbitMQBackend(MessagingBackend):
         """
         name = topic.unwrap()
         self._known_exchanges.discard(name)
-        self._forget(lambda key: key == ("exchange", name) or (key[0] == "bind" and key[2] == name))
+        self._forget(
+            lambda key: (
+                key.name == name
+                if key.kind is Declared.EXCHANGE
+                else key.kind is Declared.BINDING and key.source == name
+            )
+        )
         self._run([delete_exchange(name)], topic=name)
 
     # -- publishing -------------------------------------------------------------------
 
     def _send(self, items: list[Outgoing], messages: Sequence[Message]) -> None:
         batch = PublishBatch(len(items))
-        self._link.publish(items, batch)
+        self._io.publish(items, batch)
         failures = batch.wait(self.confirm_timeout)
         for index in batch.unrouted:
             report_unrouted(self, messages[index], items[index][0])
@@ -391,43 +398,43 @@ class RabbitMQBackend(MessagingBackend):
         route, steps = delay_route(ttl)
         if ttl not in self._delay_routes:
             self._run(steps, queue=route, topic=route)
-            self._remember(("delay", route), steps)
+            self._remember(TopologyKey(Declared.DELAY, route), steps)
             self._delay_routes.add(ttl)
         item = outgoing(message, route, queue, receives=receives)
         self._send([item], (message,))
 
     # -- consuming --------------------------------------------------------------------
 
-    def _consumer(self, name: str) -> QueueConsumer:
-        consumer = self._consumers.get(name)
-        if consumer is None:
+    def _subscription(self, name: str) -> QueueSubscription:
+        subscription = self._subscriptions.get(name)
+        if subscription is None:
             with self._lock:
-                consumer = self._consumers.get(name)
-                if consumer is None:
-                    consumer = QueueConsumer(
-                        self._link,
+                subscription = self._subscriptions.get(name)
+                if subscription is None:
+                    subscription = QueueSubscription(
+                        self._io,
                         name,
                         prefetch=self.prefetch,
                         visibility_timeout=self.default_visibility_timeout,
                         idle_release=self.idle_release,
                     )
-                    self._configure(consumer)
-                    self._consumers[name] = consumer
-                    self._link.subscribers.append(consumer)
-        return consumer
+                    self._configure(subscription)
+                    self._subscriptions[name] = subscription
+                    self._io.observers.append(subscription)
+        return subscription
 
-    def _configure(self, consumer: QueueConsumer) -> None:
-        settings = self._settings.get(consumer.queue)
+    def _configure(self, subscription: QueueSubscription) -> None:
+        settings = self._settings.get(subscription.queue)
         if settings is not None:
             visibility, limit, dead_letters = settings
-            consumer.visibility_timeout = visibility
-            consumer.max_receive_count = limit
-            consumer.dead_letters = dead_letters
+            subscription.visibility_timeout = visibility
+            subscription.max_receive_count = limit
+            subscription.dead_letters = dead_letters
 
-    def _drop_consumer(self, consumer: QueueConsumer) -> None:
-        if consumer in self._link.subscribers:
-            self._link.subscribers.remove(consumer)
-        consumer.discard()
+    def _drop_subscription(self, subscription: QueueSubscription) -> None:
+        if subscription in self._io.observers:
+            self._io.observers.remove(subscription)
+        subscription.discard()
 
     def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
         """Receive up to ``max_messages`` (10), waiting up to ``wait_seconds`` (0) for the first.
@@ -442,19 +449,19 @@ class RabbitMQBackend(MessagingBackend):
         max_messages: int = kwargs.get("max_messages", 10)
         wait_seconds: float = kwargs.get("wait_seconds", 0.0)
         name = queue.unwrap()
-        consumer = self._consumer(name)
-        if not consumer.active:
+        subscription = self._subscription(name)
+        if not subscription.active:
             try:
-                consumer.start(self.operation_timeout)
+                subscription.start(self.operation_timeout)
             except (pika_errors.AMQPError, OSError) as e:
                 raise translate(e, queue=name) from e
         messages = []
-        limit = consumer.max_receive_count if consumer.dead_letters else None
-        for receipt, delivery in consumer.take(max_messages, wait_seconds):
+        limit = subscription.max_receive_count if subscription.dead_letters else None
+        for receipt, delivery in subscription.take(max_messages, wait_seconds):
             message = to_message(receipt, delivery)
             if limit is not None and message.receive_count > limit:
                 # Counted across releases: the broker's own limit restarts on each new copy.
-                consumer.settle([receipt], REJECT)
+                subscription.settle([receipt], REJECT)
                 continue
             messages.append(message)
         return messages
@@ -463,19 +470,19 @@ class RabbitMQBackend(MessagingBackend):
         """Acknowledge on the channel the message came from; a stale receipt is a no-op.
 
         Raises:
-            ValueError: the message was not received from this backend.
+            ForeignMessageError: the message was not received from this backend.
         """
         receipt = receipt_of(message)
-        receipt.consumer.settle((receipt,), ACK)
+        receipt.subscription.settle((receipt,), ACK)
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
         """Acknowledge several messages, with ``multiple=True`` where the delivery tags allow."""
-        groups: dict[QueueConsumer, list[Receipt]] = {}
+        groups: dict[QueueSubscription, list[Receipt]] = {}
         for message in messages:
             receipt = receipt_of(message)
-            groups.setdefault(receipt.consumer, []).append(receipt)
-        for consumer, receipts in groups.items():
-            consumer.settle(receipts, ACK)
+            groups.setdefault(receipt.subscription, []).append(receipt)
+        for subscription, receipts in groups.items():
+            subscription.settle(receipts, ACK)
 
     def extend_visibility(self, message: Message, seconds: float) -> None:
         """Requeue a received message ``seconds`` from now rather than at its visibility timeout.
@@ -484,10 +491,10 @@ class RabbitMQBackend(MessagingBackend):
         received before a reconnect) is left alone.
 
         Raises:
-            ValueError: the message was not received from this backend.
+            ForeignMessageError: the message was not received from this backend.
         """
         receipt = receipt_of(message)
-        receipt.consumer.extend(receipt, seconds)
+        receipt.subscription.extend(receipt, seconds)
 
     def release(self, message: Message, delay: float = 0.0) -> None:
         """Hand a received message back, to come again after ``delay`` seconds.
@@ -498,24 +505,24 @@ class RabbitMQBackend(MessagingBackend):
         its queue's ``max_receive_count`` goes to the dead-letter queue instead.
         """
         receipt = receipt_of(message)
-        consumer = receipt.consumer
-        limit = consumer.max_receive_count
-        if consumer.dead_letters and limit is not None and message.receive_count >= limit:
-            consumer.settle((receipt,), REJECT)
+        subscription = receipt.subscription
+        limit = subscription.max_receive_count
+        if subscription.dead_letters and limit is not None and message.receive_count >= limit:
+            subscription.settle((receipt,), REJECT)
             return
         if delay <= 0:
-            consumer.settle((receipt,), REQUEUE)
+            subscription.settle((receipt,), REQUEUE)
             return
-        generation, owned = consumer.claim((receipt,))
+        generation, owned = subscription.claim((receipt,))
         if not owned:
             return  # already requeued (visibility timeout or lost channel)
         try:
-            self._send_delayed(message, consumer.queue, delay, receives=message.receive_count)
+            self._send_delayed(message, subscription.queue, delay, receives=message.receive_count)
         except BackendError as e:
             log.warning("could not delay %s (%s); requeueing it now", message.message_id, e)
-            consumer.settle_claimed(generation, owned, REQUEUE)
+            subscription.settle_claimed(generation, owned, REQUEUE)
             return
-        consumer.settle_claimed(generation, owned, ACK)
+        subscription.settle_claimed(generation, owned, ACK)
 
     def close_connection(self) -> None:
         """Stop consuming (buffered messages go back uncounted) and close; idempotent."""

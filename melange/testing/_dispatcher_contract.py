@@ -9,7 +9,11 @@ A subclass provides three fixtures:
   the broker's raw client, one message melange cannot read and returns its
   original content as the backend will show it.
 
-Class attributes tune timings for brokers that only take whole seconds.
+Two more have defaults: ``worker_store_url`` (the idempotency store worker
+processes share: a SQLite file) and ``restartable_store`` (a
+``RestartableStore`` whose server the outage scenario stops and starts;
+without one that scenario is skipped). Class attributes tune timings for
+brokers that only take whole seconds.
 """
 
 from __future__ import annotations
@@ -20,11 +24,10 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -36,19 +39,41 @@ from melange import (
     RetryPolicy,
     listener,
 )
-from melange.backends._decoding import bytes_of
+from melange.backends.decoding import bytes_of
 from melange.backends.interfaces import MessagingBackend
+from melange.dead_letters import dead_letter_queue_name
+from melange.idempotency.base import IdempotencyStore
 from melange.models import DECODE_ERROR
-from tests.conformance import wait_until
-from tests.recorder import Numbered
+from melange.testing._contract_workers import ContractEvent
+from melange.testing._waiting import drain, unique_name, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["DispatcherContract", "Inject", "RestartableStore"]
+
+#: ``inject(queue_name) -> original``: see the module's docstring.
 Inject = Callable[[str], str]
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
+_WORKERS = "melange.testing._contract_workers"
+
+
+class RestartableStore(Protocol):
+    """An idempotency store's server that a test can stop and start again."""
+
+    def store(self, namespace: str) -> IdempotencyStore:
+        """Return a new store client whose keys no other test shares."""
+
+    def stop(self) -> None:
+        """Stop the server (its clients' calls fail until ``start``)."""
+
+    def start(self) -> None:
+        """Start the server again, on the same address."""
 
 
 def queue_name(prefix: str = "contract") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return unique_name(prefix)
+
+
+def dlq(queue: str) -> str:
+    return dead_letter_queue_name(queue)
 
 
 class Effects(Consumer):
@@ -61,20 +86,10 @@ class Effects(Consumer):
         self.lock = threading.Lock()
 
     @listener
-    def on_number(self, event: Numbered, message: Message) -> None:
+    def on_number(self, event: ContractEvent, message: Message) -> None:
         time.sleep(self.seconds)
         with self.lock:
             self.counts[event.number] += 1
-
-
-def drain(backend: MessagingBackend, name: str) -> list[Message]:
-    """Return (and acknowledge) every message now in queue ``name``."""
-    queue = backend.get_queue(name)
-    found: list[Message] = []
-    while batch := backend.retrieve_messages(queue, max_messages=10, wait_seconds=0.5):
-        found.extend(batch)
-        backend.acknowledge_batch(batch)
-    return found
 
 
 def effects_in(path: Path) -> Counter[int]:
@@ -108,7 +123,7 @@ class DispatcherContract:
             self.dispatcher(backend, queue, effects, visibility_timeout=2 * self.visibility_timeout)
             for _ in range(2)
         ]
-        MessagePublisher(backend).publish(Numbered(number=1), queue=queue)
+        MessagePublisher(backend).publish(ContractEvent(number=1), queue=queue)
         stop = threading.Event()
         threads = [
             threading.Thread(target=w.consume_loop, args=(queue,), kwargs={"stop_event": stop})
@@ -125,7 +140,7 @@ class DispatcherContract:
                 thread.join(timeout=30)
         assert effects.counts == Counter({1: 1})
         assert drain(backend, queue) == []
-        assert drain(backend, f"{queue}-dlq") == []
+        assert drain(backend, dlq(queue)) == []
 
     def test_a_handler_that_always_fails_is_retried_then_dead_lettered_with_its_reason(
         self, backend: MessagingBackend
@@ -136,7 +151,7 @@ class DispatcherContract:
                 self.deliveries: list[int] = []
 
             @listener
-            def on_number(self, event: Numbered, message: Message) -> None:
+            def on_number(self, event: ContractEvent, message: Message) -> None:
                 self.deliveries.append(message.receive_count)
                 raise RuntimeError(f"no {event.number}")
 
@@ -144,11 +159,11 @@ class DispatcherContract:
         refuses = Refuses()
         retry = RetryPolicy(immediate_attempts=2, max_deliveries=3, backoff_seconds=0.1, jitter=0)
         dispatcher = self.dispatcher(backend, queue, refuses, retry=retry)
-        sent = MessagePublisher(backend).publish(Numbered(number=7), queue=queue)
+        sent = MessagePublisher(backend).publish(ContractEvent(number=7), queue=queue)
         dispatcher.consume_loop(queue, max_messages=3, idle_timeout=10 * self.visibility_timeout)
         # Two attempts per delivery; released with a delay twice, counted across releases.
         assert refuses.deliveries == [1, 1, 2, 2, 3, 3]
-        [dead] = drain(backend, f"{queue}-dlq")
+        [dead] = drain(backend, dlq(queue))
         assert (dead.message_id, dead.content, dead.manifest) == (
             sent.message_id,
             sent.content,
@@ -169,12 +184,12 @@ class DispatcherContract:
         effects = Effects()
         dispatcher = self.dispatcher(backend, queue, effects)
         publisher = MessagePublisher(backend)
-        publisher.publish(Numbered(number=1), queue=queue)
+        publisher.publish(ContractEvent(number=1), queue=queue)
         original = inject_undecodable(queue)
-        publisher.publish(Numbered(number=2), queue=queue)
+        publisher.publish(ContractEvent(number=2), queue=queue)
         dispatcher.consume_loop(queue, idle_timeout=2 * self.visibility_timeout)
         assert effects.counts == Counter({1: 1, 2: 1})
-        [dead] = drain(backend, f"{queue}-dlq")
+        [dead] = drain(backend, dlq(queue))
         assert bytes_of(dead.content) == bytes_of(original)
         assert dead.metadata["error_stage"] in ("decode", "deserialize")
         assert dead.metadata["error_message"]
@@ -184,17 +199,25 @@ class DispatcherContract:
             assert dead.metadata["error_type"] == "melange.exceptions.UndecodableMessageError"
         assert drain(backend, queue) == []
 
-    def test_a_store_outage_mid_run_loses_and_dead_letters_nothing(
-        self, backend: MessagingBackend, restartable_redis: Any
-    ) -> None:
-        from melange.idempotency.redis import RedisIdempotencyStore
+    @pytest.fixture
+    def restartable_store(self) -> RestartableStore:
+        """Override with a ``RestartableStore`` to run the outage scenario."""
+        pytest.skip("no restartable idempotency store given (fixture restartable_store)")
 
+    @pytest.fixture
+    def worker_store_url(self, tmp_path: Path) -> str:
+        """The idempotency store URL the worker processes of a scenario share."""
+        return f"sqlite:///{tmp_path / 'claims.db'}"
+
+    def test_a_store_outage_mid_run_loses_and_dead_letters_nothing(
+        self, backend: MessagingBackend, restartable_store: RestartableStore
+    ) -> None:
         queue = queue_name()
         effects = Effects(seconds=0.05)
-        store = RedisIdempotencyStore(restartable_redis.url, prefix=f"{queue}:")
+        store = restartable_store.store(queue)
         dispatcher = self.dispatcher(backend, queue, effects, idempotency=store)
         MessagePublisher(backend).publish_batch(
-            [Numbered(number=n) for n in range(40)], queue=queue
+            [ContractEvent(number=n) for n in range(40)], queue=queue
         )
         stop = threading.Event()
         errors: list[BaseException] = []
@@ -209,9 +232,9 @@ class DispatcherContract:
         worker.start()
         try:
             assert wait_until(lambda: sum(effects.counts.values()) >= 5, timeout=30)
-            restartable_redis.stop()
+            restartable_store.stop()
             time.sleep(2.0)
-            restartable_redis.start()
+            restartable_store.start()
             assert wait_until(lambda: len(effects.counts) == 40, timeout=60)
         finally:
             stop.set()
@@ -220,7 +243,7 @@ class DispatcherContract:
         assert errors == []
         assert worker.is_alive() is False
         assert effects.counts == Counter(dict.fromkeys(range(40), 1))
-        assert drain(backend, f"{queue}-dlq") == []
+        assert drain(backend, dlq(queue)) == []
 
     # -- worker processes ----------------------------------------------------------------
 
@@ -237,9 +260,9 @@ class DispatcherContract:
                 "--backend",
                 backend_url,
                 "worker",
-                "tests.contract_workers:consumers",
+                f"{_WORKERS}:consumers",
                 "--middleware",
-                "tests.contract_workers:Crash",
+                f"{_WORKERS}:Crash",
                 "--queue",
                 queue,
                 "--no-declare",
@@ -251,7 +274,6 @@ class DispatcherContract:
             log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115
             process = subprocess.Popen(
                 command,
-                cwd=ROOT,
                 env={**os.environ, **env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -277,7 +299,9 @@ class DispatcherContract:
         url = self.require_url(backend_url)
         queue = queue_name()
         self.dispatcher(backend, queue, Effects())
-        MessagePublisher(backend).publish_batch([Numbered(number=n) for n in range(4)], queue=queue)
+        MessagePublisher(backend).publish_batch(
+            [ContractEvent(number=n) for n in range(4)], queue=queue
+        )
         out = tmp_path / "effects.txt"
         env = {"CONTRACT_OUT": str(out), "CONTRACT_SECONDS": str(2 * self.visibility_timeout)}
         workers = [spawn(url, queue, store=None, **env) for _ in range(2)]
@@ -290,12 +314,11 @@ class DispatcherContract:
             for worker in workers:
                 worker.wait(timeout=60)
         assert effects_in(out) == Counter(dict.fromkeys(range(4), 1))
-        assert drain(backend, f"{queue}-dlq") == []
+        assert drain(backend, dlq(queue)) == []
         assert drain(backend, queue) == []
         assert [w.returncode for w in workers] == [0, 0]
 
     @pytest.mark.parametrize("moment", ["before", "after"])
-    @pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
     def test_a_worker_killed_around_its_side_effect_loses_and_repeats_nothing(  # noqa: PLR0917
         self,
         backend: MessagingBackend,
@@ -303,17 +326,15 @@ class DispatcherContract:
         spawn: Spawn,
         tmp_path: Path,
         moment: str,
-        store_kind: str,
-        request: pytest.FixtureRequest,
+        worker_store_url: str,
     ) -> None:
         url = self.require_url(backend_url)
         queue = queue_name()
-        if store_kind == "sqlite":
-            store = f"sqlite:///{tmp_path / 'claims.db'}"
-        else:
-            store = f"{request.getfixturevalue('redis_url')}?prefix={queue}:"
+        store = worker_store_url
         self.dispatcher(backend, queue, Effects())
-        MessagePublisher(backend).publish_batch([Numbered(number=n) for n in range(4)], queue=queue)
+        MessagePublisher(backend).publish_batch(
+            [ContractEvent(number=n) for n in range(4)], queue=queue
+        )
         out, marks = tmp_path / "effects.txt", tmp_path / "marks.txt"
         env = {"CONTRACT_OUT": str(out), "CONTRACT_MARKS": str(marks)}
         doomed = spawn(url, queue, store=store, CONTRACT_HANG=moment, **env)
@@ -329,5 +350,5 @@ class DispatcherContract:
             survivor.send_signal(signal.SIGTERM)
             survivor.wait(timeout=60)
         assert effects_in(out) == Counter(dict.fromkeys(range(4), 1))
-        assert drain(backend, f"{queue}-dlq") == []
+        assert drain(backend, dlq(queue)) == []
         assert drain(backend, queue) == []

@@ -1,4 +1,8 @@
-"""The SQLite file behind ``SQLiteBackend``: connections, schema and error translation."""
+"""SQLite files shared by the embedded broker and the SQLite stores.
+
+One ``SQLiteFile`` per file and owner: a connection per thread in WAL mode,
+pragmas, fork safety, error translation, and per-component schemas.
+"""
 
 from __future__ import annotations
 
@@ -8,66 +12,41 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from melange.exceptions import BackendError, ConfigurationError, StorageError
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "SYNCHRONOUS_MODES",
-    "SQLiteFile",
-    "translate_errors",
-]
+__all__ = ["SYNCHRONOUS_MODES", "SQLiteFile", "Schema", "translate_errors"]
 
-SCHEMA_VERSION = 1
 #: ``PRAGMA application_id`` stamped on files melange creates ("mlng").
 APPLICATION_ID = 0x6D6C6E67
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 # UPSERT (the idempotency claim) needs 3.24.
 _MINIMUM_SQLITE = (3, 24, 0)
+_VERSIONS = """CREATE TABLE IF NOT EXISTS melange_schema_versions (
+    component TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+) WITHOUT ROWID"""
+# Files of melange 0.1.0 kept one version, the broker's, in ``melange_schema``.
+_LEGACY = "melange_schema"
 
-# A message is an immutable body plus one small delivery row per queue. Claims
-# rewrite only the delivery (a few dozen bytes), whose primary key is the
-# receive order, so a receive is one index range scan and a few page writes.
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS melange_schema (version INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS melange_topics (name TEXT PRIMARY KEY) WITHOUT ROWID",
-    """CREATE TABLE IF NOT EXISTS melange_queues (
-        name TEXT PRIMARY KEY,
-        visibility_timeout REAL NOT NULL,
-        max_receive_count INTEGER NOT NULL,
-        dead_letter_queue TEXT
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS melange_subscriptions (
-        topic TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        PRIMARY KEY (topic, queue)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS melange_bodies (
-        id INTEGER PRIMARY KEY,
-        message_id TEXT NOT NULL,
-        content TEXT NOT NULL,
-        metadata TEXT NOT NULL,
-        serializer_id INTEGER,
-        manifest TEXT
-    )""",
-    """CREATE TABLE IF NOT EXISTS melange_deliveries (
-        queue TEXT NOT NULL,
-        visible_at REAL NOT NULL,
-        id INTEGER NOT NULL,
-        receive_count INTEGER NOT NULL DEFAULT 0,
-        claim BLOB,
-        PRIMARY KEY (queue, visible_at, id)
-    ) WITHOUT ROWID""",
-    """CREATE TRIGGER IF NOT EXISTS melange_delivery_done
-        AFTER DELETE ON melange_deliveries
-        BEGIN DELETE FROM melange_bodies WHERE id = old.id; END""",
-    """CREATE TABLE IF NOT EXISTS melange_idempotency (
-        key TEXT PRIMARY KEY,
-        expires_at REAL NOT NULL
-    ) WITHOUT ROWID""",
-)
+
+@dataclass(frozen=True)
+class Schema:
+    """The tables of one component (the broker, a store) and their version.
+
+    Each component creates and versions only its own tables, so a broker
+    file can also hold idempotency claims or saga state without either
+    knowing the other's layout.
+    """
+
+    component: str
+    version: int
+    statements: tuple[str, ...]
+
+
 # Primary result codes (the low byte of an extended code) that mean the file
 # itself cannot be used, as opposed to one operation failing.
 _STORAGE_CODES = {
@@ -207,6 +186,33 @@ class SQLiteFile:
         with translate_errors(self.path):
             return self.connection().execute(sql, parameters).fetchall()
 
+    def ensure(self, schema: Schema) -> None:
+        """Create the component's tables unless this version has them already.
+
+        Raises:
+            StorageError: the file was made by a newer melange (it is left
+                untouched), or it cannot be written.
+            BackendError: the write lock stayed taken past the busy timeout.
+        """
+        if self._current(schema):
+            return
+        with self.transaction() as connection:
+            connection.execute(_VERSIONS)
+            self._adopt_legacy_version(connection)
+            version = self._version_of(connection, schema.component)
+            if version is not None and version > schema.version:
+                raise StorageError(
+                    f"{self.path}: made by a newer melange ({schema.component} schema"
+                    f" {version}, this one knows {schema.version})"
+                )
+            if version != schema.version:
+                for statement in schema.statements:
+                    connection.execute(statement)
+                connection.execute(
+                    "INSERT OR REPLACE INTO melange_schema_versions VALUES (?, ?)",
+                    (schema.component, schema.version),
+                )
+
     def close(self) -> None:
         """Close every connection this object opened; safe to call again."""
         with self._lock:
@@ -240,44 +246,38 @@ class SQLiteFile:
                 if str(mode).lower() != "wal":
                     raise StorageError(f"{self.path}: WAL journal unavailable (got {mode!r})")
                 connection.execute(f"PRAGMA synchronous={self.synchronous}")
-                if self._schema_version(connection) != SCHEMA_VERSION:
-                    self._create_schema(connection, fresh=tables == 0)
+                if tables == 0:
+                    connection.execute(f"PRAGMA application_id={APPLICATION_ID}")
             except BaseException:
                 connection.close()
                 raise
         return connection
 
-    def _schema_version(self, connection: sqlite3.Connection) -> int | None:
-        found = connection.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'melange_schema'"
-        ).fetchone()
-        if found is None:
-            return None
-        row = connection.execute("SELECT max(version) FROM melange_schema").fetchone()
-        return None if row[0] is None else int(row[0])
+    def _current(self, schema: Schema) -> bool:
+        """Return whether the component's tables are at this version (a read, no lock)."""
+        connection = self.connection()
+        with translate_errors(self.path):
+            try:
+                return self._version_of(connection, schema.component) == schema.version
+            except sqlite3.OperationalError:  # no versions table yet
+                return False
 
-    def _create_schema(self, connection: sqlite3.Connection, *, fresh: bool) -> None:
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            # Another process may have done it while this one waited for the lock.
-            version = self._schema_version(connection)
-            if version is not None and version > SCHEMA_VERSION:
-                raise StorageError(
-                    f"{self.path}: made by a newer melange (schema {version}, this one knows"
-                    f" {SCHEMA_VERSION})"
-                )
-            if version != SCHEMA_VERSION:
-                for statement in _SCHEMA:
-                    connection.execute(statement)
-                connection.execute("DELETE FROM melange_schema")
-                connection.execute("INSERT INTO melange_schema VALUES (?)", (SCHEMA_VERSION,))
-                if fresh:
-                    connection.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
+    def _version_of(self, connection: sqlite3.Connection, component: str) -> int | None:
+        row = connection.execute(
+            "SELECT version FROM melange_schema_versions WHERE component = ?", (component,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _adopt_legacy_version(self, connection: sqlite3.Connection) -> None:
+        found = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_LEGACY,)
+        ).fetchone()
+        if found is not None:
+            connection.execute(
+                "INSERT OR IGNORE INTO melange_schema_versions"
+                f" SELECT 'broker', max(version) FROM {_LEGACY} WHERE version IS NOT NULL"
+            )
+            connection.execute(f"DROP TABLE {_LEGACY}")
 
     def _forget_parent_connections(self) -> None:
         with self._lock:

@@ -10,12 +10,12 @@ from melange.models import Message
 
 __all__ = ["report_unrouted"]
 
-log = logging.getLogger("melange.backends")
+_log = logging.getLogger("melange.backends")
 
 
 def report_unrouted(sender: Any, message: Message, topic: str) -> None:
     """Log a warning and send ``message_unrouted``: no queue subscribes to ``topic``."""
-    log.warning(
+    _log.warning(
         "message %s (%s) published to topic %r, which no queue subscribes to: nobody will"
         " read it (declare the consumers' queues before publishing)",
         message.message_id,

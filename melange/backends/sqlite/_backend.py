@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from melange.backends import sqlite_queries as queries
-from melange.backends._routing import report_unrouted
+from melange._sqlite import SQLiteFile
 from melange.backends.interfaces import MessagingBackend
-from melange.backends.sqlite_store import SQLiteFile
-from melange.exceptions import ConfigurationError, QueueNotFoundError, TopicNotFoundError
+from melange.backends.routing import report_unrouted
+from melange.backends.sqlite import _queries as queries
+from melange.backends.sqlite._schema import BROKER_SCHEMA
+from melange.exceptions import (
+    ConfigurationError,
+    ForeignMessageError,
+    InvalidArgumentError,
+    QueueNotFoundError,
+    TopicNotFoundError,
+)
 from melange.models import Message, QueueWrapper, TopicWrapper
 
 __all__ = ["SQLiteBackend"]
@@ -66,6 +73,7 @@ class SQLiteBackend(MessagingBackend):
         if not poll_interval > 0:
             raise ConfigurationError(f"poll_interval must be > 0, not {poll_interval!r}")
         self._file = SQLiteFile(path, synchronous=synchronous, busy_timeout=busy_timeout)
+        self._file.ensure(BROKER_SCHEMA)
         self.path = self._file.path
         self.synchronous = self._file.synchronous
         self.poll_interval = poll_interval
@@ -252,12 +260,12 @@ class SQLiteBackend(MessagingBackend):
 
         Raises:
             QueueNotFoundError: the queue does not exist.
-            ValueError: ``max_messages`` is below 1.
+            InvalidArgumentError: ``max_messages`` is below 1.
         """
         max_messages: int = kwargs.get("max_messages", 10)
         wait_seconds: float = kwargs.get("wait_seconds", 0.0)
         if max_messages < 1:
-            raise ValueError(f"max_messages must be at least 1, not {max_messages!r}")
+            raise InvalidArgumentError(f"max_messages must be at least 1, not {max_messages!r}")
         deadline = time.monotonic() + wait_seconds
         pause = min(0.002, self.poll_interval)
         while True:
@@ -298,7 +306,7 @@ class SQLiteBackend(MessagingBackend):
         """Delete a received message, unless it was handed out again since.
 
         Raises:
-            ValueError: the message was not received from an ``SQLiteBackend``.
+            ForeignMessageError: the message was not received from an ``SQLiteBackend``.
         """
         self.acknowledge_batch((message,))
 
@@ -306,7 +314,7 @@ class SQLiteBackend(MessagingBackend):
         """Delete received messages in one transaction; late acknowledgements do nothing.
 
         Raises:
-            ValueError: a message was not received from an ``SQLiteBackend``.
+            ForeignMessageError: a message was not received from an ``SQLiteBackend``.
         """
         receipts = [_receipt(m) for m in messages]
         if not receipts:
@@ -326,7 +334,7 @@ class SQLiteBackend(MessagingBackend):
         """Make a received message visible again after ``delay`` seconds (its count is kept).
 
         Raises:
-            ValueError: the message was not received from an ``SQLiteBackend``.
+            ForeignMessageError: the message was not received from an ``SQLiteBackend``.
         """
         r = _receipt(message)
         with self._file.transaction() as db:
@@ -341,7 +349,7 @@ class SQLiteBackend(MessagingBackend):
         or handed out again since is left alone. Safe from any thread.
 
         Raises:
-            ValueError: the message was not received from an ``SQLiteBackend``.
+            ForeignMessageError: the message was not received from an ``SQLiteBackend``.
         """
         r = _receipt(message)
         moved_from: float | None = None
@@ -383,5 +391,5 @@ class SQLiteBackend(MessagingBackend):
 def _receipt(message: Message) -> queries.Receipt:
     receipt = message.receipt
     if not isinstance(receipt, queries.Receipt):
-        raise ValueError("this message was not received from an SQLiteBackend")
+        raise ForeignMessageError("this message was not received from an SQLiteBackend")
     return receipt

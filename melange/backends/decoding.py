@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from melange.exceptions import UndecodableMessageError
 from melange.models import DECODE_ERROR, Message, _unchecked, new_message_id
 
 __all__ = [
     "bytes_of",
     "header_text",
-    "integer_or_none",
+    "integer_of",
     "original_form",
     "text_of",
     "undecodable",
@@ -55,18 +56,18 @@ def header_text(value: Any) -> str:
     return str(value)
 
 
-def integer_or_none(value: Any, what: str) -> int:
-    """Return ``value`` as an int.
+def integer_of(value: Any, what: str) -> int:
+    """Return ``value`` (an int, or text or bytes of one) as an int.
 
     Raises:
-        ValueError: it is not an integer (``what`` names it in the message).
+        UndecodableMessageError: it is not an integer (``what`` names it in the message).
     """
     if type(value) is int:
         return value
     text = header_text(value).strip()
     if text.lstrip("-").isdigit():
         return int(text)
-    raise ValueError(f"{what} is not an integer: {text[:80]!r}")
+    raise UndecodableMessageError(f"{what} is not an integer: {text[:80]!r}")
 
 
 def undecodable(  # noqa: PLR0917 - mirrors Message's fields

@@ -8,8 +8,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from melange.backends._decoding import header_text, integer_or_none, undecodable
-from melange.exceptions import MessageTooLargeError
+from melange.backends.decoding import header_text, integer_of, undecodable
+from melange.exceptions import MessageTooLargeError, UndecodableMessageError
 from melange.models import Message, _unchecked, new_message_id
 
 __all__ = [
@@ -189,8 +189,8 @@ def message_from(received: Mapping[str, Any], queue_url: str) -> Message:
             manifest = value
         elif name == SERIALIZER_ID:
             try:
-                serializer_id = integer_or_none(value, SERIALIZER_ID)
-            except ValueError as e:
+                serializer_id = integer_of(value, SERIALIZER_ID)
+            except UndecodableMessageError as e:
                 problems.append(str(e))
                 headers[name] = value
         elif name == PACKED_HEADERS:
@@ -204,8 +204,8 @@ def message_from(received: Mapping[str, Any], queue_url: str) -> Message:
             headers[name] = value
     count = (received.get("Attributes") or {}).get("ApproximateReceiveCount", "1")
     try:
-        receive_count = integer_or_none(count, "ApproximateReceiveCount")
-    except ValueError as e:
+        receive_count = integer_of(count, "ApproximateReceiveCount")
+    except UndecodableMessageError as e:
         receive_count = 0  # unknown
         problems.append(str(e))
     body = header_text(received.get("Body", ""))

@@ -6,7 +6,7 @@ in any process, runs between its statements.
 
 Rows may have been written by other programs or be corrupt: ``received``
 decodes each claimed row on its own when the batch cannot be read at once,
-and a row it cannot read comes back ``undecodable`` (see ``_decoding``).
+and a row it cannot read comes back ``undecodable`` (see ``melange.backends.decoding``).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from itertools import chain, repeat
 from typing import Any, NamedTuple
 
-from melange.backends._decoding import (
+from melange.backends.decoding import (
     header_text,
-    integer_or_none,
+    integer_of,
     original_form,
     text_of,
     undecodable,
 )
-from melange.exceptions import PublishError, QueueNotFoundError
+from melange.exceptions import PublishError, QueueNotFoundError, UndecodableMessageError
 from melange.models import DECODE_ERROR, Message, _unchecked
 
 __all__ = [
@@ -310,8 +310,8 @@ def _decoded(row: tuple[Any, ...], receipt: Receipt) -> Message:
     serializer_id = None
     if raw_serializer is not None:
         try:
-            serializer_id = integer_or_none(raw_serializer, "serializer_id")
-        except ValueError as e:
+            serializer_id = integer_of(raw_serializer, "serializer_id")
+        except UndecodableMessageError as e:
             problems.append(str(e))
     if not problems:
         return _unchecked(content, message_id, headers, serializer_id, manifest, count, receipt)

@@ -17,7 +17,7 @@ from bisect import bisect_left
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from melange.backends.rabbitmq_connection import Step
+from melange.backends.rabbitmq._connection import Step
 from melange.exceptions import ConfigurationError, MissingExtraError
 
 try:

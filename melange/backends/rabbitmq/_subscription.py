@@ -10,6 +10,7 @@ are handed back without counting as a receive.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import threading
@@ -20,11 +21,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from melange.backends.rabbitmq_codec import Delivery, uncounted
-from melange.backends.rabbitmq_connection import Link
-from melange.backends.rabbitmq_errors import detached
-from melange.backends.rabbitmq_publisher import OnReturn, Outgoing, PublishBatch
-from melange.exceptions import MissingExtraError
+from melange.backends.rabbitmq._codec import Delivery, uncounted
+from melange.backends.rabbitmq._confirms import OnReturn, Outgoing, PublishBatch
+from melange.backends.rabbitmq._connection import ConnectionThread
+from melange.backends.rabbitmq._errors import detached
+from melange.exceptions import ForeignMessageError, MissingExtraError
 from melange.models import Message
 
 try:
@@ -32,46 +33,57 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise MissingExtraError("pika", "rabbitmq") from e
 
-__all__ = ["QueueConsumer", "Receipt", "receipt_of"]
+__all__ = ["QueueSubscription", "Receipt", "Settlement", "receipt_of"]
 
 log = logging.getLogger("melange.backends.rabbitmq")
 
-ACK, REQUEUE, REJECT = "ack", "requeue", "reject"
+
+class Settlement(enum.Enum):
+    """What the broker is told about delivered messages."""
+
+    ACK = "ack"  # done: basic_ack
+    REQUEUE = "requeue"  # back to the queue, counted as a delivery: basic_nack(requeue)
+    REJECT = "reject"  # to the dead-letter exchange: basic_reject(requeue=False)
+
+
+ACK, REQUEUE, REJECT = Settlement.ACK, Settlement.REQUEUE, Settlement.REJECT
 
 
 class Receipt:
-    """Where a received message came from: its consumer, channel generation and delivery tag.
+    """Where a received message came from: its subscription, channel generation and delivery tag.
 
     ``deadline`` (``time.monotonic``) is when the I/O thread requeues the
-    message; it is read and changed under the consumer's lock only.
+    message; it is read and changed under the subscription's lock only.
     """
 
-    __slots__ = ("consumer", "deadline", "generation", "tag")
+    __slots__ = ("deadline", "generation", "subscription", "tag")
 
-    def __init__(self, consumer: QueueConsumer, generation: int, tag: int, deadline: float) -> None:
-        self.consumer = consumer
+    def __init__(
+        self, subscription: QueueSubscription, generation: int, tag: int, deadline: float
+    ) -> None:
+        self.subscription = subscription
         self.generation = generation
         self.tag = tag
         self.deadline = deadline
 
     def __repr__(self) -> str:
-        return f"Receipt({self.consumer.queue!r}, generation={self.generation}, tag={self.tag})"
+        return f"Receipt({self.subscription.queue!r}, generation={self.generation}, tag={self.tag})"
 
 
 def receipt_of(message: Message) -> Receipt:
     """Return the receipt of a received message.
 
     Raises:
-        ValueError: the message was not received from a RabbitMQ backend.
+        ForeignMessageError: the message was not received from a RabbitMQ backend.
     """
     receipt = message.receipt
     if not isinstance(receipt, Receipt):
-        raise ValueError("expected a message received from a RabbitMQBackend")
+        raise ForeignMessageError("expected a message received from a RabbitMQBackend")
     return receipt
 
 
-class QueueConsumer:
-    """The consumer of one queue on a ``Link``; thread-safe for callers.
+class QueueSubscription:
+    """The subscription of one queue on a ``ConnectionThread``; thread-safe for callers.
 
     Attributes set by the backend: ``visibility_timeout`` (seconds),
     ``max_receive_count`` (``None``: unknown), ``dead_letters`` (whether a
@@ -80,14 +92,14 @@ class QueueConsumer:
 
     def __init__(
         self,
-        link: Link,
+        io: ConnectionThread,
         queue: str,
         *,
         prefetch: int,
         visibility_timeout: float,
         idle_release: float,
     ) -> None:
-        self.link = link
+        self.io = io
         self.queue = queue
         self.prefetch = prefetch
         self.visibility_timeout = visibility_timeout
@@ -126,8 +138,8 @@ class QueueConsumer:
             if future.set_running_or_notify_cancel():
                 future.set_exception(error)
 
-        self.link.when_open(lambda: self._open(future), fail)
-        self.link.wait(future, timeout)
+        self.io.when_open(lambda: self._open(future), fail)
+        self.io.wait(future, timeout)
 
     def take(self, max_messages: int, wait_seconds: float) -> list[tuple[Receipt, Delivery]]:
         """Hand out up to ``max_messages`` buffered deliveries, waiting up to ``wait_seconds``."""
@@ -169,7 +181,7 @@ class QueueConsumer:
                 receipt.deadline = deadline
                 self.next_expiry = min(self.next_expiry, deadline)
 
-    def settle(self, receipts: Sequence[Receipt], action: str) -> None:
+    def settle(self, receipts: Sequence[Receipt], action: Settlement) -> None:
         """Ack, requeue or reject received messages; a stale receipt is ignored.
 
         A receipt is stale when its message was already requeued: the
@@ -191,12 +203,12 @@ class QueueConsumer:
                     owned.append(receipt.tag)
             return self.generation, owned
 
-    def settle_claimed(self, generation: int, tags: list[int], action: str) -> None:
+    def settle_claimed(self, generation: int, tags: list[int], action: Settlement) -> None:
         """Ack, requeue or reject messages taken with ``claim``; a closed backend ignores it."""
-        link = self.link
-        if link.closed:
+        io = self.io
+        if io.closed:
             return  # closing the connection hands every unacknowledged message back
-        link.call_soon(lambda: self._settle(generation, tags, action))
+        io.call_soon(lambda: self._settle(generation, tags, action))
 
     # -- I/O thread ----------------------------------------------------------------------
 
@@ -219,7 +231,7 @@ class QueueConsumer:
             # channel, so that their receipts stay good.
             self._consume(channel)
             return
-        connection = self.link.connection
+        connection = self.io.connection
         if connection is None or not connection.is_open:
             return  # on_connection_open carries on
         try:
@@ -275,7 +287,7 @@ class QueueConsumer:
             # the next retrieve tries again and reports what the broker says.
             self._wanted = False
             self._finish_opening(reason)
-            log.warning("RabbitMQ closed the consumer of %r: %s", self.queue, reason)
+            log.warning("RabbitMQ closed the subscription of %r: %s", self.queue, reason)
 
     def _forget_channel(self) -> None:
         self._channel = None
@@ -297,7 +309,7 @@ class QueueConsumer:
         if self._channel is not None:
             self._forget_channel()
 
-    def _settle(self, generation: int, tags: list[int], action: str) -> None:
+    def _settle(self, generation: int, tags: list[int], action: Settlement) -> None:
         channel = self._channel
         if channel is None or generation != self.generation:
             return  # that channel is gone, and with it the deliveries: already requeued
@@ -352,7 +364,7 @@ class QueueConsumer:
             self.stop_gracefully(lambda: None)
 
     def stop_gracefully(self, done: Callable[[], None]) -> None:
-        """Cancel the consumer; put buffered messages back uncounted; then call ``done``."""
+        """Cancel the subscription; put buffered messages back uncounted; then call ``done``."""
         self._wanted = False
         channel, consumer_tag = self._channel, self._consumer_tag
         if channel is None or consumer_tag is None or not self.active:
@@ -377,7 +389,7 @@ class QueueConsumer:
                 self._settle(generation, tags, ACK)
                 finish()
 
-            self.link.publish(items, PublishBatch(len(items), republished))
+            self.io.publish(items, PublishBatch(len(items), republished))
 
         def finish() -> None:
             if not self.in_flight and self._channel is channel and channel.is_open:

@@ -1,0 +1,83 @@
+"""Tools for testing code that uses melange, and for proving a backend or store.
+
+No pytest needed for these: ``link_synchronously`` (consumers run inside
+``publish``), ``PublishRecorder`` (what a publisher sent), and the waiting
+helpers. With pytest (``pip install 'melange[testing]'``): the contracts
+``BackendContract``, ``IdempotencyStoreContract`` and ``DispatcherContract``,
+base classes a backend's or store's tests subclass with a fixture that
+builds it. The pytest plugin (``melange.testing.plugin``, loaded
+automatically) adds the fixtures ``melange_backend``,
+``melange_sqlite_backend``, ``melange_recorder`` and ``melange_publisher``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from melange.testing._contract_workers import ContractEvent
+from melange.testing._linking import link_synchronously
+from melange.testing._recording import PublishRecorder, RecordedPublish
+from melange.testing._waiting import drain, receive, unique_name, wait_until
+
+if TYPE_CHECKING:
+    from melange.testing._backend_contract import BackendContract
+    from melange.testing._dispatcher_contract import (
+        DispatcherContract,
+        Inject,
+        RestartableStore,
+    )
+    from melange.testing._store_contract import IdempotencyStoreContract, StoreFactory
+
+__all__ = [
+    "BackendContract",
+    "ContractEvent",
+    "DispatcherContract",
+    "IdempotencyStoreContract",
+    "Inject",
+    "PublishRecorder",
+    "RecordedPublish",
+    "RestartableStore",
+    "StoreFactory",
+    "drain",
+    "link_synchronously",
+    "receive",
+    "unique_name",
+    "wait_until",
+]
+
+# The contracts import pytest: load them on first use only.
+_CONTRACTS = {
+    "BackendContract": "melange.testing._backend_contract",
+    "DispatcherContract": "melange.testing._dispatcher_contract",
+    "Inject": "melange.testing._dispatcher_contract",
+    "RestartableStore": "melange.testing._dispatcher_contract",
+    "IdempotencyStoreContract": "melange.testing._store_contract",
+    "StoreFactory": "melange.testing._store_contract",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a contract when first asked for.
+
+    Raises:
+        MissingExtraError: pytest is not installed.
+        AttributeError: no such name.
+    """
+    module = _CONTRACTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name != "pytest":
+            raise
+        from melange.exceptions import MissingExtraError
+
+        raise MissingExtraError("pytest", "testing") from e
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
