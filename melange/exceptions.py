@@ -26,7 +26,14 @@
     │   ├── UnsupportedOperationError    the backend cannot do what was asked
     │   ├── ForeignMessageError          (also ValueError) not received from this backend
     │   └── StorageError                 the embedded store is unusable
-    └── IdempotencyError                 the idempotency store cannot be used
+    ├── IdempotencyError                 the idempotency store cannot be used
+    ├── SagaError
+    │   ├── SagaConflictError            a saga instance changed since it was loaded
+    │   ├── SagaExistsError              an instance with that correlation key exists
+    │   └── SagaStoreError               the saga store cannot be used
+    └── HandlingDecision                 raised by a handler to settle its message
+        ├── DeferMessage                 not now: deliver it again after a delay
+        └── RejectMessage                never: dead-letter it now, with the reason
 """
 
 from __future__ import annotations
@@ -39,8 +46,10 @@ __all__ = [
     "BackendError",
     "BatchPublishError",
     "ConfigurationError",
+    "DeferMessage",
     "DeserializationError",
     "ForeignMessageError",
+    "HandlingDecision",
     "IdempotencyError",
     "InvalidArgumentError",
     "ListenerDefinitionError",
@@ -51,6 +60,11 @@ __all__ = [
     "NoSerializerError",
     "PublishError",
     "QueueNotFoundError",
+    "RejectMessage",
+    "SagaConflictError",
+    "SagaError",
+    "SagaExistsError",
+    "SagaStoreError",
     "SerializationError",
     "StorageError",
     "TopicNotFoundError",
@@ -179,3 +193,43 @@ class StorageError(BackendError):
 
 class IdempotencyError(MelangeError):
     """The idempotency store cannot be used."""
+
+
+class SagaError(MelangeError):
+    """A saga cannot go on as asked."""
+
+
+class SagaConflictError(SagaError):
+    """The saga instance was saved by someone else since it was loaded."""
+
+
+class SagaExistsError(SagaError):
+    """An instance of this saga type already has that correlation key."""
+
+
+class SagaStoreError(SagaError):
+    """The saga store cannot be used."""
+
+
+class HandlingDecision(MelangeError):
+    """Raised by a handler (or a consumer's own code) to decide what happens to its message."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DeferMessage(HandlingDecision):
+    """Not now: hand the message back, to be delivered again after ``delay`` seconds.
+
+    Not counted as a failure: no retry is used up, and it never dead-letters
+    the message by itself.
+    """
+
+    def __init__(self, reason: str, delay: float = 1.0) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class RejectMessage(HandlingDecision):
+    """Never: this message cannot be handled; dead-letter it now, with the reason."""

@@ -14,6 +14,8 @@ __all__ = [
     "CORRELATION_ID",
     "DECODE_ERROR",
     "PUBLISHED_AT",
+    "SAGA_ID",
+    "SAGA_TYPE",
     "Message",
     "QueueWrapper",
     "TopicWrapper",
@@ -26,6 +28,11 @@ _set = object.__setattr__
 CORRELATION_ID = "correlation_id"
 CAUSATION_ID = "causation_id"
 PUBLISHED_AT = "published_at"
+#: The saga instance a message belongs to, and its saga type: a message
+#: published while handling one that carries them carries them too, so a
+#: reply finds its way back to the saga that sent the command.
+SAGA_ID = "saga_id"
+SAGA_TYPE = "saga_type"
 #: Set by a backend on a received message it could not fully decode (a header
 #: it cannot parse, text that is not UTF-8…); the value says why. The dispatcher
 #: dead-letters such a message with its original content, never handles it.

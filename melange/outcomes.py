@@ -92,6 +92,7 @@ class _CallKind(enum.Enum):
     FAILED = "failed"
     SKIPPED = "skipped"
     DEFERRED = "deferred"
+    REJECTED = "rejected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,11 @@ class CallResult:
         """Return "not now: deliver the message again after ``delay`` seconds"."""
         return cls(_CallKind.DEFERRED, reason=reason, delay=delay)
 
+    @classmethod
+    def reject(cls, reason: str, error: Exception | None = None) -> CallResult:
+        """Return "this message can never be handled here: dead-letter it now"."""
+        return cls(_CallKind.REJECTED, error=error, reason=reason)
+
     @property
     def succeeded(self) -> bool:
         """Return whether the consumer handled the message."""
@@ -143,6 +149,11 @@ class CallResult:
     def deferred(self) -> bool:
         """Return whether the message must come again later for this consumer."""
         return self.kind is _CallKind.DEFERRED
+
+    @property
+    def rejected(self) -> bool:
+        """Return whether the consumer said the message can never be handled."""
+        return self.kind is _CallKind.REJECTED
 
 
 _SUCCESS = CallResult(_CallKind.SUCCEEDED)

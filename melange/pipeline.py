@@ -16,6 +16,8 @@ from typing import Any
 from melange.consumers import Consumer
 from melange.dead_letters import Stage
 from melange.exceptions import (
+    DeferMessage,
+    RejectMessage,
     SerializationError,
     UndecodableMessageError,
     UnknownManifestError,
@@ -168,6 +170,11 @@ class MessagePipeline:
         for _ in range(self.retry.immediate_attempts):
             try:
                 call.consumer.handle(handling.event, handling.message)
+            except DeferMessage as e:
+                return CallResult.defer(e.delay, e.reason)
+            except RejectMessage as e:
+                handling.report(e)
+                return CallResult.reject(e.reason, e)
             except Exception as e:
                 error = e
                 handling.report(e)
@@ -177,6 +184,10 @@ class MessagePipeline:
         return CallResult.failure(error, self.retry.immediate_attempts)
 
     def _combine(self, message: Message, results: Sequence[CallResult]) -> Outcome:
+        rejected = [r for r in results if r.rejected]
+        if rejected:
+            first = rejected[0]
+            return Outcome.dead_letter(Stage.HANDLE, first.reason, error=first.error, attempts=1)
         failed = [r for r in results if r.failed]
         if failed:
             return self._after_failure(message, failed[-1])

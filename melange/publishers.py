@@ -23,6 +23,8 @@ from melange.models import (
     CAUSATION_ID,
     CORRELATION_ID,
     PUBLISHED_AT,
+    SAGA_ID,
+    SAGA_TYPE,
     Message,
     QueueWrapper,
     TopicWrapper,
@@ -163,10 +165,37 @@ class MessagePublisher:
             CAUSATION_ID: causation_id,
             PUBLISHED_AT: utc_now_iso(),
         }
+        if cause is not None and SAGA_ID in cause.metadata:
+            metadata[SAGA_ID] = cause.metadata[SAGA_ID]
+            metadata[SAGA_TYPE] = cause.metadata.get(SAGA_TYPE, "")
         if headers:
             # The caller's headers win, except the publication time.
             metadata.update({str(k): str(v) for k, v in headers.items() if k != PUBLISHED_AT})
         return _unchecked(content, message_id, metadata, serializer_id, manifest)
+
+    def send(
+        self,
+        message: Message,
+        *,
+        topic: str | TopicWrapper | None = None,
+        queue: str | QueueWrapper | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Send a message built earlier (``build_message``) as it is, now.
+
+        No middleware runs and ``hold_publishes`` does not hold it: this is
+        how an outbox sends what it stored. Routing is ``publish``'s.
+
+        Raises:
+            ConfigurationError: both ``topic`` and ``queue``, or a delay on a topic.
+            QueueNotFoundError: ``queue`` does not exist.
+            BackendError: the backend refused the message.
+        """
+        if topic is not None and queue is not None:
+            raise ConfigurationError("send to a topic or to a queue, not both")
+        if delay > 0 and queue is None:
+            raise ConfigurationError("a delay needs queue=: topics cannot delay a message")
+        self._send_now(message, self._resolve(message, topic, queue), delay)
 
     # -- middleware ------------------------------------------------------------------
 

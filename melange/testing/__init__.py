@@ -3,7 +3,8 @@
 No pytest needed for these: ``link_synchronously`` (consumers run inside
 ``publish``), ``PublishRecorder`` (what a publisher sent), and the waiting
 helpers. With pytest (``pip install 'melange[testing]'``): the contracts
-``BackendContract``, ``IdempotencyStoreContract`` and ``DispatcherContract``,
+``BackendContract``, ``IdempotencyStoreContract``, ``SagaStoreContract`` and
+``DispatcherContract``,
 base classes a backend's or store's tests subclass with a fixture that
 builds it. The pytest plugin (``melange.testing.plugin``, loaded
 automatically) adds the fixtures ``melange_backend``,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         Inject,
         RestartableStore,
     )
+    from melange.testing._saga_store_contract import SagaStoreContract, SagaStoreFactory
     from melange.testing._store_contract import IdempotencyStoreContract, StoreFactory
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "PublishRecorder",
     "RecordedPublish",
     "RestartableStore",
+    "SagaStoreContract",
+    "SagaStoreFactory",
     "StoreFactory",
     "drain",
     "link_synchronously",
@@ -54,6 +58,8 @@ _CONTRACTS = {
     "RestartableStore": "melange.testing._dispatcher_contract",
     "IdempotencyStoreContract": "melange.testing._store_contract",
     "StoreFactory": "melange.testing._store_contract",
+    "SagaStoreContract": "melange.testing._saga_store_contract",
+    "SagaStoreFactory": "melange.testing._saga_store_contract",
 }
 
 

@@ -1,0 +1,165 @@
+"""What a saga store keeps: instances, their outgoing messages, and how they read as JSON."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from melange.middleware import DestinationKind
+from melange.models import Message
+
+__all__ = ["PendingMessage", "SagaRecord", "SagaStatus", "Step"]
+
+
+class SagaStatus(enum.Enum):
+    """Where a saga instance is in its life."""
+
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        """Return whether the instance takes no more events."""
+        return self in (SagaStatus.COMPLETED, SagaStatus.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    """A message a saga decided to send, stored with its state until it has left.
+
+    ``due_at`` (wall clock) is when it may leave: now for commands and events,
+    later for a timeout longer than the backend can delay (the store's
+    due-time table); ``delay`` is what the backend is asked to delay it by.
+    """
+
+    message: Message
+    kind: DestinationKind
+    destination: str
+    delay: float = 0.0
+    due_at: float = 0.0
+
+    def to_json(self) -> str:
+        """Return the pending message as one JSON text."""
+        message = self.message
+        return json.dumps(
+            {
+                "content": message.content,
+                "message_id": message.message_id,
+                "metadata": dict(message.metadata),
+                "serializer_id": message.serializer_id,
+                "manifest": message.manifest,
+                "kind": self.kind.value,
+                "destination": self.destination,
+                "delay": self.delay,
+                "due_at": self.due_at,
+            },
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PendingMessage:
+        """Read what ``to_json`` wrote."""
+        data = json.loads(text)
+        message = Message(
+            content=data["content"],
+            message_id=data["message_id"],
+            metadata=data["metadata"],
+            serializer_id=data["serializer_id"],
+            manifest=data["manifest"],
+        )
+        return cls(
+            message,
+            DestinationKind(data["kind"]),
+            data["destination"],
+            float(data["delay"]),
+            float(data["due_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One line of an instance's timeline."""
+
+    at: float
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class SagaRecord:
+    """One saga instance as stored.
+
+    ``state`` is the serialized state (``state_manifest``/``state_serializer``
+    say how to read it back); ``version`` grows by one with every save;
+    ``handled`` holds the ids of the messages already applied (newest last,
+    bounded); ``compensations`` the undo commands, oldest first; ``timeouts``
+    maps each live timeout token to the event it delivers.
+    """
+
+    saga_type: str
+    saga_id: str
+    key: str
+    state: str
+    state_manifest: str | None = None
+    state_serializer: int | None = None
+    status: SagaStatus = SagaStatus.RUNNING
+    version: int = 0
+    handled: tuple[str, ...] = ()
+    compensations: tuple[PendingMessage, ...] = ()
+    timeouts: dict[str, str] = field(default_factory=dict)
+    timeline: tuple[Step, ...] = ()
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def with_changes(self, **changes: Any) -> SagaRecord:
+        """Return a copy with some fields replaced."""
+        return replace(self, **changes)
+
+    def body_json(self) -> str:
+        """Return the fields a store keeps in one JSON column (all but the indexed ones)."""
+        return json.dumps(
+            {
+                "state": self.state,
+                "state_manifest": self.state_manifest,
+                "state_serializer": self.state_serializer,
+                "handled": list(self.handled),
+                "compensations": [c.to_json() for c in self.compensations],
+                "timeouts": self.timeouts,
+                "timeline": [[s.at, s.what] for s in self.timeline],
+                "created_at": self.created_at,
+            },
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_columns(  # noqa: PLR0917 - a store's columns, in their order
+        cls,
+        saga_type: str,
+        saga_id: str,
+        key: str,
+        status: str,
+        version: int,
+        updated_at: float,
+        body: str,
+    ) -> SagaRecord:
+        """Rebuild a record from a store's columns and ``body_json()``."""
+        data = json.loads(body)
+        return cls(
+            saga_type=saga_type,
+            saga_id=saga_id,
+            key=key,
+            state=data["state"],
+            state_manifest=data["state_manifest"],
+            state_serializer=data["state_serializer"],
+            status=SagaStatus(status),
+            version=int(version),
+            handled=tuple(data["handled"]),
+            compensations=tuple(PendingMessage.from_json(c) for c in data["compensations"]),
+            timeouts=dict(data["timeouts"]),
+            timeline=tuple(Step(float(at), what) for at, what in data["timeline"]),
+            created_at=float(data["created_at"]),
+            updated_at=float(updated_at),
+        )
