@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m examples.quickstart
+	$(PY) -m examples.saga
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check melange tests bench examples
@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/sqlite.py
 	$(PY) bench/sqs.py
 	$(PY) bench/rabbitmq.py
+	$(PY) bench/saga.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -15,10 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from melange.exceptions import BackendError, ConfigurationError, StorageError
 
-__all__ = ["SYNCHRONOUS_MODES", "SQLiteFile", "Schema", "translate_errors"]
+__all__ = ["SYNCHRONOUS_MODES", "SQLiteFile", "Schema", "path_of_url", "translate_errors"]
 
 #: ``PRAGMA application_id`` stamped on files melange creates ("mlng").
 APPLICATION_ID = 0x6D6C6E67
@@ -45,6 +46,21 @@ class Schema:
     component: str
     version: int
     statements: tuple[str, ...]
+
+
+def path_of_url(url: str) -> str:
+    """Return the file a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL names.
+
+    The query, if any, is the caller's to read.
+
+    Raises:
+        ConfigurationError: not a ``sqlite:`` URL, a host was given, or no path.
+    """
+    parts = urlsplit(url)
+    path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if parts.scheme.lower() != "sqlite" or parts.netloc or not path:
+        raise ConfigurationError(f"expected sqlite:///path/to.db, got {url!r}")
+    return path
 
 
 # Primary result codes (the low byte of an extended code) that mean the file

@@ -4,8 +4,11 @@
         [--idempotency URL] [--middleware module:Class] [--visibility-timeout SECONDS]
     melange dlq peek billing [--limit 10]
     melange dlq redrive billing
+    melange saga list OrderSaga [--store URL] [--status running] [--json]
+    melange saga show OrderSaga o-1 [--store URL] [--json]
 
-Without ``--backend`` the URL is ``MELANGE_BACKEND_URL``, else ``sqlite:///melange.db``.
+Without ``--backend`` the URL is ``MELANGE_BACKEND_URL``, else ``sqlite:///melange.db``;
+without ``--store`` the saga store is ``MELANGE_SAGA_STORE_URL``, else the same file.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from melange.backends import default_backend_url, from_url
@@ -28,6 +32,7 @@ from melange.exceptions import ConfigurationError, MelangeError
 from melange.idempotency import store_from_url
 from melange.middleware import Middleware
 from melange.models import Message
+from melange.saga import SagaRecord, SagaStatus, default_saga_store_url, saga_store_from_url
 
 __all__ = ["build_parser", "load_consumers", "load_middleware", "main"]
 
@@ -132,6 +137,66 @@ def _described(message: Message) -> dict[str, Any]:
     }
 
 
+def _saga_list(args: argparse.Namespace) -> int:
+    status = SagaStatus(args.status) if args.status else None
+    with saga_store_from_url(args.store or default_saga_store_url()) as store:
+        records = store.instances(args.saga_type, status=status, limit=args.limit)
+    for record in records:
+        if args.json:
+            print(json.dumps(_saga_summary(record), ensure_ascii=False))
+        else:
+            last = record.timeline[-1].what if record.timeline else ""
+            print(f"{record.key}\t{record.status.value}\tv{record.version}\t{last}")
+    if not args.json:
+        print(f"{len(records)} {args.saga_type} instance(s)")
+    return 0
+
+
+def _saga_show(args: argparse.Namespace) -> int:
+    with saga_store_from_url(args.store or default_saga_store_url()) as store:
+        record = store.find(args.saga_type, args.key)
+        pending = (
+            []
+            if record is None
+            else store.pending(args.saga_type, record.saga_id, due_by=float("inf"))
+        )
+    if record is None:
+        print(f"melange: no {args.saga_type} instance with key {args.key!r}", file=sys.stderr)
+        return 1
+    shown = {
+        **_saga_summary(record),
+        "timeline": [
+            {"at": datetime.fromtimestamp(s.at, UTC).isoformat(), "what": s.what}
+            for s in record.timeline
+        ],
+        "compensations": [c.message.manifest for c in record.compensations],
+        "timeouts": sorted(record.timeouts.values()),
+        "outbox": [f"{p.message.manifest} to {p.destination}" for p in pending],
+    }
+    if args.json:
+        print(json.dumps(shown, ensure_ascii=False))
+        return 0
+    for name in ("saga_type", "key", "saga_id", "status", "version", "state"):
+        print(f"{name}: {shown[name]}")
+    print("timeline:")
+    for step in shown["timeline"]:
+        print(f"  {step['at']}  {step['what']}")
+    for name in ("compensations", "timeouts", "outbox"):
+        print(f"{name}: {', '.join(shown[name]) or '-'}")
+    return 0
+
+
+def _saga_summary(record: SagaRecord) -> dict[str, Any]:
+    return {
+        "saga_type": record.saga_type,
+        "key": record.key,
+        "saga_id": record.saga_id,
+        "status": record.status.value,
+        "version": record.version,
+        "state": json.loads(record.state) if record.state else None,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``melange`` command."""
     parser = argparse.ArgumentParser(prog="melange", description=__doc__.splitlines()[0])
@@ -174,6 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--dead-letter-queue", default=None, help="default: <queue>-dlq")
         action.add_argument("--limit", type=int, default=limit)
         action.set_defaults(run=run)
+
+    saga = commands.add_parser("saga", help="inspect saga instances")
+    saga_actions = saga.add_subparsers(dest="action", required=True)
+    listing = saga_actions.add_parser("list", help="the instances of a saga type")
+    showing = saga_actions.add_parser("show", help="one instance: status, state, timeline")
+    for action in (listing, showing):
+        action.add_argument("saga_type", help="the saga's type, e.g. OrderSaga")
+        action.add_argument("--store", default=None, metavar="URL", help="the saga store")
+        action.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument("--status", choices=[s.value for s in SagaStatus], default=None)
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(run_alone=_saga_list)
+    showing.add_argument("key", help="the instance's correlation key")
+    showing.set_defaults(run_alone=_saga_show)
     return parser
 
 
@@ -181,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``melange`` command; return its exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "run_alone"):  # needs no broker
+            alone: int = args.run_alone(args)
+            return alone
         with from_url(args.backend or default_backend_url()) as backend:
             status: int = args.run(args, backend)
             return status

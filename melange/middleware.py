@@ -38,6 +38,7 @@ __all__ = [
     "DestinationKind",
     "ExceptionHook",
     "Handling",
+    "HeldPublish",
     "HeldPublishes",
     "KeepAlive",
     "Middleware",
@@ -230,39 +231,60 @@ class Publishing:
     message: Message | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HeldPublish:
+    """One send kept back: the message, where it goes (by name) and its delay."""
+
+    message: Message
+    destination: Destination
+    delay: float = 0.0
+
+
 class HeldPublishes:
     """Sends kept back by ``hold_publishes``, in the order they were made."""
 
     def __init__(self) -> None:
-        self._sends: list[tuple[Message, Callable[[], None]]] = []
+        self._sends: list[tuple[HeldPublish, Callable[[], None]]] = []
 
     @property
     def messages(self) -> list[Message]:
         """Return the messages held so far."""
-        return [message for message, _ in self._sends]
+        return [held.message for held, _ in self._sends]
 
-    def hold(self, message: Message, send: Callable[[], None]) -> None:
-        """Keep one send back."""
-        self._sends.append((message, send))
+    @property
+    def held(self) -> list[HeldPublish]:
+        """Return the sends held so far, with where each goes: enough to send them later."""
+        return [held for held, _ in self._sends]
+
+    def hold(
+        self,
+        message: Message,
+        send: Callable[[], None],
+        destination: Destination | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Keep one send back (``destination``: by default, the topic of its manifest)."""
+        where = destination or Destination(DestinationKind.TOPIC, message.manifest or "")
+        self._sends.append((HeldPublish(message, where, delay), send))
 
     def release(self) -> list[Message]:
         """Send every held message now, in order; return them."""
         sent = []
         while self._sends:
-            message, send = self._sends.pop(0)
+            held, send = self._sends.pop(0)
             send()
-            sent.append(message)
+            sent.append(held.message)
         return sent
 
     def after_last(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` right after the latest held send goes out; never, if discarded."""
-        message, send = self._sends[-1]
+        held, send = self._sends[-1]
 
         def send_then_call() -> None:
             send()
             callback()
 
-        self._sends[-1] = (message, send_then_call)
+        self._sends[-1] = (held, send_then_call)
 
     def discard(self) -> list[Message]:
         """Drop every held message unsent; return them."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from melange import signals
@@ -99,7 +100,7 @@ class MessagePublisher:
                 # The common case, kept short: routed by type to a topic already known.
                 self.backend.publish_to_topic(message, known)
             else:
-                self._send(message, self._resolve(message, topic, queue), delay)
+                self._send(message, self._resolve(message, topic, queue), delay, topic, queue)
         else:
             publishing = Publishing(
                 event, _text_headers(headers), _requested(topic, queue), delay, publisher=self
@@ -214,14 +215,23 @@ class MessagePublisher:
                 queue = given  # type: ignore[assignment]
             else:
                 topic = given  # type: ignore[assignment]
-        self._send(message, self._resolve(message, topic, queue), publishing.delay)
+        target = self._resolve(message, topic, queue)
+        self._send(message, target, publishing.delay, topic, queue)
 
     # -- sending ---------------------------------------------------------------------
 
-    def _send(self, message: Message, target: _Target, delay: float) -> None:
+    def _send(
+        self,
+        message: Message,
+        target: _Target,
+        delay: float,
+        topic: str | TopicWrapper | None,
+        queue: str | QueueWrapper | None,
+    ) -> None:
         held = current_hold()
         if held is not None:
-            held.hold(message, lambda: self._send_now(message, target, delay))
+            send = partial(self._send_now, message, target, delay)
+            held.hold(message, send, _requested(topic, queue), delay)
         else:
             self._send_now(message, target, delay)
 

@@ -98,8 +98,14 @@ def test_pip_install_names_extras_melange_declares() -> None:
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if shell_commands(p)], ids=page_id)
-def test_the_melange_commands_of_a_page_run(page: Path, tmp_path: Path) -> None:
+def test_the_melange_commands_of_a_page_run(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     commands = [c for c in shell_commands(page) if not c.startswith(("make ", "pip install"))]
+    code = "\n\n".join(blocks(page, "python"))
+    if not defines_tests(code):  # what the page's Python made, its commands look at
+        monkeypatch.chdir(tmp_path)
+        exec(compile(code, page_id(page), "exec", dont_inherit=True), {"__name__": "docs"})
     assert all(command.startswith("melange ") for command in commands), commands
     env = {
         **os.environ,

@@ -159,3 +159,17 @@ def test_expired_claims_are_swept() -> None:
 def test_ttl_and_lease_must_be_positive() -> None:
     with pytest.raises(ValueError, match="must be positive"):
         InMemoryIdempotencyStore(ttl_seconds=0)
+
+
+def test_a_sqlite_url_with_three_slashes_names_a_file_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from melange.idempotency import store_from_url
+
+    monkeypatch.chdir(tmp_path)
+    store = store_from_url("sqlite:///claims.db?lease_seconds=5")
+    store.close()
+    assert (tmp_path / "claims.db").is_file()
+    absolute = store_from_url(f"sqlite:///{tmp_path}/abs.db")
+    absolute.close()
+    assert (tmp_path / "abs.db").is_file()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from melange import Consumer, Message, MessageDispatcher, MessagePublisher, RetryPolicy, listener
+from melange.backends.interfaces import MessagingBackend
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.exceptions import BackendConnectionError, SagaError
 from melange.models import SAGA_ID, SAGA_TYPE, QueueWrapper
@@ -147,7 +150,8 @@ class World:
         self.backend = options.pop("backend", None) or InMemoryMessagingBackend()
         self.store = InMemorySagaStore()
         self.publisher = MessagePublisher(self.backend)
-        self.saga = saga_class(self.store, self.publisher, queue="orders", poll_interval=0.05)
+        poll = options.pop("poll_interval", 0.05)
+        self.saga = saga_class(self.store, self.publisher, queue="orders", poll_interval=poll)
         retry = options.pop(
             "retry",
             RetryPolicy(immediate_attempts=1, max_deliveries=3, backoff_seconds=0.05, jitter=0),
@@ -401,15 +405,25 @@ def test_a_cancelled_timeout_is_dropped_and_counted() -> None:
     assert world.instance("o-c").status is SagaStatus.COMPLETED
 
 
-def test_a_timeout_longer_than_the_backend_can_delay_waits_in_the_store() -> None:
-    class ShortDelays(InMemoryMessagingBackend):
-        max_delay_seconds = 0.1
+class ShortDelays(InMemoryMessagingBackend):
+    max_delay_seconds = 0.1
 
+
+class NoDelays(InMemoryMessagingBackend):
+    """A backend with the interface's default: it cannot delay a message at all."""
+
+    publish_delayed_to_queue = MessagingBackend.publish_delayed_to_queue
+
+
+@pytest.mark.parametrize("backend_class", [ShortDelays, NoDelays])
+def test_a_timeout_longer_than_the_backend_can_delay_waits_in_the_store(
+    backend_class: type[InMemoryMessagingBackend],
+) -> None:
     class Quick(OrderSaga):
         saga_type = "OrderSaga"
         timeout_after = 0.5
 
-    world = World(Quick, backend=ShortDelays())
+    world = World(Quick, backend=backend_class())
     world.publish(OrderPlaced(order_id="o-long"))
     world.run()
     world.publish(StockReserved(order_id="o-long"))
@@ -478,15 +492,57 @@ def test_a_failure_between_commit_and_dispatch_resends_without_running_again() -
     world.publish(OrderPlaced(order_id="o-x"))
     world.run()
     world.publish(StockReserved(order_id="o-x"))
-    world.run(1.0)
+    world.run()
+    # The state was saved and the event acknowledged; the poller sends what failed to leave.
+    assert world.saga.stats["sends_left_to_poller"] == 1
+    assert wait_until(lambda: (world.run(0.1), "ChargePayment" in commands(world))[1])
     world.close()
-    record = world.instance("o-x")
-    assert record.version == 2  # the handler's work was saved once
-    assert world.saga.stats["redelivered"] == 1
+    assert world.instance("o-x").version == 2  # the handler's work was saved once
     assert commands(world) == ["ReserveStock", "ChargePayment"]
     [first, again] = backend.attempts
     assert first == again  # the same message id: downstream idempotency deduplicates
     assert world.dead_letters() == []
+
+
+def test_a_redelivered_event_is_not_applied_twice_and_resends_what_had_not_left(
+    world: World,
+) -> None:
+    world.publish(OrderPlaced(order_id="o-r"))
+    world.run()
+    record = world.instance("o-r")
+    handled = record.handled[0]
+    # As after a crash between the save and the acknowledgement (or the sends).
+    placed = Message(
+        content='{"order_id": "o-r", "units": 1}',
+        manifest="OrderPlaced",
+        serializer_id=world.publisher.serializers.by_name("pydantic").identifier(),
+        message_id=handled,
+    )
+    world.backend.publish_to_queue(placed, world.backend.get_queue("orders"))
+    world.run()
+    assert world.saga.stats["redelivered"] == 1
+    assert world.instance("o-r").version == 1
+    assert commands(world) == ["ReserveStock"]
+
+
+def test_a_redelivery_sends_what_the_first_delivery_saved_but_could_not_send() -> None:
+    backend = FailsSendsOnce()
+    world = World(backend=backend, poll_interval=0)  # no poller: only the redelivery sends
+    world.publish(OrderPlaced(order_id="o-y"))
+    world.run()
+    reserved = world.publish(StockReserved(order_id="o-y"))
+    world.run()
+    assert "ChargePayment" not in commands(world)
+    saga_id = world.instance("o-y").saga_id
+    pending = world.store.pending("OrderSaga", saga_id, due_by=time.time())
+    [left] = [p for p in pending if p.message.manifest == "ChargePayment"]
+    again = reserved.with_changes()  # the same message, delivered again
+    world.backend.publish_to_queue(again, world.backend.get_queue("orders"))
+    world.run()
+    assert world.saga.stats["redelivered"] == 1
+    assert commands(world) == ["ReserveStock", "ChargePayment"]
+    assert world.commands.received[-1][1] == left.message.message_id
+    assert world.instance("o-y").version == 2
 
 
 def test_a_stored_state_that_no_longer_reads_is_dead_lettered(world: World) -> None:
@@ -506,3 +562,70 @@ def test_state_and_sends_outside_a_handler_are_an_error(world: World) -> None:
         _ = world.saga.state
     with pytest.raises(SagaError):
         world.saga.send(ReleaseStock(order_id="x"), queue="inventory")
+
+
+def test_the_saga_commands_list_and_show_instances(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from melange.cli import main
+    from melange.saga import SQLiteSagaStore
+
+    backend = InMemoryMessagingBackend()
+    store = SQLiteSagaStore(tmp_path / "sagas.db")
+    saga = OrderSaga(store, MessagePublisher(backend), queue="orders", poll_interval=0)
+    dispatcher = MessageDispatcher(backend, [saga])
+    dispatcher.declare("orders")
+    for order_id in ("o-1", "o-2"):
+        MessagePublisher(backend).publish(OrderPlaced(order_id=order_id), queue="orders")
+    MessagePublisher(backend).publish(StockReserved(order_id="o-2"), queue="orders")
+    MessagePublisher(backend).publish(PaymentDeclined(order_id="o-2"), queue="orders")
+    dispatcher.consume_loop("orders", idle_timeout=0.2)
+    store.close()
+    url = f"sqlite:///{tmp_path}/sagas.db"
+    assert main(["saga", "list", "OrderSaga", "--store", url]) == 0
+    listed = capsys.readouterr().out
+    assert "o-1\trunning\tv1\tsent ReserveStock to inventory" in listed
+    assert "o-2\tfailed\tv3\tfailed: payment_declined" in listed
+    assert "2 OrderSaga instance(s)" in listed
+    assert main(["saga", "list", "OrderSaga", "--store", url, "--status", "failed", "--json"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["key"] == "o-2"
+    assert main(["saga", "show", "OrderSaga", "o-2", "--store", url, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "failed"
+    assert shown["state"]["order_id"] == "o-2"
+    assert [s["what"] for s in shown["timeline"]][-1] == "failed: payment_declined"
+    assert main(["saga", "show", "OrderSaga", "o-1", "--store", url]) == 0
+    text = capsys.readouterr().out
+    assert "status: running" in text
+    assert "compensations: ReleaseStock" in text
+    assert main(["saga", "show", "OrderSaga", "nope", "--store", url]) == 1
+    assert "no OrderSaga instance with key 'nope'" in capsys.readouterr().err
+
+
+def test_a_plain_publish_in_a_saga_handler_joins_the_outbox() -> None:
+    class Direct(OrderSaga):
+        saga_type = "OrderSaga"
+
+        runs = 0
+
+        @listener
+        def on_noted(self, event: Noted) -> None:
+            self.publisher.publish(ReleaseStock(order_id=event.order_id), queue="inventory")
+            self.state.notes += 1
+            type(self).runs += 1
+            if type(self).runs == 1:
+                raise RuntimeError("the handler failed after publishing")
+
+    world = World(Direct)
+    world.publish(OrderPlaced(order_id="o-p"))
+    world.run()
+    world.publish(Noted(order_id="o-p"))
+    world.run(0.5)
+    world.close()
+    record = world.instance("o-p")
+    # The failed run's publish never left; the second run's left once, after its save.
+    assert commands(world) == ["ReserveStock", "ReleaseStock"]
+    [(_, _, saga_id)] = [r for r in world.commands.received if r[0] == "ReleaseStock"]
+    assert saga_id == record.saga_id
+    assert '"notes":1' in record.state

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
+from melange._sqlite import path_of_url
 from melange.exceptions import ConfigurationError
 from melange.idempotency.base import Claim, IdempotencyStore
 from melange.idempotency.memory import InMemoryIdempotencyStore
@@ -55,7 +56,7 @@ def store_from_url(url: str) -> IdempotencyStore:
     if scheme == "memory":
         store: IdempotencyStore = InMemoryIdempotencyStore(**options)
     elif scheme == "sqlite":
-        store = SQLiteIdempotencyStore(unquote(parts.path), **options)
+        store = SQLiteIdempotencyStore(path_of_url(url), **options)
     elif scheme in ("redis", "rediss"):
         from melange.idempotency.redis import RedisIdempotencyStore
 

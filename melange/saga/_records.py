@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -118,6 +119,38 @@ class SagaRecord:
         """Return a copy with some fields replaced."""
         return replace(self, **changes)
 
+    def insert_row(self) -> tuple[object, ...]:
+        """Return the stores' ``INSERT`` values: type, id, key, status, version, times, body."""
+        return (
+            self.saga_type,
+            self.saga_id,
+            self.key,
+            self.status.value,
+            self.version,
+            self.created_at,
+            self.updated_at,
+            self.body_json(),
+        )
+
+    def update_row(self) -> tuple[object, ...]:
+        """Return the stores' optimistic ``UPDATE`` values, ending with the version it replaces."""
+        return (
+            self.status.value,
+            self.version,
+            self.updated_at,
+            self.body_json(),
+            self.saga_type,
+            self.saga_id,
+            self.version - 1,
+        )
+
+    def outbox_rows(self, outgoing: Sequence[PendingMessage]) -> list[tuple[object, ...]]:
+        """Return the stores' outbox values: type, id, message id, due time, body."""
+        return [
+            (self.saga_type, self.saga_id, p.message.message_id, p.due_at, p.to_json())
+            for p in outgoing
+        ]
+
     def body_json(self) -> str:
         """Return the fields a store keeps in one JSON column (all but the indexed ones)."""
         return json.dumps(
@@ -133,6 +166,12 @@ class SagaRecord:
             },
             ensure_ascii=False,
         )
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> SagaRecord:
+        """Rebuild a record from a row: type, id, key, status, version, updated_at, body."""
+        saga_type, saga_id, key, status, version, updated_at, body = row
+        return cls.from_columns(saga_type, saga_id, key, status, version, updated_at, body)
 
     @classmethod
     def from_columns(  # noqa: PLR0917 - a store's columns, in their order

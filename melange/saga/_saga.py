@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer, listener
 from melange.exceptions import (
     DeferMessage,
@@ -23,7 +24,7 @@ from melange.exceptions import (
     SagaExistsError,
     SerializationError,
 )
-from melange.middleware import DestinationKind
+from melange.middleware import DestinationKind, HeldPublish, hold_publishes
 from melange.models import SAGA_ID, SAGA_TYPE, Message
 from melange.publishers import MessagePublisher
 from melange.saga import _signals as signals
@@ -31,13 +32,15 @@ from melange.saga._records import PendingMessage, SagaRecord, SagaStatus, Step
 from melange.saga._store import SagaStore
 from melange.serializers import SerializerRegistry
 
-__all__ = ["SAGA_TIMEOUT", "NotFound", "Saga", "starts"]
+__all__ = ["REPLY_TO", "SAGA_TIMEOUT", "NotFound", "Saga", "starts"]
 
 State = TypeVar("State")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 #: The header of a timeout message: the token the instance keeps while it is live.
 SAGA_TIMEOUT = "saga_timeout"
+#: The header of what a saga sends: the queue it consumes, where a reply may go.
+REPLY_TO = "reply_to"
 _STARTS = "__melange_saga_starts__"
 _IDS = uuid.UUID("6d656c61-6e67-6553-6167-614964733031")  # namespace of outgoing ids
 _log = logging.getLogger("melange.saga")
@@ -112,6 +115,8 @@ class Saga(Consumer, Generic[State]):
     conflict_attempts: ClassVar[int] = 5
     #: Ids of handled messages each instance remembers.
     remember_handled: ClassVar[int] = 1000
+    #: Timeline steps each instance keeps (the newest).
+    remember_steps: ClassVar[int] = 500
     #: Seconds a finished instance is kept for inspection.
     retention_seconds: ClassVar[float] = 7 * 86_400.0
     state_type: ClassVar[type]
@@ -144,8 +149,7 @@ class Saga(Consumer, Generic[State]):
         self.stats: Counter[str] = Counter()
         self._states = SerializerRegistry()
         self._states.register_event_type(self.state_type)
-        backend = publisher.backend
-        self._max_delay: float | None = getattr(backend, "max_delay_seconds", None)
+        self._max_delay = _longest_delay(publisher.backend)
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
         self._poller_lock = threading.Lock()
@@ -272,13 +276,13 @@ class Saga(Consumer, Generic[State]):
                 return  # discarded, and reported
             if message.message_id in record.handled:
                 self.stats["redelivered"] += 1
-                self._dispatch(record.saga_id)  # what had not left, leaves now
+                self._after_commit(record.saga_id, None)  # what had not left, leaves now
                 return
             if self._ignored(record, message):
                 return
-            saved = self._apply(record, event, message)
-            if saved is not None:
-                self._dispatch(saved.saga_id)
+            outgoing = self._apply(record, event, message)
+            if outgoing is not None:
+                self._after_commit(record.saga_id, outgoing)
                 return
         self.stats["conflicts_deferred"] += 1
         raise DeferMessage(f"{self.saga_type} kept changing under us", self.retry_later_seconds)
@@ -339,8 +343,13 @@ class Saga(Consumer, Generic[State]):
             return True
         return False
 
-    def _apply(self, record: SagaRecord, event: Any, message: Message) -> SagaRecord | None:
-        """Run the handler on a fresh copy of the state; save it; ``None`` on a conflict."""
+    def _apply(
+        self, record: SagaRecord, event: Any, message: Message
+    ) -> list[PendingMessage] | None:
+        """Run the handler on a fresh copy of the state and save it with what it sends.
+
+        Returns what it sends, or ``None`` when someone else saved the instance first.
+        """
         created = record.version == 0
         scope = _Scope(
             record,
@@ -356,7 +365,9 @@ class Saga(Consumer, Generic[State]):
         scope.note(f"{'started by' if created else 'handled'} {type(event).__name__}")
         entered = _scope.set(scope)
         try:
-            super().handle(event, message)
+            with hold_publishes() as held:  # a plain publish in a handler joins the outbox too
+                super().handle(event, message)
+                scope.outgoing.extend(self._adopted(scope, item) for item in held.held)
         finally:
             _scope.reset(entered)
         saved = self._record_of(scope)
@@ -374,7 +385,7 @@ class Saga(Consumer, Generic[State]):
         if saved.status.finished and not record.status.finished:
             self.stats[saved.status.value] += 1
             signals.saga_finished.send(self, record=saved)
-        return saved
+        return scope.outgoing
 
     def _record_of(self, scope: _Scope) -> SagaRecord:
         content, manifest, serializer_id = self._states.serialize(scope.state)
@@ -389,7 +400,7 @@ class Saga(Consumer, Generic[State]):
             handled=handled,
             compensations=tuple(scope.compensations),
             timeouts=scope.timeouts,
-            timeline=(*record.timeline, *scope.steps),
+            timeline=(*record.timeline, *scope.steps)[-self.remember_steps :],
             updated_at=time.time(),
         )
 
@@ -415,8 +426,31 @@ class Saga(Consumer, Generic[State]):
         stable = uuid.uuid5(
             _IDS, f"{scope.record.saga_id}:{scope.message.message_id}:{scope.sequence}"
         )
-        given = {**(headers or {}), SAGA_ID: scope.record.saga_id, SAGA_TYPE: self.saga_type}
+        given = {
+            REPLY_TO: self.queue,
+            **(headers or {}),
+            SAGA_ID: scope.record.saga_id,
+            SAGA_TYPE: self.saga_type,
+        }
         return self.publisher.build_message(event, given).with_changes(message_id=str(stable))
+
+    def _adopted(self, scope: _Scope, held: HeldPublish) -> PendingMessage:
+        """Return a publish the handler made directly as an outgoing message of the instance."""
+        headers = {
+            REPLY_TO: self.queue,
+            **held.message.metadata,
+            SAGA_ID: scope.record.saga_id,
+            SAGA_TYPE: self.saga_type,
+        }
+        where = held.destination
+        scope.note(f"sent {held.message.manifest} to {where.name}")
+        return PendingMessage(
+            held.message.with_changes(metadata=headers),
+            where.kind,
+            where.name,
+            held.delay,
+            due_at=time.time(),
+        )
 
     def _pending(self, message: Message, queue: str | None, topic: str | None) -> PendingMessage:
         if queue is not None:
@@ -427,9 +461,25 @@ class Saga(Consumer, Generic[State]):
 
     # -- sending what was saved ---------------------------------------------------------
 
-    def _dispatch(self, saga_id: str) -> None:
-        """Send the instance's outgoing messages that are due, then forget them."""
-        self._send(saga_id, self.store.pending(self.saga_type, saga_id, due_by=time.time()))
+    def _after_commit(self, saga_id: str, outgoing: list[PendingMessage] | None) -> None:
+        """Send what is due now (``None``: whatever the store still holds for the instance).
+
+        The event's effect is saved whatever happens here: a send that fails
+        is left in the outbox for the poller, and the event is done.
+        """
+        try:
+            now = time.time()
+            if outgoing is None:
+                outgoing = self.store.pending(self.saga_type, saga_id, due_by=now)
+            self._send(saga_id, [item for item in outgoing if item.due_at <= now])
+        except Exception:
+            self.stats["sends_left_to_poller"] += 1
+            _log.warning(
+                "%s %s: sending after the save failed; the poller sends it",
+                self.saga_type,
+                saga_id,
+                exc_info=True,
+            )
 
     def _send(self, saga_id: str, pending: list[PendingMessage]) -> None:
         sent: list[str] = []
@@ -484,3 +534,11 @@ class Saga(Consumer, Generic[State]):
         poller = self._poller
         if poller is not None:
             poller.join(timeout=10)
+
+
+def _longest_delay(backend: MessagingBackend) -> float | None:
+    """Return the longest delay the backend delivers itself (``None``: any; 0: none at all)."""
+    if type(backend).publish_delayed_to_queue is MessagingBackend.publish_delayed_to_queue:
+        return 0.0  # the interface's default refuses delays: timeouts wait in the store
+    longest: float | None = getattr(backend, "max_delay_seconds", None)
+    return longest

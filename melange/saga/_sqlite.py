@@ -92,16 +92,7 @@ class SQLiteSagaStore(SagaStore):
             with self._file.transaction() as db:
                 db.execute(
                     _INSERT,
-                    (
-                        record.saga_type,
-                        record.saga_id,
-                        record.key,
-                        record.status.value,
-                        record.version,
-                        record.created_at,
-                        record.updated_at,
-                        record.body_json(),
-                    ),
+                    record.insert_row(),
                 )
                 self._add(db, record, outgoing)
         except BackendError as e:
@@ -120,15 +111,7 @@ class SQLiteSagaStore(SagaStore):
             with self._file.transaction() as db:
                 changed = db.execute(
                     _UPDATE,
-                    (
-                        record.status.value,
-                        record.version,
-                        record.updated_at,
-                        record.body_json(),
-                        record.saga_type,
-                        record.saga_id,
-                        record.version - 1,
-                    ),
+                    record.update_row(),
                 ).rowcount
                 if changed != 1:
                     raise SagaConflictError(
@@ -143,17 +126,7 @@ class SQLiteSagaStore(SagaStore):
     def _add(
         db: sqlite3.Connection, record: SagaRecord, outgoing: Sequence[PendingMessage]
     ) -> None:
-        for item in outgoing:
-            db.execute(
-                _OUTGOING,
-                (
-                    record.saga_type,
-                    record.saga_id,
-                    item.message.message_id,
-                    item.due_at,
-                    item.to_json(),
-                ),
-            )
+        db.executemany(_OUTGOING, record.outbox_rows(outgoing))
 
     def load(self, saga_type: str, saga_id: str) -> SagaRecord | None:
         """Return the instance with this id, or ``None``."""
@@ -166,7 +139,7 @@ class SQLiteSagaStore(SagaStore):
     def _one(self, column: str, saga_type: str, value: str) -> SagaRecord | None:
         sql = f"SELECT {_COLUMNS} FROM melange_sagas WHERE saga_type = ? AND {column} = ?"
         rows = self._read(sql, (saga_type, value))
-        return _record(rows[0]) if rows else None
+        return SagaRecord.from_row(rows[0]) if rows else None
 
     def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[PendingMessage]:
         """Return the instance's outgoing messages due by ``due_by``, oldest first."""
@@ -209,7 +182,7 @@ class SQLiteSagaStore(SagaStore):
             sql += " AND status = ?"
             parameters += (status.value,)
         rows = self._read(f"{sql} ORDER BY created_at DESC LIMIT ?", (*parameters, limit))
-        return [_record(row) for row in rows]
+        return [SagaRecord.from_row(row) for row in rows]
 
     def purge(self, saga_type: str, *, finished_before: float) -> int:
         """Delete instances that finished before ``finished_before`` and their outbox."""
@@ -240,8 +213,3 @@ class SQLiteSagaStore(SagaStore):
     def close(self) -> None:
         """Close the store's connections; safe to call more than once."""
         self._file.close()
-
-
-def _record(row: tuple[Any, ...]) -> SagaRecord:
-    saga_type, saga_id, key, status, version, updated_at, body = row
-    return SagaRecord.from_columns(saga_type, saga_id, key, status, version, updated_at, body)

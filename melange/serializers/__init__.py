@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from melange._lazy import lazy_names
 from melange.serializers.base import Serializer, TypedSerializer
 from melange.serializers.dataclass_serializer import DataclassSerializer
 from melange.serializers.json_serializer import JsonSerializer
@@ -33,20 +33,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import ``PydanticSerializer`` or ``MarshmallowSerializer`` when first asked for.
-
-    Raises:
-        MissingExtraError: the library is not installed.
-        AttributeError: no such name.
-    """
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)

@@ -13,9 +13,9 @@ automatically) adds the fixtures ``melange_backend``,
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from melange._lazy import lazy_names
 from melange.testing._contract_workers import ContractEvent
 from melange.testing._linking import link_synchronously
 from melange.testing._recording import PublishRecorder, RecordedPublish
@@ -63,27 +63,4 @@ _CONTRACTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a contract when first asked for.
-
-    Raises:
-        MissingExtraError: pytest is not installed.
-        AttributeError: no such name.
-    """
-    module = _CONTRACTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        value = getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as e:
-        if e.name != "pytest":
-            raise
-        from melange.exceptions import MissingExtraError
-
-        raise MissingExtraError("pytest", "testing") from e
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, globals(), _CONTRACTS, extra=("pytest", "testing"))

@@ -9,9 +9,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from melange._sqlite import SQLiteFile
+from melange._sqlite import SQLiteFile, path_of_url
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.routing import report_unrouted
 from melange.backends.sqlite import _queries as queries
@@ -92,10 +92,8 @@ class SQLiteBackend(MessagingBackend):
             ConfigurationError: the URL names no file, or an unknown or bad option.
             StorageError: the file cannot be used.
         """
+        path = path_of_url(url)
         parts = urlsplit(url)
-        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
-        if parts.scheme.lower() != "sqlite" or parts.netloc or not path:
-            raise ConfigurationError(f"expected sqlite:///path/to.db, got {url!r}")
         options: dict[str, Any] = {}
         for key, values in parse_qs(parts.query, keep_blank_values=True).items():
             convert = _URL_OPTIONS.get(key)

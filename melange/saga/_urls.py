@@ -1,0 +1,46 @@
+"""Saga stores from URLs, for the ``melange saga`` commands and configuration."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from melange._sqlite import path_of_url
+from melange.exceptions import ConfigurationError
+from melange.saga._memory import InMemorySagaStore
+from melange.saga._sqlite import SQLiteSagaStore
+from melange.saga._store import SagaStore
+
+__all__ = ["DEFAULT_SAGA_STORE_URL", "default_saga_store_url", "saga_store_from_url"]
+
+#: The embedded broker's own file: sagas and messages side by side.
+DEFAULT_SAGA_STORE_URL = "sqlite:///melange.db"
+
+
+def saga_store_from_url(url: str) -> SagaStore:
+    """Build a saga store: ``memory://``, ``sqlite:///path.db``, ``postgresql://…``.
+
+    Raises:
+        ConfigurationError: the scheme is not known.
+        SagaStoreError: the store cannot be opened.
+        MissingExtraError: psycopg is not installed (``postgresql://``).
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "memory":
+        return InMemorySagaStore()
+    if scheme == "sqlite":
+        return SQLiteSagaStore(path_of_url(url))
+    if scheme in ("postgresql", "postgres"):
+        from melange.saga import PostgresSagaStore
+
+        store: SagaStore = PostgresSagaStore(url)
+        return store
+    raise ConfigurationError(
+        f"unknown saga store URL scheme {scheme!r} (known: memory://, sqlite:///, postgresql://)"
+    )
+
+
+def default_saga_store_url() -> str:
+    """Return ``MELANGE_SAGA_STORE_URL`` if set, else the embedded default."""
+    return os.environ.get("MELANGE_SAGA_STORE_URL") or DEFAULT_SAGA_STORE_URL
