@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/sqs.py
 	$(PY) bench/rabbitmq.py
 	$(PY) bench/saga.py
+	$(PY) bench/concurrency.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

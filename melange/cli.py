@@ -1,14 +1,19 @@
-"""The ``melange`` command: run a worker, inspect and redrive dead letters.
+"""The ``melange`` command: run a worker, inspect and redrive dead letters, inspect sagas.
 
     melange worker myapp.consumers:Billing --queue billing [--backend URL]
-        [--idempotency URL] [--middleware module:Class] [--visibility-timeout SECONDS]
+        [--threads N] [--processes N] [--prefetch N] [--idempotency URL]
+        [--middleware module:Class] [--visibility-timeout SECONDS]
+        [--log-level INFO] [--log-format text|json]
     melange dlq peek billing [--limit 10]
     melange dlq redrive billing
     melange saga list OrderSaga [--store URL] [--status running] [--json]
     melange saga show OrderSaga o-1 [--store URL] [--json]
 
-Without ``--backend`` the URL is ``MELANGE_BACKEND_URL``, else ``sqlite:///melange.db``;
-without ``--store`` the saga store is ``MELANGE_SAGA_STORE_URL``, else the same file.
+Without ``--backend`` (given before or after the subcommand) the URL is
+``MELANGE_BACKEND_URL``, else ``sqlite:///melange.db``; without ``--store`` the
+saga store is ``MELANGE_SAGA_STORE_URL``, else the same file. Modules named
+``module:attribute`` are imported from the current folder too, as with
+``python -m``.
 """
 
 from __future__ import annotations
@@ -16,25 +21,32 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any
 
+from melange._logs import FORMATS, configure, masked
+from melange._supervisor import supervise
 from melange.backends import default_backend_url, from_url
 from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer
 from melange.dead_letters import dead_letter_queue_name, dead_letter_reason, peek, redrive
 from melange.dispatcher import MessageDispatcher
-from melange.exceptions import ConfigurationError, MelangeError
+from melange.exceptions import ConfigurationError, MelangeError, QueueNotFoundError
 from melange.idempotency import store_from_url
+from melange.manifests import manifest_of
 from melange.middleware import Middleware
 from melange.models import Message
-from melange.saga import SagaRecord, SagaStatus, default_saga_store_url, saga_store_from_url
+from melange.saga._commands import add_saga_commands
 
 __all__ = ["build_parser", "load_consumers", "load_middleware", "main"]
+
+_log = logging.getLogger("melange.worker")
 
 
 def load_consumers(target: str, backend: MessagingBackend) -> list[Consumer]:
@@ -77,38 +89,112 @@ def _imported(target: str) -> Any:
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise ConfigurationError(f"expected module:attribute, got {target!r}")
-    return getattr(importlib.import_module(module_name), attribute)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigurationError(f"cannot import {module_name!r} (for {target}): {e}") from e
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(
+            f"module {module_name!r} has no {attribute!r} ({target})"
+        ) from None
 
 
 def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:
     store = store_from_url(args.idempotency) if args.idempotency else None
+    consumers = load_consumers(args.consumers, backend)
     dispatcher = MessageDispatcher(
         backend,
-        consumers=load_consumers(args.consumers, backend),
+        consumers=consumers,
         middleware=[load_middleware(target) for target in args.middleware],
         idempotency=store,
         visibility_timeout=args.visibility_timeout,
+        batch_size=args.prefetch or (10 if args.threads == 1 else 1),
     )
     if not args.no_declare:
         options = {}
         if args.visibility_timeout is not None:
             options["visibility_timeout"] = args.visibility_timeout
         dispatcher.declare(args.queue, **options)
+    _log.info(
+        "worker on %s: queue %s, consumers %s, topics %s, %d thread(s), %d at a time",
+        masked(args.url),
+        args.queue,
+        ", ".join(c.consumer_id for c in consumers),
+        ", ".join(sorted({manifest_of(t) for t in dispatcher.event_types()})) or "-",
+        args.threads,
+        dispatcher.batch_size,
+    )
     stop = threading.Event()
+
+    def stopping(signum: int, frame: object) -> None:
+        if not stop.is_set():
+            _log.info("%s: finishing the messages in hand, handing back the rest", _name(signum))
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, stopping)
     try:
-        handled = dispatcher.consume_loop(
+        handled = dispatcher.run(
             args.queue,
+            threads=args.threads,
             max_messages=args.max_messages,
             idle_timeout=args.idle_timeout,
             stop_event=stop,
-            on_exception=lambda e: print(f"handler failed: {e!r}", file=sys.stderr),
         )
     finally:
         if store is not None:
             store.close()
-    print(f"handled {handled} message(s) from {args.queue}", flush=True)
+    summary = dispatcher.outcomes.summary()
+    _log.info("stopped: %d message(s) from %s: %s", handled, args.queue, summary)
+    print(f"handled {handled} message(s) from {args.queue}: {summary}", flush=True)
+    return 0
+
+
+def _name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def _declare(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    dispatcher = MessageDispatcher(backend, consumers=load_consumers(args.consumers, backend))
+    options = {}
+    if args.visibility_timeout is not None:
+        options["visibility_timeout"] = args.visibility_timeout
+    dispatcher.declare(args.queue, topics=args.topic, **options)
+    topics = sorted(set(dispatcher.topics()) | set(args.topic))
+    dead_letters = dead_letter_queue_name(args.queue)
+    print(
+        f"declared {args.queue} (dead letters: {dead_letters}), subscribed to: "
+        f"{', '.join(topics) or '-'}"
+    )
+    return 0
+
+
+def _stats(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    source = backend.queue_stats(backend.get_queue(args.queue))
+    dead_letter_name = args.dead_letter_queue or dead_letter_queue_name(args.queue)
+    try:
+        dead = backend.queue_stats(backend.get_queue(dead_letter_name))
+        dead_letters: int | None = dead.ready
+    except QueueNotFoundError:
+        dead_letters = 0
+    counts = {
+        "queue": args.queue,
+        "ready": source.ready,
+        "in_flight": source.in_flight,
+        "delayed": source.delayed,
+        "dead_lettered": dead_letters,
+    }
+    if args.json:
+        print(json.dumps(counts))
+        return 0
+    shown = {k: ("unknown" if v is None else v) for k, v in counts.items()}
+    print(
+        f"{args.queue}: {shown['ready']} ready, {shown['in_flight']} in flight,"
+        f" {shown['delayed']} delayed; {shown['dead_lettered']} dead-lettered"
+        f" ({dead_letter_name})"
+    )
     return 0
 
 
@@ -137,78 +223,36 @@ def _described(message: Message) -> dict[str, Any]:
     }
 
 
-def _saga_list(args: argparse.Namespace) -> int:
-    status = SagaStatus(args.status) if args.status else None
-    with saga_store_from_url(args.store or default_saga_store_url()) as store:
-        records = store.instances(args.saga_type, status=status, limit=args.limit)
-    for record in records:
-        if args.json:
-            print(json.dumps(_saga_summary(record), ensure_ascii=False))
-        else:
-            last = record.timeline[-1].what if record.timeline else ""
-            print(f"{record.key}\t{record.status.value}\tv{record.version}\t{last}")
-    if not args.json:
-        print(f"{len(records)} {args.saga_type} instance(s)")
-    return 0
-
-
-def _saga_show(args: argparse.Namespace) -> int:
-    with saga_store_from_url(args.store or default_saga_store_url()) as store:
-        record = store.find(args.saga_type, args.key)
-        pending = (
-            []
-            if record is None
-            else store.pending(args.saga_type, record.saga_id, due_by=float("inf"))
-        )
-    if record is None:
-        print(f"melange: no {args.saga_type} instance with key {args.key!r}", file=sys.stderr)
-        return 1
-    shown = {
-        **_saga_summary(record),
-        "timeline": [
-            {"at": datetime.fromtimestamp(s.at, UTC).isoformat(), "what": s.what}
-            for s in record.timeline
-        ],
-        "compensations": [c.message.manifest for c in record.compensations],
-        "timeouts": sorted(record.timeouts.values()),
-        "outbox": [f"{p.message.manifest} to {p.destination}" for p in pending],
-    }
-    if args.json:
-        print(json.dumps(shown, ensure_ascii=False))
-        return 0
-    for name in ("saga_type", "key", "saga_id", "status", "version", "state"):
-        print(f"{name}: {shown[name]}")
-    print("timeline:")
-    for step in shown["timeline"]:
-        print(f"  {step['at']}  {step['what']}")
-    for name in ("compensations", "timeouts", "outbox"):
-        print(f"{name}: {', '.join(shown[name]) or '-'}")
-    return 0
-
-
-def _saga_summary(record: SagaRecord) -> dict[str, Any]:
-    return {
-        "saga_type": record.saga_type,
-        "key": record.key,
-        "saga_id": record.saga_id,
-        "status": record.status.value,
-        "version": record.version,
-        "state": json.loads(record.state) if record.state else None,
-    }
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``melange`` command."""
     parser = argparse.ArgumentParser(prog="melange", description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default=None, help="backend URL (default: %(default)s)")
+    parser.add_argument("--version", action="version", version=f"melange {_version()}")
+    parser.add_argument("--backend", default=None, metavar="URL", help=_BACKEND_HELP)
+    _add_logging_options(parser, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser("worker", help="consume a queue with the given consumers")
-    worker.add_argument("consumers", help="module:attribute naming Consumer(s)")
-    worker.add_argument("--queue", required=True)
-    worker.add_argument("--max-messages", type=int, default=None)
-    worker.add_argument("--idle-timeout", type=float, default=None)
-    worker.add_argument("--no-declare", action="store_true", help="do not declare the queue")
+    worker.add_argument(
+        "consumers",
+        help="module:attribute naming a Consumer class or instance, a list of them,"
+        " or a function of the backend returning them",
+    )
+    worker.add_argument("--queue", required=True, help="the queue to consume")
+    worker.add_argument(
+        "--max-messages", type=int, default=None, metavar="N", help="stop after N messages"
+    )
+    worker.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this long without a message (default: never)",
+    )
+    worker.add_argument(
+        "--no-declare",
+        action="store_true",
+        help="do not declare the queue, its dead-letter queue and subscriptions",
+    )
     worker.add_argument(
         "--idempotency",
         default=None,
@@ -229,7 +273,55 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the queue's visibility timeout (default: the backend's)",
     )
+    worker.add_argument(
+        "--threads",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="handler threads in this process (default: 1)",
+    )
+    worker.add_argument(
+        "--processes",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="worker processes under a supervisor that restarts one that dies (default: 1)",
+    )
+    worker.add_argument(
+        "--prefetch",
+        type=_at_least_one,
+        default=None,
+        metavar="N",
+        help="messages each thread receives at once (default: 10 with one thread, else 1)",
+    )
     worker.set_defaults(run=_worker)
+
+    declare = commands.add_parser(
+        "declare", help="create a queue, its dead-letter queue and topics, without consuming"
+    )
+    declare.add_argument("consumers", help="module:attribute naming the queue's Consumer(s)")
+    declare.add_argument("--queue", required=True, help="the queue to create")
+    declare.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a topic to subscribe it to as well (repeatable)",
+    )
+    declare.add_argument(
+        "--visibility-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the queue's visibility timeout (default: the backend's)",
+    )
+    declare.set_defaults(run=_declare)
+
+    stats = commands.add_parser("stats", help="a queue's ready, in-flight and dead-lettered counts")
+    stats.add_argument("queue", help="the queue")
+    stats.add_argument("--dead-letter-queue", default=None, help="default: <queue>-dlq")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(run=_stats)
 
     dlq = commands.add_parser("dlq", help="inspect or redrive a dead-letter queue")
     actions = dlq.add_subparsers(dest="action", required=True)
@@ -240,30 +332,87 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--limit", type=int, default=limit)
         action.set_defaults(run=run)
 
-    saga = commands.add_parser("saga", help="inspect saga instances")
-    saga_actions = saga.add_subparsers(dest="action", required=True)
-    listing = saga_actions.add_parser("list", help="the instances of a saga type")
-    showing = saga_actions.add_parser("show", help="one instance: status, state, timeline")
-    for action in (listing, showing):
-        action.add_argument("saga_type", help="the saga's type, e.g. OrderSaga")
-        action.add_argument("--store", default=None, metavar="URL", help="the saga store")
-        action.add_argument("--json", action="store_true", help="print JSON")
-    listing.add_argument("--status", choices=[s.value for s in SagaStatus], default=None)
-    listing.add_argument("--limit", type=int, default=100)
-    listing.set_defaults(run_alone=_saga_list)
-    showing.add_argument("key", help="the instance's correlation key")
-    showing.set_defaults(run_alone=_saga_show)
+    add_saga_commands(commands)
+    _add_shared_options(parser)
     return parser
+
+
+_BACKEND_HELP = "the broker (default: $MELANGE_BACKEND_URL, else sqlite:///melange.db)"
+
+
+def _add_logging_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log this and worse (default: INFO)",
+    )
+    parser.add_argument(
+        "--log-format", default=default, choices=FORMATS, help="log lines as (default: text)"
+    )
+
+
+def _add_shared_options(parser: argparse.ArgumentParser) -> None:
+    """Let ``--backend`` and the logging options come after the subcommand too."""
+    children = [
+        sub
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for sub in action.choices.values()
+    ]
+    if not children:
+        parser.add_argument(
+            "--backend", default=argparse.SUPPRESS, metavar="URL", help=_BACKEND_HELP
+        )
+        _add_logging_options(parser, argparse.SUPPRESS)
+    for child in children:
+        _add_shared_options(child)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("melange")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _one_process(arguments: list[str]) -> list[str]:
+    """Return the command line with ``--processes 1``: what each supervised worker runs."""
+    kept: list[str] = []
+    skip = False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == "--processes":
+            skip = True
+        elif not argument.startswith("--processes="):
+            kept.append(argument)
+    return [*kept, "--processes", "1"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``melange`` command; return its exit status."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(arguments)
+    configure(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
+    if getattr(args, "processes", 1) > 1:
+        return supervise(_one_process(arguments), args.processes)
+    if os.getcwd() not in sys.path:  # as ``python -m`` does
+        sys.path.insert(0, os.getcwd())
     try:
         if hasattr(args, "run_alone"):  # needs no broker
             alone: int = args.run_alone(args)
             return alone
-        with from_url(args.backend or default_backend_url()) as backend:
+        args.url = args.backend or default_backend_url()
+        with from_url(args.url) as backend:
             status: int = args.run(args, backend)
             return status
     except MelangeError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from melange.builtin_middleware import IdempotencyMiddleware, MessageScopeMiddle
 from melange.consumers import Consumer
 from melange.dead_letters import DeadLetterer
 from melange.dead_letters import dead_letter_queue_name as _dead_letter_name
-from melange.exceptions import BackendError, QueueNotFoundError
+from melange.exceptions import BackendError, InvalidArgumentError, QueueNotFoundError
 from melange.holding import HeldMessages
 from melange.idempotency.base import IdempotencyStore
 from melange.manifests import manifest_of
@@ -25,7 +26,7 @@ from melange.pipeline import MessagePipeline
 from melange.policies import AckPolicy, RetryPolicy
 from melange.serializers import SerializerRegistry
 
-__all__ = ["MessageDispatcher", "SimpleMessageDispatcher"]
+__all__ = ["MessageDispatcher", "OutcomeCounts", "SimpleMessageDispatcher"]
 
 _log = logging.getLogger("melange.dispatcher")
 
@@ -39,6 +40,54 @@ class _QueueState:
     wrapper: QueueWrapper
     dead_letters: DeadLetterer
     visibility_timeout: float
+
+
+class OutcomeCounts:
+    """Handled messages per outcome (acknowledged, retried, dead-lettered...); thread-safe."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[OutcomeKind] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, kind: OutcomeKind) -> None:
+        """Count one message that came to ``kind``."""
+        with self._lock:
+            self._counts[kind] += 1
+
+    def __getitem__(self, kind: OutcomeKind) -> int:
+        with self._lock:
+            return self._counts[kind]
+
+    def summary(self) -> str:
+        """Return e.g. ``8 succeeded, 1 retried, 1 dead-lettered, 0 skipped``."""
+        with self._lock:
+            counts = dict(self._counts)
+        parts = [
+            (counts.get(OutcomeKind.ACK, 0), "succeeded"),
+            (counts.get(OutcomeKind.RELEASE, 0), "retried"),
+            (counts.get(OutcomeKind.DEAD_LETTER, 0), "dead-lettered"),
+            (counts.get(OutcomeKind.SKIP, 0), "skipped"),
+        ]
+        kept = counts.get(OutcomeKind.KEEP, 0)
+        if kept:
+            parts.append((kept, "left to the handler"))
+        return ", ".join(f"{n} {what}" for n, what in parts)
+
+
+class _Count:
+    """Messages handled by several loops together; sets ``stop`` at ``limit``."""
+
+    def __init__(self, limit: int | None, stop: threading.Event) -> None:
+        self.limit = limit
+        self.stop = stop
+        self.handled = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.handled += 1
+            if self.limit is not None and self.handled >= self.limit:
+                self.stop.set()
 
 
 class MessageDispatcher:
@@ -74,6 +123,8 @@ class MessageDispatcher:
         self.retry = retry if retry is not None else RetryPolicy()
         self.batch_size = batch_size
         self.visibility_timeout = visibility_timeout
+        #: How many handled messages came to each outcome, since this dispatcher was made.
+        self.outcomes = OutcomeCounts()
         self._consumers: list[Consumer] = []
         self._routes: dict[tuple[type, str | None], tuple[Consumer, ...]] = {}
         self._queues: dict[str, _QueueState] = {}
@@ -225,6 +276,82 @@ class MessageDispatcher:
                 idle_since = time.monotonic()
         return handled
 
+    def run(
+        self,
+        queue: str,
+        *,
+        threads: int = 1,
+        max_messages: int | None = None,
+        idle_timeout: float | None = None,
+        stop_event: threading.Event | None = None,
+        on_exception: ExceptionHook | None = None,
+    ) -> int:
+        """Consume ``queue`` with ``threads`` handler threads; return how many were handled.
+
+        Each thread runs its own loop (``consume_loop``): the delivery rules
+        hold per message. Messages are received ``batch_size`` at a time per
+        thread, so keep it small with many threads (``melange worker
+        --threads`` receives one at a time per thread by default). With
+        ``max_messages`` every thread stops once that many were handled in
+        all; messages other threads hold then are finished, not abandoned.
+
+        Raises:
+            InvalidArgumentError: ``threads`` is below 1.
+            QueueNotFoundError: the queue does not exist.
+        """
+        if threads < 1:
+            raise InvalidArgumentError(f"threads must be at least 1, not {threads!r}")
+        if threads == 1:
+            return self.consume_loop(
+                queue,
+                max_messages=max_messages,
+                idle_timeout=idle_timeout,
+                stop_event=stop_event,
+                on_exception=on_exception,
+            )
+        self._queue_state(queue)  # a missing queue fails here, not in every thread
+        if stop_event is not None and stop_event.is_set():
+            return 0
+        stop = threading.Event()
+        counted = _Count(max_messages, stop)
+        results: list[int] = []
+        errors: list[BaseException] = []
+
+        def loop() -> None:
+            try:
+                results.append(
+                    self.consume_loop(
+                        queue,
+                        idle_timeout=idle_timeout,
+                        stop_event=stop,
+                        on_exception=on_exception,
+                        after_consume=counted.add,
+                    )
+                )
+            except BaseException as e:  # re-raised in the caller's thread
+                errors.append(e)
+                stop.set()
+
+        workers = [
+            threading.Thread(target=loop, name=f"melange-{queue}-{n}", daemon=True)
+            for n in range(threads)
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            while any(w.is_alive() for w in workers):
+                if stop_event is not None and stop_event.is_set():
+                    stop.set()
+                for worker in workers:
+                    worker.join(timeout=0.1)
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join()
+        if errors:
+            raise errors[0]
+        return sum(results)
+
     def dispatch_batch(
         self,
         batch: Sequence[Message],
@@ -277,6 +404,7 @@ class MessageDispatcher:
                 held.done(message)
             else:
                 self._apply(outcome, message, state, held, acked_on_receipt)
+            self.outcomes.add(outcome.kind)
             handled += 1
             if after_consume is not None:
                 after_consume()
@@ -295,6 +423,14 @@ class MessageDispatcher:
     ) -> None:
         kind = outcome.kind
         if kind is OutcomeKind.DEAD_LETTER:
+            _log.error(
+                "dead-lettered %s (%s) from %s at stage %s: %s",
+                message.message_id,
+                message.manifest,
+                state.name,
+                outcome.stage.value if outcome.stage else "?",
+                outcome.reason,
+            )
             sent = state.dead_letters.send(
                 message,
                 stage=outcome.stage,  # type: ignore[arg-type]
@@ -313,6 +449,15 @@ class MessageDispatcher:
             held.done(message)
         elif kind is OutcomeKind.RELEASE:
             held.drop(message)
+            if outcome.error is not None:
+                _log.warning(
+                    "retrying %s (%s) from %s in %.1f s: %s",
+                    message.message_id,
+                    message.manifest,
+                    state.name,
+                    outcome.delay,
+                    outcome.reason,
+                )
             self._release(message, outcome.delay)
         else:
             held.drop(message)

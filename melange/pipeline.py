@@ -8,6 +8,8 @@ loop (sync now, asyncio later) fetches messages and applies outcomes.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,29 +38,41 @@ from melange.serializers import SerializerRegistry
 
 __all__ = ["MessagePipeline"]
 
+_log = logging.getLogger("melange.pipeline")
+
 _UNDECODABLE = f"{UndecodableMessageError.__module__}.{UndecodableMessageError.__qualname__}"
 _REMEMBERED = 10_000
 
 
 @dataclass(slots=True)
 class _Memory:
-    """What this process remembers of messages across deliveries (bounded)."""
+    """What this process remembers of messages across deliveries (bounded; thread-safe)."""
 
     succeeded: OrderedDict[str, set[str]] = field(default_factory=OrderedDict)
     deliveries: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def delivery_number(self, message: Message) -> int:
         """Return the broker's receive count, or this process's own count when it is unknown."""
         if message.receive_count > 0:
             return message.receive_count
-        seen = self.deliveries.pop(message.message_id, 0) + 1
-        self.deliveries[message.message_id] = seen
-        _trim(self.deliveries)
+        with self.lock:
+            seen = self.deliveries.pop(message.message_id, 0) + 1
+            self.deliveries[message.message_id] = seen
+            _trim(self.deliveries)
         return seen
 
     def remember_successes(self, message_id: str, consumer_ids: set[str]) -> None:
-        self.succeeded[message_id] = consumer_ids
-        _trim(self.succeeded)
+        with self.lock:
+            self.succeeded[message_id] = consumer_ids
+            _trim(self.succeeded)
+
+    def successes_before(self, message_id: str) -> set[str] | None:
+        """Return (and forget) who handled this message in an earlier delivery."""
+        if not self.succeeded:  # the common case, without the lock
+            return None
+        with self.lock:
+            return self.succeeded.pop(message_id, None)
 
 
 def _trim(entries: OrderedDict[str, Any]) -> None:
@@ -133,8 +147,7 @@ class MessagePipeline:
         consumers = self._consumers_for(type(event), message.manifest)
         if not consumers:
             return Outcome.skip(f"no listener accepts {type(event).__qualname__}")
-        memory = self._memory.succeeded
-        done_before = memory.pop(message.message_id, None) if memory else None
+        done_before = self._memory.successes_before(message.message_id)
         if done_before is None and len(consumers) == 1:  # the common case, kept short
             result = self._call(ConsumerCall(handling, consumers[0]))
             if result is _SUCCESS:
@@ -167,7 +180,8 @@ class MessagePipeline:
         """Call the consumer up to ``immediate_attempts`` times; the innermost step."""
         handling = call.handling
         error: Exception | None = None
-        for _ in range(self.retry.immediate_attempts):
+        attempts = self.retry.immediate_attempts
+        for attempt in range(1, attempts + 1):
             try:
                 call.consumer.handle(handling.event, handling.message)
             except DeferMessage as e:
@@ -178,6 +192,17 @@ class MessagePipeline:
             except Exception as e:
                 error = e
                 handling.report(e)
+                message = handling.message
+                _log.warning(
+                    "%s failed on %s (%s), delivery %s, attempt %d of %d",
+                    call.consumer.consumer_id,
+                    message.message_id,
+                    message.manifest,
+                    message.receive_count or "?",
+                    attempt,
+                    attempts,
+                    exc_info=e,
+                )
             else:
                 return _SUCCESS
         assert error is not None

@@ -34,11 +34,30 @@ def main() -> int:
     parser.add_argument("--backend", default=None, help="broker URL (default: a new SQLite file)")
     parser.add_argument("--orders", type=int, default=12, help="orders to place (default 12)")
     parser.add_argument("--json", action="store_true", help="print the run as JSON, last")
+    parser.add_argument(
+        "--payment-timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long the saga waits for payments (default 2)",
+    )
+    parser.add_argument(
+        "--slow-seconds",
+        type=float,
+        default=4.0,
+        metavar="SECONDS",
+        help="how late payments answers for -slow orders (default 4; keep it longer)",
+    )
     args = parser.parse_args()
     batch = plan(args.orders)
     with tempfile.TemporaryDirectory(prefix="melange-saga-") as folder:
         url = args.backend or f"sqlite:///{folder}/broker.db"
-        demo = Demo(Path(folder), url)
+        demo = Demo(
+            Path(folder),
+            url,
+            payment_timeout=args.payment_timeout,
+            slow_seconds=args.slow_seconds,
+        )
         print(f"order saga: 4 services, 4 processes, broker {url.split('?')[0]}", flush=True)
         demo.declare()
         demo.start_all()

@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 from melange.exceptions import UnsupportedOperationError
 from melange.models import Message, QueueWrapper, TopicWrapper
 
-__all__ = ["MessagingBackend"]
+__all__ = ["MessagingBackend", "QueueStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What a queue holds now; ``None`` where the broker does not say.
+
+    ``ready``: visible, waiting for a consumer; ``in_flight``: received and
+    not yet acknowledged (hidden for their visibility timeout); ``delayed``:
+    published with a delay, or released for later, not yet visible.
+    """
+
+    ready: int | None
+    in_flight: int | None = None
+    delayed: int | None = None
 
 
 class MessagingBackend(abc.ABC):
@@ -155,6 +170,15 @@ class MessagingBackend(abc.ABC):
         delivered again to another worker (an idempotency store then holds the
         second delivery back until the first is done).
         """
+
+    def queue_stats(self, queue: QueueWrapper) -> QueueStats:
+        """Return how many messages the queue holds ready, in flight and delayed.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            UnsupportedOperationError: the backend cannot tell (the default).
+        """
+        raise UnsupportedOperationError(f"{type(self).__name__} cannot count a queue's messages")
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
         """Acknowledge several received messages."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from melange.backends.interfaces import MessagingBackend
+from melange.backends.interfaces import MessagingBackend, QueueStats
 from melange.backends.routing import report_unrouted
 from melange.exceptions import (
     ForeignMessageError,
@@ -324,6 +324,23 @@ class InMemoryMessagingBackend(MessagingBackend):
         with self._lock:
             target = self._queue(queue)
             return len(target.ready) + len(target.in_flight) + len(target.delayed)
+
+    def queue_stats(self, queue: QueueWrapper) -> QueueStats:
+        """Return the queue's ready, in-flight and delayed counts.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        now = _monotonic()
+        with self._lock:
+            target = self._queue(queue)
+            expired = sum(1 for deadline, _, _ in target.in_flight.values() if deadline <= now)
+            due = sum(1 for when, _, _, _ in target.delayed if when <= now)
+            return QueueStats(
+                ready=len(target.ready) + expired + due,
+                in_flight=len(target.in_flight) - expired,
+                delayed=len(target.delayed) - due,
+            )
 
     def subscribe_to_publish(self, queue: QueueWrapper, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every publish that lands in ``queue``."""

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from melange.backends.interfaces import MessagingBackend
-from melange.exceptions import ForeignMessageError, QueueNotFoundError
+from melange.exceptions import ForeignMessageError, QueueNotFoundError, UnsupportedOperationError
 from melange.models import Message, QueueWrapper
 from melange.testing._waiting import receive, unique_name
 
@@ -238,6 +238,32 @@ class BackendContract:
         stream = iter(backend.yield_messages(queue, wait_seconds=1))
         got = sorted(next(stream).content for _ in range(3))
         assert got == ["0", "1", "2"]
+
+    def test_queue_stats_count_ready_in_flight_and_delayed(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_batch_to_queue([Message(content=str(i)) for i in range(3)], queue)
+        backend.publish_delayed_to_queue(Message(content="later"), queue, 60)
+        try:
+            before = backend.queue_stats(queue)
+        except UnsupportedOperationError:
+            pytest.skip("an optional capability this backend does not have")
+        assert before.ready == 3
+        assert before.in_flight in (0, None)
+        assert before.delayed in (1, None)
+        [message] = backend.retrieve_messages(queue, max_messages=1, wait_seconds=5)
+        after = backend.queue_stats(queue)
+        if after.in_flight is not None:  # brokers that tell (AMQP 0-9-1 does not)
+            assert (after.ready, after.in_flight) == (2, 1)
+        backend.acknowledge(message)
+        with pytest.raises(QueueNotFoundError):
+            backend.queue_stats(QueueWrapper(self.missing_queue(backend)))
+
+    def missing_queue(self, backend: MessagingBackend) -> object:
+        """Return what a wrapper of a queue that does not exist holds on this backend."""
+        name = unique_name("gone")
+        queue, _ = backend.declare_queue(name)
+        backend.delete_queue(queue)
+        return queue.unwrap()
 
     def test_a_message_not_received_from_the_backend_is_refused(
         self, backend: MessagingBackend

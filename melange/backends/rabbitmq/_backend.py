@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from melange.backends.interfaces import MessagingBackend
+from melange.backends.interfaces import MessagingBackend, QueueStats
 from melange.backends.rabbitmq._codec import outgoing, to_message
 from melange.backends.rabbitmq._confirms import OnReturn, Outgoing, PublishBatch
 from melange.backends.rabbitmq._connection import ConnectionThread, Declared, Step, TopologyKey
@@ -188,6 +188,14 @@ class RabbitMQBackend(MessagingBackend):
         [reply] = self._run([declare_queue(name, None, passive=True)], queue=name)
         count: int = reply.method.message_count
         return count
+
+    def queue_stats(self, queue: QueueWrapper) -> QueueStats:
+        """Return the queue's ready count; AMQP 0-9-1 does not tell in-flight or delayed ones.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        return QueueStats(ready=self.queue_depth(queue))
 
     def _ensure_queue(self, name: str, arguments: dict[str, Any] | None) -> None:
         """Declare a queue with melange's arguments; with none, accept one that exists as it is."""

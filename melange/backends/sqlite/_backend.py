@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from melange._sqlite import SQLiteFile, path_of_url
-from melange.backends.interfaces import MessagingBackend
+from melange.backends.interfaces import MessagingBackend, QueueStats
 from melange.backends.routing import report_unrouted
 from melange.backends.sqlite import _queries as queries
 from melange.backends.sqlite._schema import BROKER_SCHEMA
@@ -375,6 +375,22 @@ class SQLiteBackend(MessagingBackend):
             "SELECT count(*) FROM melange_deliveries WHERE queue = ?", (queue.obj,)
         )
         return int(count)
+
+    def queue_stats(self, queue: QueueWrapper) -> QueueStats:
+        """Return the queue's ready, in-flight (claimed) and delayed counts, in one read.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        self.get_queue(queue.obj)
+        [(ready, in_flight, delayed)] = self._file.read(
+            "SELECT coalesce(sum(visible_at <= ?1), 0),"
+            " coalesce(sum(visible_at > ?1 AND claim IS NOT NULL), 0),"
+            " coalesce(sum(visible_at > ?1 AND claim IS NULL), 0)"
+            " FROM melange_deliveries WHERE queue = ?2",
+            (_now(), queue.obj),
+        )
+        return QueueStats(int(ready), int(in_flight), int(delayed))
 
     def integrity_check(self) -> str:
         """Return SQLite's ``PRAGMA integrity_check`` verdict: ``"ok"`` when the file is sound."""

@@ -22,7 +22,7 @@ try:
 except ImportError as e:  # pragma: no cover - only without the extra
     raise MissingExtraError("boto3", "sqs") from e
 
-from melange.backends.interfaces import MessagingBackend
+from melange.backends.interfaces import MessagingBackend, QueueStats
 from melange.backends.sqs import _wire as wire
 from melange.backends.sqs._errors import NOT_IN_FLIGHT_CODES, receipt_gone, translated
 from melange.backends.sqs._topology import MAX_VISIBILITY_SECONDS, SQSTopology
@@ -190,6 +190,24 @@ class AWSBackend(MessagingBackend):
             QueueNotFoundError: the queue does not exist.
         """
         return self._topology.queue_policy(queue)
+
+    def queue_stats(self, queue: QueueWrapper) -> QueueStats:
+        """Return SQS's approximate ready, in-flight and delayed counts (``GetQueueAttributes``).
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            BackendError: SQS refused.
+        """
+        url = queue.unwrap()
+        names: list[Any] = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        with translated(f"read the counts of SQS queue {url}"):
+            found = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)
+        counts = [int(found.get("Attributes", {}).get(name, 0)) for name in names]
+        return QueueStats(*counts)
 
     def delete_queue(self, queue: QueueWrapper) -> None:
         """Unsubscribe the queue from its topics, then delete it; a gone queue is fine.
