@@ -15,6 +15,7 @@ __all__ = ["FORMATS", "JsonFormatter", "configure", "masked"]
 
 FORMATS = ("text", "json")
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_DRIVERS = ("pika", "botocore", "boto3", "urllib3")
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,16 +43,18 @@ def configure(level: str = "INFO", log_format: str = "text") -> logging.Handler:
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False
+    # Drivers log what melange reports itself, less clearly: only their worst, unless debugging.
+    quiet = logging.DEBUG if logger.level <= logging.DEBUG else logging.CRITICAL
+    for name in _DRIVERS:
+        logging.getLogger(name).setLevel(quiet)
     return handler
 
 
 def masked(url: str) -> str:
-    """Return ``url`` with its password, if any, replaced by ``***``."""
+    """Return ``url`` with its password, if any, replaced by ``***`` (even if malformed)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    credentials, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in credentials:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    user = credentials.split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

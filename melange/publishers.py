@@ -105,8 +105,9 @@ class MessagePublisher:
             publishing = Publishing(
                 event, _text_headers(headers), _requested(topic, queue), delay, publisher=self
             )
-            message = publishing.message = self._build(publishing)
+            publishing.message = self._build(publishing)
             self._send_message(publishing)
+            message = publishing.message  # a send hook may have added headers
         if signals.message_published.receivers:
             signals.message_published.send(self, message=message, event=event)
         return message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import signal
 import subprocess
@@ -751,3 +752,29 @@ def test_a_queue_publish_that_is_returned_still_raises(backend: RabbitMQBackend)
         ("b", True),
     ]
     assert fired == []
+
+
+def test_an_unreachable_broker_is_named_with_the_reason_and_no_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()  # nothing listens there
+    url = f"amqp://shop:s3cret@127.0.0.1:{port}/%2F?operation_timeout=1.5"
+    with (
+        RabbitMQBackend(url) as backend,
+        caplog.at_level(logging.WARNING, "melange"),
+        pytest.raises(BackendConnectionError) as raised,
+    ):
+        backend.declare_topic("t")
+    said = str(raised.value)
+    assert f"RabbitMQ at 127.0.0.1:{port} was not reachable within 1.5 s" in said
+    assert "Connection refused" in said
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("melange")]
+    assert any(f"127.0.0.1:{port}: Connection refused" in w for w in warnings)
+    assert all("s3cret" not in text for text in [said, *warnings])
+
+
+def test_a_bad_amqp_url_is_refused_without_its_password() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        RabbitMQBackend("amqp://shop:s3cret@127.0.0.1:notaport/")
+    assert "s3cret" not in str(raised.value)
+    assert "shop:***@" in str(raised.value)

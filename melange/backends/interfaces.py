@@ -43,6 +43,8 @@ class MessagingBackend(abc.ABC):
     default_max_receive_count: int = 5
     #: The largest message (content and headers, in bytes) the broker takes; ``None``: no limit.
     max_message_size: int | None = None
+    #: The broker, as OpenTelemetry's ``messaging.system`` attribute names it.
+    messaging_system: str = "melange"
 
     _closed: bool = False
 

@@ -57,6 +57,8 @@ class InMemoryMessagingBackend(MessagingBackend):
     reported (``message_unrouted`` and a warning). Nothing survives the process.
     """
 
+    messaging_system = "melange_memory"
+
     default_visibility_timeout = 30.0
 
     def __init__(self) -> None:

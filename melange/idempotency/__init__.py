@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from melange._logs import masked
 from melange._sqlite import path_of_url
 from melange.exceptions import ConfigurationError
 from melange.idempotency.base import Claim, IdempotencyStore
@@ -51,7 +52,7 @@ def store_from_url(url: str) -> IdempotencyStore:
             if name in query:
                 options[name] = float(query.pop(name))
     except ValueError as e:
-        raise ConfigurationError(f"{url}: {e}") from None
+        raise ConfigurationError(f"{masked(url)}: {e}") from None
     scheme = parts.scheme.lower()
     if scheme == "memory":
         store: IdempotencyStore = InMemoryIdempotencyStore(**options)
@@ -69,5 +70,5 @@ def store_from_url(url: str) -> IdempotencyStore:
         )
     if query:
         store.close()
-        raise ConfigurationError(f"{url}: unknown options {sorted(query)}")
+        raise ConfigurationError(f"{masked(url)}: unknown options {sorted(query)}")
     return store

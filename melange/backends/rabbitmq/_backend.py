@@ -78,6 +78,8 @@ class RabbitMQBackend(MessagingBackend):
         ConfigurationError: the URL or an option is invalid.
     """
 
+    messaging_system = "rabbitmq"
+
     def __init__(
         self,
         parameters: Any = "amqp://guest:guest@localhost:5672/%2F",

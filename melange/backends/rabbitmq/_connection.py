@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from typing import Any, NamedTuple, Protocol
 
 from melange.backends.rabbitmq._confirms import Confirms, Outgoing, PublishBatch
-from melange.backends.rabbitmq._errors import detached, translate
+from melange.backends.rabbitmq._errors import describe, detached, translate
 from melange.exceptions import BackendConnectionError, MissingExtraError, PublishError
 
 try:
@@ -109,6 +109,11 @@ class ConnectionThread:
         self._ticker: Any = None
         self._failing: PublishError | None = None
 
+    @property
+    def address(self) -> str:
+        """Return ``host:port`` of the broker (never the credentials)."""
+        return f"{getattr(self.parameters, 'host', '?')}:{getattr(self.parameters, 'port', '?')}"
+
     # -- any thread ------------------------------------------------------------------
 
     @property
@@ -168,9 +173,10 @@ class ConnectionThread:
             return future.result(timeout)
         except TimeoutError:
             if future.cancel():
-                reason = f": {self.last_error}" if self.last_error is not None else ""
+                error = self.last_error
+                reason = f": {describe(error)}" if error is not None else ""
                 raise BackendConnectionError(
-                    f"RabbitMQ was not reachable within {timeout:g} s{reason}"
+                    f"RabbitMQ at {self.address} was not reachable within {timeout:g} s{reason}"
                 ) from None
             return future.result(timeout)  # started already: give it as long again
 
@@ -243,7 +249,7 @@ class ConnectionThread:
             self._ioloop.stop()
             return
         self.last_error = error
-        log.warning("cannot connect to RabbitMQ: %s", error)
+        log.warning("cannot connect to RabbitMQ at %s: %s", self.address, describe(error))
         if isinstance(
             error, pika_errors.ProbableAuthenticationError | pika_errors.AuthenticationError
         ):

@@ -20,7 +20,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise MissingExtraError("pika", "rabbitmq") from e
 
-__all__ = ["NOT_FOUND", "detached", "nacked", "returned", "translate"]
+__all__ = ["NOT_FOUND", "describe", "detached", "nacked", "returned", "translate"]
 
 NOT_FOUND = 404
 _ACCESS_REFUSED = 403
@@ -28,9 +28,23 @@ _PRECONDITION_FAILED = 406
 _NO_ROUTE = 312
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
+    """Return what went wrong, in words: pika wraps a refused socket in layers with no text."""
     if isinstance(error, pika_errors.ChannelClosed | pika_errors.ConnectionClosed):
         return f"{error.reply_code} {error.reply_text}"
+    for _ in range(10):  # unwrap: connection error -> workflow failure -> connector -> socket
+        nested = getattr(error, "exceptions", None)
+        inner = getattr(error, "exception", None)
+        if nested:
+            error = nested[-1]
+        elif isinstance(inner, BaseException):
+            error = inner
+        elif error.args and isinstance(error.args[0], BaseException):
+            error = error.args[0]
+        else:
+            break
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
     return str(error) or type(error).__name__
 
 
@@ -47,7 +61,7 @@ def translate(
     becomes the right not-found error; ``publishing`` turns connection and
     channel failures into ``PublishError``, since the message was not confirmed.
     """
-    text = _describe(error)
+    text = describe(error)
     if isinstance(error, pika_errors.ChannelClosedByBroker):
         code = error.reply_code
         if code == NOT_FOUND and queue is not None:

@@ -17,6 +17,7 @@ from bisect import bisect_left
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from melange._logs import masked
 from melange.backends.rabbitmq._connection import Step
 from melange.exceptions import ConfigurationError, MissingExtraError
 
@@ -129,7 +130,7 @@ def parse_url(url: str) -> tuple[Any, dict[str, Any]]:
     """
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("amqp", "amqps"):
-        raise ConfigurationError(f"expected an amqp:// or amqps:// URL, got {url!r}")
+        raise ConfigurationError(f"expected an amqp:// or amqps:// URL, got {masked(url)!r}")
     options: dict[str, Any] = {}
     rest = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -145,5 +146,5 @@ def parse_url(url: str) -> tuple[Any, dict[str, Any]]:
     try:
         parameters = pika.URLParameters(urlunsplit(parts._replace(query=urlencode(rest))))
     except ValueError as e:
-        raise ConfigurationError(f"bad AMQP URL {url!r}: {e}") from e
+        raise ConfigurationError(f"bad AMQP URL {masked(url)!r}: {e}") from None
     return parameters, options

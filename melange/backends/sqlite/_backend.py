@@ -62,6 +62,8 @@ class SQLiteBackend(MessagingBackend):
         StorageError: the folder is missing or the file is not a database.
     """
 
+    messaging_system = "melange_sqlite"
+
     def __init__(
         self,
         path: str | Path,

@@ -68,6 +68,8 @@ class AWSBackend(MessagingBackend):
     the queue policy, error mapping and request costs.
     """
 
+    messaging_system = "aws_sqs"
+
     #: Largest message (UTF-8 body plus attribute names, types and values) sent, in
     #: bytes; ``None`` leaves the check to the broker. Over it, publishing raises
     #: ``MessageTooLargeError`` before any request.

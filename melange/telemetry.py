@@ -1,0 +1,180 @@
+"""OpenTelemetry traces and metrics for publishing and handling, as one middleware.
+
+Follows the OpenTelemetry messaging semantic conventions: a ``send
+<destination>`` PRODUCER span around each publish, whose context travels in
+the message's ``traceparent``/``tracestate`` headers; a ``process <queue>``
+CONSUMER span around each handled message, a child of the producer's, so one
+trace crosses services. Needs only ``opentelemetry-api`` (``pip install
+'melange[otel]'``); without an SDK configured, spans and metrics cost next
+to nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+from melange.exceptions import MissingExtraError
+from melange.middleware import Handling, Middleware, Publishing
+from melange.models import CORRELATION_ID, Message
+from melange.outcomes import Outcome, OutcomeKind
+
+try:
+    from opentelemetry import metrics, propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+except ImportError as e:  # pragma: no cover - only without the extra
+    raise MissingExtraError("opentelemetry-api", "otel") from e
+
+__all__ = ["TelemetryMiddleware"]
+
+_NAME = "melange"
+_TRACEPARENT = "traceparent"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("melange")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree not installed
+        return "0"
+
+
+class TelemetryMiddleware(Middleware):
+    """Spans and metrics for every publish and every handled message.
+
+    Give the same instance (or one each) to ``MessagePublisher(middleware=)``
+    and ``MessageDispatcher(middleware=)``, or ``melange worker --middleware
+    melange.telemetry:TelemetryMiddleware``. ``tracer_provider`` and
+    ``meter_provider`` default to the global ones.
+
+    Metrics: ``messaging.client.sent.messages``,
+    ``messaging.client.consumed.messages`` (counters) and
+    ``messaging.process.duration`` (seconds, a histogram), with
+    ``messaging.system``, ``messaging.destination.name`` and, on failures,
+    ``error.type``; ``melange.messages.retried`` and
+    ``melange.messages.dead_lettered`` count outcomes.
+    """
+
+    def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+        self.tracer = trace.get_tracer(_NAME, _version(), tracer_provider=tracer_provider)
+        meter = metrics.get_meter(_NAME, _version(), meter_provider=meter_provider)
+        self.sent = meter.create_counter(
+            "messaging.client.sent.messages", unit="{message}", description="Messages sent"
+        )
+        self.consumed = meter.create_counter(
+            "messaging.client.consumed.messages",
+            unit="{message}",
+            description="Messages received and handled",
+        )
+        self.duration = meter.create_histogram(
+            "messaging.process.duration", unit="s", description="Time to handle a message"
+        )
+        self.retried = meter.create_counter(
+            "melange.messages.retried", unit="{message}", description="Messages handed back"
+        )
+        self.dead_lettered = meter.create_counter(
+            "melange.messages.dead_lettered",
+            unit="{message}",
+            description="Messages moved to a dead-letter queue",
+        )
+
+    # -- publishing ------------------------------------------------------------------
+
+    def send_message(self, publishing: Publishing, call_next: Callable[[], None]) -> None:
+        """Wrap the send in a PRODUCER span whose context the message carries."""
+        message = publishing.message
+        assert message is not None  # built before it is sent
+        destination = (
+            publishing.destination.name if publishing.destination else message.manifest or ""
+        )
+        system = _system_of(getattr(publishing.publisher, "backend", None))
+        with self.tracer.start_as_current_span(
+            f"send {destination}", kind=SpanKind.PRODUCER, record_exception=True
+        ) as span:
+            if span.is_recording():  # without an SDK, nothing to record or carry
+                span.set_attributes(
+                    {
+                        **_message_attributes(message, system, destination),
+                        "messaging.operation.type": "send",
+                        "messaging.operation.name": "send",
+                    }
+                )
+                carrier = dict(message.metadata)
+                propagate.inject(carrier)
+                publishing.message = message.with_changes(metadata=carrier)
+            try:
+                call_next()
+            except Exception as e:
+                _failed(span, e)
+                self.sent.add(1, {**_metric(system, destination), "error.type": _type(e)})
+                raise
+        self.sent.add(1, _metric(system, destination))
+
+    # -- consuming -------------------------------------------------------------------
+
+    def handle_message(self, handling: Handling, call_next: Callable[[], Outcome]) -> Outcome:
+        """Wrap the handling in a CONSUMER span, a child of the publisher's."""
+        message = handling.message
+        queue = handling.queue
+        system = _system_of(getattr(handling.dispatcher, "backend", None))
+        parent = propagate.extract(message.metadata) if _TRACEPARENT in message.metadata else None
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            f"process {queue}", context=parent, kind=SpanKind.CONSUMER
+        ) as span:
+            recording = span.is_recording()
+            if recording:
+                span.set_attributes(
+                    {
+                        **_message_attributes(message, system, queue),
+                        "messaging.operation.type": "process",
+                        "messaging.operation.name": "process",
+                    }
+                )
+                if message.receive_count:
+                    span.set_attribute("messaging.message.delivery_count", message.receive_count)
+            outcome = call_next()
+            if recording:
+                span.set_attribute("melange.outcome", outcome.kind.value)
+                if outcome.error is not None:
+                    _failed(span, outcome.error)
+        labels = _metric(system, queue)
+        if outcome.error is not None:
+            labels["error.type"] = _type(outcome.error)
+        self.consumed.add(1, labels)
+        self.duration.record(time.perf_counter() - started, labels)
+        if outcome.kind is OutcomeKind.RELEASE:
+            self.retried.add(1, labels)
+        elif outcome.kind is OutcomeKind.DEAD_LETTER:
+            self.dead_lettered.add(1, labels)
+        return outcome
+
+
+def _system_of(backend: Any) -> str:
+    return str(getattr(backend, "messaging_system", _NAME))
+
+
+def _message_attributes(message: Message, system: str, destination: str) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.system": system,
+        "messaging.destination.name": destination,
+        "messaging.message.id": message.message_id,
+    }
+    correlation = message.metadata.get(CORRELATION_ID)
+    if correlation:
+        attributes["messaging.message.conversation_id"] = correlation
+    return attributes
+
+
+def _metric(system: str, destination: str) -> dict[str, str]:
+    return {"messaging.system": system, "messaging.destination.name": destination}
+
+
+def _type(error: BaseException) -> str:
+    return f"{type(error).__module__}.{type(error).__qualname__}"
+
+
+def _failed(span: Any, error: BaseException) -> None:
+    span.set_attribute("error.type", _type(error))
+    span.set_status(Status(StatusCode.ERROR, str(error)))
