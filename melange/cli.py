@@ -104,10 +104,20 @@ def _imported(target: str) -> Any:
 def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:
     store = store_from_url(args.idempotency) if args.idempotency else None
     consumers = load_consumers(args.consumers, backend)
+    middleware = [load_middleware(target) for target in args.middleware]
+    stop = threading.Event()
+    metrics = None
+    if args.metrics_port is not None:
+        from melange._metrics_server import MetricsServer
+        from melange.telemetry import TelemetryMiddleware
+
+        metrics = MetricsServer(args.metrics_host, args.metrics_port, lambda: not stop.is_set())
+        middleware.append(TelemetryMiddleware(meter_provider=metrics.meter_provider))
+        _log.info("metrics on http://%s:%d/metrics", args.metrics_host, metrics.port)
     dispatcher = MessageDispatcher(
         backend,
         consumers=consumers,
-        middleware=[load_middleware(target) for target in args.middleware],
+        middleware=middleware,
         idempotency=store,
         visibility_timeout=args.visibility_timeout,
         batch_size=args.prefetch or (10 if args.threads == 1 else 1),
@@ -126,7 +136,6 @@ def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:
         args.threads,
         dispatcher.batch_size,
     )
-    stop = threading.Event()
 
     def stopping(signum: int, frame: object) -> None:
         if not stop.is_set():
@@ -146,6 +155,8 @@ def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:
     finally:
         if store is not None:
             store.close()
+        if metrics is not None:
+            metrics.close()
     summary = dispatcher.outcomes.summary()
     _log.info("stopped: %d message(s) from %s: %s", handled, args.queue, summary)
     print(f"handled {handled} message(s) from {args.queue}: {summary}", flush=True)
@@ -293,6 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="messages each thread receives at once (default: 10 with one thread, else 1)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics at /metrics and liveness at /healthz"
+        " (pip install 'melange[prometheus]')",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address to serve metrics on (default: 127.0.0.1; 0.0.0.0 in a container)",
     )
     worker.set_defaults(run=_worker)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -207,3 +208,76 @@ def test_stats_prints_ready_in_flight_and_dead_lettered_counts(
     missing = melange(folder, "stats", unique_name("missing"), "--backend", broker_url)
     assert missing.returncode == 2
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_worker_serves_prometheus_metrics_and_liveness(folder: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from melange.testing import wait_until
+    from tests.support import free_port
+
+    path = folder / "broker.db"
+    with SQLiteBackend(path) as backend:
+        backend.declare_queue("q", dead_letter_queue_name="q-dlq", visibility_timeout=1)
+        publisher = MessagePublisher(backend)
+        for n in range(3):
+            publisher.publish({"n": n, "fail": False}, queue="q")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "melange",
+            "worker",
+            "shop:Boom",
+            "--queue",
+            "q",
+            "--backend",
+            f"sqlite:///{path}",
+            "--metrics-port",
+            str(port),
+        ],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def get(route: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=5) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    try:
+        assert wait_until(lambda: get("/healthz") == (200, "ok\n"), timeout=60)
+        assert wait_until(
+            lambda: (
+                "messaging_client_consumed_messages" in get("/metrics")[1]
+                and " 3.0"
+                in next(
+                    (
+                        line
+                        for line in get("/metrics")[1].splitlines()
+                        if line.startswith("messaging_client_consumed_messages")
+                    ),
+                    "",
+                )
+            ),
+            timeout=30,
+        )
+        text = get("/metrics")[1]
+        assert 'messaging_destination_name="q"' in text
+        assert "messaging_process_duration" in text
+        assert get("/nothing")[0] == 404
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0
+    assert "handled 3 message(s) from q: 3 succeeded" in out
