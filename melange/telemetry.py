@@ -57,6 +57,7 @@ class TelemetryMiddleware(Middleware):
     """
 
     def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+        self._given_tracer = tracer_provider is not None
         self.tracer = trace.get_tracer(_NAME, _version(), tracer_provider=tracer_provider)
         meter = metrics.get_meter(_NAME, _version(), meter_provider=meter_provider)
         self.sent = meter.create_counter(
@@ -81,8 +82,17 @@ class TelemetryMiddleware(Middleware):
 
     # -- publishing ------------------------------------------------------------------
 
+    def _tracing(self) -> bool:
+        """Return whether spans go anywhere: a provider was given, or an SDK was installed."""
+        return self._given_tracer or not isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+        )
+
     def send_message(self, publishing: Publishing, call_next: Callable[[], None]) -> None:
         """Wrap the send in a PRODUCER span whose context the message carries."""
+        if not self._tracing():  # no SDK: only the metrics, without the API's no-op spans
+            self._count_send(publishing, call_next)
+            return
         message = publishing.message
         assert message is not None  # built before it is sent
         destination = (
@@ -113,21 +123,48 @@ class TelemetryMiddleware(Middleware):
 
     # -- consuming -------------------------------------------------------------------
 
+    def _count_send(self, publishing: Publishing, call_next: Callable[[], None]) -> None:
+        message = publishing.message
+        assert message is not None
+        destination = (
+            publishing.destination.name if publishing.destination else message.manifest or ""
+        )
+        labels = _metric(_system_of(getattr(publishing.publisher, "backend", None)), destination)
+        try:
+            call_next()
+        except Exception as e:
+            self.sent.add(1, {**labels, "error.type": _type(e)})
+            raise
+        self.sent.add(1, labels)
+
     def handle_message(self, handling: Handling, call_next: Callable[[], Outcome]) -> Outcome:
         """Wrap the handling in a CONSUMER span, a child of the publisher's."""
-        message = handling.message
         queue = handling.queue
         system = _system_of(getattr(handling.dispatcher, "backend", None))
-        parent = propagate.extract(message.metadata) if _TRACEPARENT in message.metadata else None
         started = time.perf_counter()
+        outcome = self._traced(handling, call_next, system) if self._tracing() else call_next()
+        labels = _metric(system, queue)
+        if outcome.error is not None:
+            labels["error.type"] = _type(outcome.error)
+        self.consumed.add(1, labels)
+        self.duration.record(time.perf_counter() - started, labels)
+        if outcome.kind is OutcomeKind.RELEASE:
+            self.retried.add(1, labels)
+        elif outcome.kind is OutcomeKind.DEAD_LETTER:
+            self.dead_lettered.add(1, labels)
+        return outcome
+
+    def _traced(self, handling: Handling, call_next: Callable[[], Outcome], system: str) -> Outcome:
+        message = handling.message
+        parent = propagate.extract(message.metadata) if _TRACEPARENT in message.metadata else None
         with self.tracer.start_as_current_span(
-            f"process {queue}", context=parent, kind=SpanKind.CONSUMER
+            f"process {handling.queue}", context=parent, kind=SpanKind.CONSUMER
         ) as span:
             recording = span.is_recording()
             if recording:
                 span.set_attributes(
                     {
-                        **_message_attributes(message, system, queue),
+                        **_message_attributes(message, system, handling.queue),
                         "messaging.operation.type": "process",
                         "messaging.operation.name": "process",
                     }
@@ -139,15 +176,6 @@ class TelemetryMiddleware(Middleware):
                 span.set_attribute("melange.outcome", outcome.kind.value)
                 if outcome.error is not None:
                     _failed(span, outcome.error)
-        labels = _metric(system, queue)
-        if outcome.error is not None:
-            labels["error.type"] = _type(outcome.error)
-        self.consumed.add(1, labels)
-        self.duration.record(time.perf_counter() - started, labels)
-        if outcome.kind is OutcomeKind.RELEASE:
-            self.retried.add(1, labels)
-        elif outcome.kind is OutcomeKind.DEAD_LETTER:
-            self.dead_lettered.add(1, labels)
         return outcome
 
 

@@ -161,3 +161,20 @@ def test_a_failure_is_an_error_span_and_metrics_count_it(backend: MessagingBacke
     ]
     assert sum(p.count for p in points["messaging.process.duration"]) == 2
     assert sum(p.value for p in points["melange.messages.dead_lettered"]) == 1
+
+
+def test_without_an_sdk_messages_get_no_trace_headers_but_metrics_still_count() -> None:
+    from melange.backends.memory import InMemoryMessagingBackend
+
+    reader = InMemoryMetricReader()
+    middleware = TelemetryMiddleware(meter_provider=MeterProvider(metric_readers=[reader]))
+    backend = InMemoryMessagingBackend()
+    dispatcher = MessageDispatcher(backend, [Mail()], middleware=[middleware])
+    dispatcher.declare("mail")
+    sent = MessagePublisher(backend, middleware=[middleware]).publish(InvoiceSent(order_id="o"))
+    assert "traceparent" not in sent.metadata  # the global provider is the API's proxy
+    dispatcher.consume_loop("mail", max_messages=1)
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
+    assert {"messaging.client.sent.messages", "messaging.client.consumed.messages"} <= names
