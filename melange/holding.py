@@ -125,7 +125,8 @@ class HeldMessages:
             with self._lock:
                 if self._closing:
                     return
-                self._wake.wait(min(_KEEPER_TICK, self._extend_every))
+                # Wake on time for the next extension: a late one lets a message reappear.
+                self._wake.wait(max(0.0, min(_KEEPER_TICK, next_extension - time.monotonic())))
                 if self._closing:
                     return
                 now = time.monotonic()
@@ -143,13 +144,14 @@ class HeldMessages:
 
     def _extend(self, messages: list[Message], handling: Handling | None) -> None:
         seconds = self.visibility_timeout
-        for message in messages:
+        if messages:
             try:
                 with self._extending:
-                    if id(message) in self._held:
-                        self.backend.extend_visibility(message, seconds)
+                    held = [message for message in messages if id(message) in self._held]
+                    if held:
+                        self.backend.extend_visibility_batch(held, seconds)
             except Exception as e:  # the keeper must outlive any one backend failure
-                _log.warning("could not extend the visibility of %s: %s", message.message_id, e)
+                _log.warning("could not extend the visibility of held messages: %s", e)
         if handling is not None:
             try:
                 handling.renew(seconds)

@@ -774,6 +774,21 @@ def test_extend_visibility_keeps_a_message_hidden_longer_in_one_request(aws: AWS
     assert (again.content, again.receive_count) == ("slow", 2)
 
 
+def test_extend_visibility_batch_sends_ten_receipts_per_request(aws: AWSBackend) -> None:
+    queue, _ = aws.declare_queue(unique_name("q"), visibility_timeout=30)
+    aws.publish_batch_to_queue([Message(content=str(n)) for n in range(12)], queue)
+    messages = receive(aws, queue, 12)
+    aws.acknowledge(messages[0])  # its receipt is gone: not a failure
+    requests = Requests(aws)
+    aws.extend_visibility_batch(messages, 0.5)
+    assert requests.calls == Counter({"ChangeMessageVisibilityBatch": 2})
+    sent = requests.of("ChangeMessageVisibilityBatch")
+    assert [len(r["Entries"]) for r in sent] == [10, 2]
+    assert {e["VisibilityTimeout"] for r in sent for e in r["Entries"]} == {1}
+    again = receive(aws, queue, 11, timeout=10)  # 1 s from now, not 30
+    assert sorted(m.content for m in again) == sorted(m.content for m in messages[1:])
+
+
 def test_extend_visibility_is_clamped_to_what_sqs_takes(aws: AWSBackend) -> None:
     queue, _ = aws.declare_queue(unique_name("q"), visibility_timeout=30)
     aws.publish_to_queue(Message(content="m"), queue)

@@ -173,6 +173,23 @@ class MessagingBackend(abc.ABC):
         second delivery back until the first is done).
         """
 
+    def extend_visibility_batch(self, messages: Sequence[Message], seconds: float) -> None:
+        """Keep several received messages hidden for ``seconds`` from now.
+
+        The default calls ``extend_visibility`` for each, going on past a
+        failure and raising the first one at the end; a backend with a batch
+        call (SQS's ``ChangeMessageVisibilityBatch``) overrides it, so that a
+        worker holding many messages renews them all in time.
+        """
+        first_error: Exception | None = None
+        for message in messages:
+            try:
+                self.extend_visibility(message, seconds)
+            except Exception as e:  # the others must still be extended
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error
+
     def queue_stats(self, queue: QueueWrapper) -> QueueStats:
         """Return how many messages the queue holds ready, in flight and delayed.
 

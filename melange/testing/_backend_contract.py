@@ -170,6 +170,21 @@ class BackendContract:
         assert second.message_id == first.message_id
         assert (first.receive_count, second.receive_count) == (1, 2)
 
+    def test_extend_visibility_batch_keeps_held_messages_hidden(
+        self, backend: MessagingBackend
+    ) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_batch_to_queue([Message(content=str(n)) for n in range(3)], queue)
+        received = receive(backend, queue, 3)
+        backend.acknowledge(received[0])  # settled already: left alone
+        backend.extend_visibility_batch(received, 3 * self.visibility_timeout)
+        quiet_until = time.monotonic() + 1.5 * self.visibility_timeout
+        while time.monotonic() < quiet_until:  # their own timeout would have shown them
+            assert backend.retrieve_messages(queue, wait_seconds=0) == []
+            time.sleep(0.1)
+        again = receive(backend, queue, 2, timeout=3 * self.visibility_timeout + 10)
+        assert sorted(m.content for m in again) == sorted(m.content for m in received[1:])
+
     def test_dead_letter_after_max_receives(self, backend: MessagingBackend) -> None:
         queue, dead_letter = self.declare(backend, dlq=True, max_receives=2)
         assert dead_letter is not None

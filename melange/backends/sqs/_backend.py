@@ -434,20 +434,11 @@ class AWSBackend(MessagingBackend):
         Raises:
             BackendError: SQS refused some deletions; those messages come back.
         """
-        by_queue: dict[str, list[str]] = {}
-        for message in messages:
-            url, handle = _receipt(message)
-            by_queue.setdefault(url, []).append(handle)
         failures: list[str] = []
-        for url, handles in by_queue.items():
-            for first in range(0, len(handles), 10):
-                chunk = handles[first : first + 10]
-                entries: list[Any] = [
-                    {"Id": str(n), "ReceiptHandle": h} for n, h in enumerate(chunk)
-                ]
-                with translated(f"delete a batch from SQS queue {url}"):
-                    response = self._sqs.delete_message_batch(QueueUrl=url, Entries=entries)
-                failures += [_reason(f) for f in response.get("Failed", [])]
+        for url, entries in _receipt_batches(messages):
+            with translated(f"delete a batch from SQS queue {url}"):
+                response = self._sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+            failures += [_reason(f) for f in response.get("Failed", [])]
         if failures:
             raise BackendError(f"{len(failures)} acknowledgement(s) failed, first: {failures[0]}")
 
@@ -484,6 +475,31 @@ class AWSBackend(MessagingBackend):
                 QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=_visibility_seconds(seconds)
             )
 
+    def extend_visibility_batch(self, messages: Sequence[Message], seconds: float) -> None:
+        """Hide received messages ``seconds`` from now, ten per ``ChangeMessageVisibilityBatch``.
+
+        Messages whose receipts SQS no longer honours are left alone, as in
+        ``extend_visibility``.
+
+        Raises:
+            QueueNotFoundError: a queue is gone.
+            BackendError: SQS refused some other way, naming the first failure.
+        """
+        timeout = _visibility_seconds(seconds)
+        failures: list[str] = []
+        for url, entries in _receipt_batches(messages):
+            for entry in entries:
+                entry["VisibilityTimeout"] = timeout
+            with translated(f"extend visibility in SQS queue {url}"):
+                response = self._sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+            failures += [
+                _reason(f)
+                for f in response.get("Failed", [])
+                if not receipt_gone(str(f.get("Code", "")), str(f.get("Message", "")))
+            ]
+        if failures:
+            raise BackendError(f"{len(failures)} extension(s) failed, first: {failures[0]}")
+
     def close_connection(self) -> None:
         """Close both clients' connections; safe to call more than once."""
         if not self._closed:
@@ -519,6 +535,18 @@ def _renamed(given: Mapping[str, Any], known: Mapping[str, str], what: str) -> d
     if unknown:
         raise UnexpectedOptionError(f"unknown {what} {unknown}; known: {sorted(known)}")
     return {known[key]: value for key, value in given.items() if value is not None}
+
+
+def _receipt_batches(messages: Sequence[Message]) -> Iterator[tuple[str, list[Any]]]:
+    """Yield ``(queue URL, entries)``: the messages' receipts, ten per entry list, per queue."""
+    by_queue: dict[str, list[str]] = {}
+    for message in messages:
+        url, handle = _receipt(message)
+        by_queue.setdefault(url, []).append(handle)
+    for url, handles in by_queue.items():
+        for first in range(0, len(handles), 10):
+            chunk = handles[first : first + 10]
+            yield url, [{"Id": str(n), "ReceiptHandle": h} for n, h in enumerate(chunk)]
 
 
 def _reason(failure: Mapping[str, Any]) -> str:
