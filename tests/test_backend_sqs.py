@@ -851,6 +851,38 @@ def test_an_unreachable_endpoint_is_a_connection_error() -> None:
     assert isinstance(unreachable.value.__cause__, botocore.exceptions.EndpointConnectionError)
 
 
+def test_url_timeout_options_bound_the_wait_for_an_unreachable_endpoint() -> None:
+    port = free_port()
+    url = f"sqs://127.0.0.1:{port}?connect_timeout=1.5&read_timeout=25&max_attempts=2"
+    with from_url(url) as backend:
+        assert isinstance(backend, AWSBackend)
+        for client in (backend.sqs_client, backend.sns_client):
+            config = cast(Any, client.meta.config)
+            assert (config.connect_timeout, config.read_timeout) == (1.5, 25)
+            assert config.retries == {"total_max_attempts": 2, "mode": "standard"}
+        attempts: list[str] = []
+        backend.sqs_client.meta.events.register(
+            "before-send", lambda request, **_: attempts.append(request.url)
+        )
+        with pytest.raises(BackendConnectionError, match=f"127.0.0.1:{port}"):
+            backend.get_queue("anything")
+    assert len(attempts) == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "complaint"),
+    [
+        ("connect_timeout=soon", "bad timeout option"),
+        ("connect_timeout=0", "connect_timeout"),
+        ("read_timeout=5", "longest receive poll"),
+        ("max_attempts=0", "max_attempts"),
+    ],
+)
+def test_bad_timeout_options_are_refused(query: str, complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=complaint):
+        from_url(f"sqs://127.0.0.1:9324?{query}")
+
+
 def client_error(code: str, operation: str = "SendMessage") -> botocore.exceptions.ClientError:
     return botocore.exceptions.ClientError({"Error": {"Code": code, "Message": "m"}}, operation)
 

@@ -25,6 +25,7 @@ except ImportError as e:  # pragma: no cover - only without the extra
 from melange.backends.interfaces import MessagingBackend, QueueStats
 from melange.backends.sqs import _wire as wire
 from melange.backends.sqs._errors import NOT_IN_FLIGHT_CODES, receipt_gone, translated
+from melange.backends.sqs._timeouts import TIMEOUT_OPTIONS, client_config
 from melange.backends.sqs._topology import MAX_VISIBILITY_SECONDS, SQSTopology
 from melange.models import Message, QueueWrapper, TopicWrapper
 
@@ -56,7 +57,7 @@ _QUEUE_OPTIONS = {
     "message_group_id": "MessageGroupId",
     "message_deduplication_id": "MessageDeduplicationId",
 }
-_URL_OPTIONS = frozenset({"region", "secure", "profile"})
+_URL_OPTIONS = frozenset({"region", "secure", "profile"}) | TIMEOUT_OPTIONS
 
 
 class AWSBackend(MessagingBackend):
@@ -98,7 +99,9 @@ class AWSBackend(MessagingBackend):
     def from_url(cls, url: str) -> AWSBackend:
         """Build from ``sqs://`` (AWS, the usual boto3 credentials) or ``sqs://host:port``.
 
-        Query options: ``region``, ``profile``, and ``secure=true`` (https) with a host.
+        Query options: ``region``, ``profile``, ``secure=true`` (https) with a
+        host, and how long to wait: ``connect_timeout`` and ``read_timeout``
+        (seconds, botocore's default 60) and ``max_attempts`` per request.
 
         Raises:
             ConfigurationError: an unknown option or a malformed URL.
@@ -111,6 +114,9 @@ class AWSBackend(MessagingBackend):
         options: dict[str, Any] = {}
         if "profile" in query:
             options["profile_name"] = query["profile"]
+        config = client_config(query, url)
+        if config is not None:
+            options["config"] = config
         secure = query.get("secure", "false").lower()
         if secure not in {"true", "false"}:
             raise ConfigurationError(f"secure must be true or false in {url!r}")
