@@ -773,6 +773,72 @@ def test_an_unreachable_broker_is_named_with_the_reason_and_no_password(
     assert all("s3cret" not in text for text in [said, *warnings])
 
 
+def test_a_url_naming_several_hosts_gives_one_node_each() -> None:
+    url = "amqp://shop:s3cret@rabbit-a:5672,rabbit-b:5673, rabbit-c/orders?heartbeat=9"
+    with RabbitMQBackend(url) as backend:
+        nodes = [(n.host, n.port, n.virtual_host, n.heartbeat) for n in backend.nodes]
+        assert nodes == [
+            ("rabbit-a", 5672, "orders", 9),
+            ("rabbit-b", 5673, "orders", 9),
+            ("rabbit-c", 5672, "orders", 9),
+        ]
+        assert {n.credentials.username for n in backend.nodes} == {"shop"}
+        assert backend.parameters is backend.current_node is backend.nodes[0]
+    listed = [pika.ConnectionParameters("a"), pika.ConnectionParameters("b", 5673)]
+    with RabbitMQBackend(listed) as backend:
+        assert [(n.host, n.port) for n in backend.nodes] == [("a", 5672), ("b", 5673)]
+        assert backend.nodes[0] is not listed[0]  # copied: the caller's stay as they were
+
+
+def test_a_dead_first_host_is_passed_over_for_one_that_answers(
+    rabbitmq_node: RabbitMQNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = free_port()
+    url = f"amqp://guest:guest@127.0.0.1:{dead},127.0.0.1:{rabbitmq_node.port}/%2F"
+    with RabbitMQBackend(url) as backend, caplog.at_level(logging.INFO, "melange"):
+        queue, _ = backend.declare_queue(unique_name("q"))
+        backend.publish_to_queue(Message(content="via the second host"), queue)
+        [message] = receive(backend, queue, 1)
+        backend.acknowledge(message)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"127.0.0.1:{dead}: Connection refused" in line for line in said)
+    assert f"connected to RabbitMQ at 127.0.0.1:{rabbitmq_node.port}" in said
+
+
+def test_after_a_nack_publishing_goes_on_over_a_fresh_channel(
+    backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    full = unique_name("full")
+    with pika.BlockingConnection(pika.URLParameters(rabbitmq_node.url)) as raw:
+        arguments = {"x-max-length": 1, "x-overflow": "reject-publish"}  # exact when classic
+        raw.channel().queue_declare(full, durable=True, arguments=arguments)
+    refusing = backend.get_queue(full)
+    other, _ = backend.declare_queue(unique_name("q"))
+    with caplog.at_level(logging.WARNING, "melange"):
+        backend.publish_to_queue(Message(content="fits"), refusing)
+        with pytest.raises(PublishError):
+            backend.publish_to_queue(Message(content="over the limit"), refusing)
+        for n in range(3):
+            backend.publish_to_queue(Message(content=str(n)), other)
+    assert sorted(m.content for m in receive(backend, other, 3)) == ["0", "1", "2"]
+    said = [r.getMessage() for r in caplog.records]
+    assert "RabbitMQ refused a publish (nack); reopening the publishing channel" in said
+    assert not any("closed the publishing channel" in line for line in said)
+
+
+def test_no_host_answering_names_them_all() -> None:
+    ports = [free_port(), free_port()]
+    hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+    with (
+        RabbitMQBackend(f"amqp://u:s3cret@{hosts}/%2F?operation_timeout=1") as backend,
+        pytest.raises(BackendConnectionError) as raised,
+    ):
+        backend.declare_topic("t")
+    said = str(raised.value)
+    assert f"RabbitMQ at 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]} was not reachable" in said
+    assert "s3cret" not in said
+
+
 def test_a_bad_amqp_url_is_refused_without_its_password() -> None:
     with pytest.raises(ConfigurationError) as raised:
         RabbitMQBackend("amqp://shop:s3cret@127.0.0.1:notaport/")

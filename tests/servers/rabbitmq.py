@@ -49,7 +49,14 @@ def _stop_process(process: subprocess.Popen[bytes] | None, grace: float) -> None
 class RabbitMQNode:
     """One RabbitMQ node whose files all live under ``base``; stop/start keeps its data."""
 
-    def __init__(self, base: Path, *, start_timeout: float = 90.0) -> None:
+    def __init__(
+        self,
+        base: Path,
+        *,
+        start_timeout: float = 90.0,
+        epmd_port: int | None = None,
+        node_name: str | None = None,
+    ) -> None:
         for binary in (RABBITMQ_SERVER, "epmd"):
             if shutil.which(binary) is None:
                 raise RabbitMQUnavailable(f"{binary} is not installed")
@@ -57,8 +64,8 @@ class RabbitMQNode:
         self.host = "127.0.0.1"
         self.port = free_port()
         self.dist_port = free_port()
-        self.epmd_port = free_port()
-        self.node_name = f"melange-{uuid.uuid4().hex[:8]}@localhost"
+        self.epmd_port = epmd_port or free_port()
+        self.node_name = node_name or f"melange-{uuid.uuid4().hex[:8]}@localhost"
         self.start_timeout = start_timeout
         self._server: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None

@@ -94,12 +94,21 @@ class RabbitMQBackend(MessagingBackend):
         max_reconnect_delay: float = 10.0,
     ) -> None:
         options: dict[str, Any] = {}
+        nodes: list[Any]
         if isinstance(parameters, str):
-            parameters, options = parse_url(parameters)
+            nodes, options = parse_url(parameters)
         elif isinstance(parameters, pika.connection.Parameters):
-            parameters = copy.copy(parameters)
+            nodes = [copy.copy(parameters)]
+        elif (
+            isinstance(parameters, list | tuple)
+            and parameters
+            and all(isinstance(p, pika.connection.Parameters) for p in parameters)
+        ):
+            nodes = [copy.copy(p) for p in parameters]
         else:
-            raise ConfigurationError("expected an AMQP URL or pika connection parameters")
+            raise ConfigurationError(
+                "expected an AMQP URL, pika connection parameters, or a list of them"
+            )
 
         def pick(value: Any, name: str, default: Any) -> Any:
             return value if value is not None else options.get(name, default)
@@ -110,12 +119,15 @@ class RabbitMQBackend(MessagingBackend):
         self.default_visibility_timeout = pick(visibility_timeout, "visibility_timeout", 30.0)
         self.idle_release: float = pick(idle_release, "idle_release", 30.0)
         beat = pick(heartbeat, "heartbeat", None)
-        parameters.heartbeat = beat if beat is not None else (parameters.heartbeat or 30)
+        for node in nodes:
+            node.heartbeat = beat if beat is not None else (node.heartbeat or 30)
         if self.prefetch < 1:
             raise ConfigurationError("prefetch must be at least 1")
-        self.parameters = parameters
+        #: The nodes tried in turn (a cluster's, or one); ``parameters`` is the first.
+        self.nodes: tuple[Any, ...] = tuple(nodes)
+        self.parameters = nodes[0]
         self._io = ConnectionThread(
-            parameters, reconnect_delay=reconnect_delay, max_reconnect_delay=max_reconnect_delay
+            nodes, reconnect_delay=reconnect_delay, max_reconnect_delay=max_reconnect_delay
         )
         self._lock = threading.Lock()
         self._subscriptions: dict[str, QueueSubscription] = {}
@@ -533,6 +545,11 @@ class RabbitMQBackend(MessagingBackend):
             subscription.settle_claimed(generation, owned, REQUEUE)
             return
         subscription.settle_claimed(generation, owned, ACK)
+
+    @property
+    def current_node(self) -> Any:
+        """Return pika's parameters of the node connected to (or tried next), one of ``nodes``."""
+        return self._io.parameters
 
     def close_connection(self) -> None:
         """Stop consuming (buffered messages go back uncounted) and close; idempotent."""

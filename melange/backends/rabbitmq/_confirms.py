@@ -128,14 +128,24 @@ class Confirms:
         self.channel: Any = None
         self._next_tag = 1
         self._pending: dict[int, _Pending] = {}
+        self._on_nack: Callable[[Any], None] = lambda channel: None
 
-    def attach(self, channel: Any, ready: Callable[[], None]) -> None:
-        """Put a freshly opened channel in confirm mode; call ``ready`` once it is."""
+    def attach(
+        self,
+        channel: Any,
+        ready: Callable[[], None],
+        on_nack: Callable[[Any], None] = lambda channel: None,
+    ) -> None:
+        """Put a freshly opened channel in confirm mode; call ``ready`` once it is.
+
+        ``on_nack(channel)`` is called after the broker refused a message on it.
+        """
         channel.add_on_return_callback(self._on_return)
 
         def selected(_: Any) -> None:
             self.channel = channel
             self._next_tag = 1
+            self._on_nack = on_nack
             ready()
 
         channel.confirm_delivery(self._on_confirm, callback=selected)
@@ -200,6 +210,8 @@ class Confirms:
             if failure is None and not acked:
                 failure = nacked()
             entry.batch.settle(entry.index, failure, unrouted=entry.returned)
+        if not acked:
+            self._on_nack(self.channel)
 
     def detach(self, reason: BaseException) -> None:
         """The channel is gone: fail every message still awaiting its confirm."""

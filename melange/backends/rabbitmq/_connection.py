@@ -57,6 +57,10 @@ class TopologyKey(NamedTuple):
     source: str = ""
 
 
+def _address(parameters: Any) -> str:
+    return f"{getattr(parameters, 'host', '?')}:{getattr(parameters, 'port', '?')}"
+
+
 class ConnectionObserver(Protocol):
     """What the connection thread needs from a subscription (all called on the I/O thread)."""
 
@@ -83,12 +87,14 @@ class ConnectionThread:
 
     def __init__(
         self,
-        parameters: Any,
+        nodes: Sequence[Any],
         *,
         reconnect_delay: float = 0.2,
         max_reconnect_delay: float = 10.0,
     ) -> None:
-        self.parameters = parameters
+        self.nodes = list(nodes)
+        self._node = 0  # the node tried next, or connected to
+        self._tried = 0  # nodes tried since the last open connection
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
         self.observers: list[ConnectionObserver] = []
@@ -110,9 +116,19 @@ class ConnectionThread:
         self._failing: PublishError | None = None
 
     @property
+    def parameters(self) -> Any:
+        """Return pika's parameters of the node connected to, or tried next."""
+        return self.nodes[self._node]
+
+    @property
     def address(self) -> str:
-        """Return ``host:port`` of the broker (never the credentials)."""
-        return f"{getattr(self.parameters, 'host', '?')}:{getattr(self.parameters, 'port', '?')}"
+        """Return ``host:port`` of that node (never the credentials)."""
+        return _address(self.parameters)
+
+    @property
+    def addresses(self) -> str:
+        """Return ``host:port`` of every node, comma-separated."""
+        return ", ".join(_address(node) for node in self.nodes)
 
     # -- any thread ------------------------------------------------------------------
 
@@ -176,7 +192,7 @@ class ConnectionThread:
                 error = self.last_error
                 reason = f": {describe(error)}" if error is not None else ""
                 raise BackendConnectionError(
-                    f"RabbitMQ at {self.address} was not reachable within {timeout:g} s{reason}"
+                    f"RabbitMQ at {self.addresses} was not reachable within {timeout:g} s{reason}"
                 ) from None
             return future.result(timeout)  # started already: give it as long again
 
@@ -258,6 +274,13 @@ class ConnectionThread:
         self._schedule_reconnect()
 
     def _schedule_reconnect(self) -> None:
+        """Try the next node at once; back off only once every node failed in a row."""
+        self._node = (self._node + 1) % len(self.nodes)
+        self._tried += 1
+        if self._tried < len(self.nodes):
+            self._ioloop.call_later(0.0, self._connect)
+            return
+        self._tried = 0
         delay = self._backoff * random.uniform(0.8, 1.2)
         self._backoff = min(self._backoff * 2, self.max_reconnect_delay)
         self._ioloop.call_later(delay, self._connect)
@@ -267,7 +290,15 @@ class ConnectionThread:
 
     def _on_publisher_channel(self, channel: Any) -> None:
         channel.add_on_close_callback(self._on_publisher_closed)
-        self._confirms.attach(channel, self._publisher_ready)
+        self._confirms.attach(channel, self._publisher_ready, self._on_nack)
+
+    def _on_nack(self, channel: Any) -> None:
+        # On RabbitMQ 3.10 a channel that published while a quorum queue had no
+        # leader keeps being refused after a new one is elected; a fresh channel
+        # is not. The nacked messages failed already: their callers send again.
+        if channel is not None and channel.is_open:
+            log.warning("RabbitMQ refused a publish (nack); reopening the publishing channel")
+            channel.close()
 
     def _publisher_ready(self) -> None:
         if self._open:  # only the channel was reopened, the connection stayed up
@@ -299,6 +330,9 @@ class ConnectionThread:
 
     def _connected(self) -> None:
         self._open = True
+        self._tried = 0
+        if len(self.nodes) > 1:
+            log.info("connected to RabbitMQ at %s", self.address)
         self._backoff = self.reconnect_delay
         self.last_error = None
         self._ticker = self._ioloop.call_later(_TICK_SECONDS, self._tick)
@@ -329,7 +363,9 @@ class ConnectionThread:
             self._ioloop.stop()
             return
         self.last_error = reason
-        log.warning("lost the RabbitMQ connection (%s); reconnecting", reason)
+        log.warning(
+            "lost the RabbitMQ connection to %s (%s); reconnecting", self.address, describe(reason)
+        )
         self._schedule_reconnect()
 
     def _shutdown(self, timeout: float) -> None:
@@ -450,7 +486,7 @@ class ConnectionThread:
             batch.fail_unsettled(self._failing)
         elif self._closing and not internal:  # subscriptions still hand messages back while closing
             batch.fail_unsettled(PublishError("the RabbitMQ backend is closed"))
-        elif self._confirms.channel is None or not self._open:
+        elif self._confirms.channel is None or not self._confirms.channel.is_open or not self._open:
             self._pub_waiting.append(lambda: self._publish(items, batch, internal))
         else:
             self._confirms.publish(items, batch)
@@ -461,5 +497,6 @@ class ConnectionThread:
         self._confirms.detach(reason)
         connection = self._connection
         if connection is not None and connection.is_open and not self._closing:
-            log.warning("RabbitMQ closed the publishing channel (%s); reopening it", reason)
+            if not isinstance(reason, pika_errors.ChannelClosedByClient):  # else: after a nack
+                log.warning("RabbitMQ closed the publishing channel (%s); reopening it", reason)
             connection.channel(on_open_callback=self._on_publisher_channel)

@@ -122,8 +122,11 @@ def delay_route(ttl_ms: int) -> tuple[str, list[Step]]:
     return name, [declare_exchange(name), declare_queue(name, arguments), bind(name, name)]
 
 
-def parse_url(url: str) -> tuple[Any, dict[str, Any]]:
-    """Split an AMQP URL into pika's parameters and melange's own query options.
+def parse_url(url: str) -> tuple[list[Any], dict[str, Any]]:
+    """Split an AMQP URL into pika's parameters (one per host) and melange's query options.
+
+    ``amqp://user:pass@host1:5672,host2:5672/vhost`` names the nodes of a
+    cluster: one set of parameters for each, in that order.
 
     Raises:
         ConfigurationError: not an amqp(s) URL, or a bad option.
@@ -143,8 +146,13 @@ def parse_url(url: str) -> tuple[Any, dict[str, Any]]:
                 rest.append((key, value))
         except ValueError as e:
             raise ConfigurationError(f"bad value for {key!r} in the AMQP URL: {value!r}") from e
-    try:
-        parameters = pika.URLParameters(urlunsplit(parts._replace(query=urlencode(rest))))
-    except ValueError as e:
-        raise ConfigurationError(f"bad AMQP URL {masked(url)!r}: {e}") from None
-    return parameters, options
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    nodes = []
+    for host in hosts.split(","):
+        netloc = f"{credentials}{at}{host.strip()}"
+        single = urlunsplit(parts._replace(netloc=netloc, query=urlencode(rest)))
+        try:
+            nodes.append(pika.URLParameters(single))
+        except ValueError as e:
+            raise ConfigurationError(f"bad AMQP URL {masked(url)!r}: {e}") from None
+    return nodes, options
