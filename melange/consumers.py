@@ -10,6 +10,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
+from melange._bridge import is_async_callable, run_on_loop
 from melange.exceptions import ListenerDefinitionError
 from melange.models import Message
 
@@ -215,17 +216,23 @@ class Consumer:
         if found is None:
             raise LookupError(f"{type(self).__qualname__} has no listener for {type(event)!r}")
         handler, takes_message = found
-        if takes_message:
-            handler(event, message)
-        else:
-            handler(event)
+        result = handler(event, message) if takes_message else handler(event)
+        if result is not None and inspect.isawaitable(result):
+            run_on_loop(result, f"{type(self).__qualname__}.{getattr(handler, '__name__', '?')}")
+
+    def has_async_listeners(self) -> bool:
+        """Return whether some handler of this consumer is ``async def``."""
+        if self._style is _Style.ORIGINAL:
+            return is_async_callable(self.process)  # type: ignore[attr-defined]
+        if self._style is _Style.HANDLE:
+            return is_async_callable(self.handle)
+        return any(is_async_callable(handler) for handler, _ in self._routes().values())
 
     def _process(self, event: Any, message: Message) -> None:
         process: Callable[..., Any] = self.process  # type: ignore[attr-defined]
-        if _positional_count(process) >= 2:
-            process(event, message)
-        else:
-            process(event)
+        result = process(event, message) if _positional_count(process) >= 2 else process(event)
+        if result is not None and inspect.isawaitable(result):
+            run_on_loop(result, f"{type(self).__qualname__}.process")
 
     def _routes(self) -> dict[type, tuple[Callable[..., Any], bool]]:
         if self._table is None:

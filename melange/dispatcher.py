@@ -15,7 +15,12 @@ from melange.builtin_middleware import IdempotencyMiddleware, MessageScopeMiddle
 from melange.consumers import Consumer
 from melange.dead_letters import DeadLetterer
 from melange.dead_letters import dead_letter_queue_name as _dead_letter_name
-from melange.exceptions import BackendError, InvalidArgumentError, QueueNotFoundError
+from melange.exceptions import (
+    BackendError,
+    ConfigurationError,
+    InvalidArgumentError,
+    QueueNotFoundError,
+)
 from melange.holding import HeldMessages
 from melange.idempotency.base import IdempotencyStore
 from melange.manifests import manifest_of
@@ -145,8 +150,20 @@ class MessageDispatcher:
 
     # -- consumers and topology ----------------------------------------------------
 
+    #: Whether listeners may be ``async def``: only under ``melange.aio.AsyncMessageDispatcher``.
+    _runs_async_handlers = False
+
     def attach_consumer(self, consumer: Consumer) -> None:
-        """Add a consumer; its event classes (and their known subclasses) become readable."""
+        """Add a consumer; its event classes (and their known subclasses) become readable.
+
+        Raises:
+            ConfigurationError: it has ``async def`` listeners (use the async dispatcher).
+        """
+        if not self._runs_async_handlers and consumer.has_async_listeners():
+            raise ConfigurationError(
+                f"{type(consumer).__qualname__} has async listeners:"
+                " consume with melange.aio.AsyncMessageDispatcher"
+            )
         with self._lock:
             self._consumers.append(consumer)
             self._routes = {}
@@ -389,22 +406,12 @@ class MessageDispatcher:
         else:
             held.hold(batch)
         handled = 0
-        handle, stopping = self.pipeline.handle, stop.is_set
+        stopping = stop.is_set
         consuming = Consuming(state.name, self, state.visibility_timeout, on_exception, stopping)
         for message in batch:
             if stopping():
                 break
-            handling = Handling(message, consuming)
-            held.start(handling)
-            try:
-                outcome = handle(handling)
-            finally:
-                held.current = None
-            if outcome.kind is OutcomeKind.ACK and not acked_on_receipt:
-                held.done(message)
-            else:
-                self._apply(outcome, message, state, held, acked_on_receipt)
-            self.outcomes.add(outcome.kind)
+            self._handle_one(message, state, held, consuming)
             handled += 1
             if after_consume is not None:
                 after_consume()
@@ -412,6 +419,24 @@ class MessageDispatcher:
             self._release(message, 0.0)
         held.flush()
         return handled
+
+    def _handle_one(
+        self, message: Message, state: _QueueState, held: HeldMessages, consuming: Consuming
+    ) -> OutcomeKind:
+        """Decide one held message and settle it; thread-safe (several may run at once)."""
+        acked_on_receipt = self.ack_policy is AckPolicy.BEFORE_HANDLE
+        handling = Handling(message, consuming)
+        held.start(handling)
+        try:
+            outcome = self.pipeline.handle(handling)
+        finally:
+            held.finish(handling)
+        if outcome.kind is OutcomeKind.ACK and not acked_on_receipt:
+            held.done(message)
+        else:
+            self._apply(outcome, message, state, held, acked_on_receipt)
+        self.outcomes.add(outcome.kind)
+        return outcome.kind
 
     def _apply(
         self,

@@ -1,7 +1,7 @@
 """The messages a consume loop holds: kept hidden while held, acknowledged promptly.
 
 A background thread extends the visibility of every held message (and the
-leases of the one being handled) before it can expire, so a long handler is
+leases of those being handled) before it can expire, so a long handler is
 never handed to a second worker. Finished messages are acknowledged in small
 groups by the loop itself, and by that thread too when the next handler runs
 long, so none waits more than about ``_KEEPER_TICK`` seconds.
@@ -48,7 +48,7 @@ class HeldMessages:
         self._held: dict[int, Message] = {}
         self._acks: deque[Message] = deque()
         self._oldest_ack = 0.0
-        self.current: Handling | None = None
+        self._handling: dict[int, Handling] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         # Held while one message is extended, so that the loop, once it stops
@@ -65,14 +65,18 @@ class HeldMessages:
             self._held[id(message)] = message
 
     def start(self, handling: Handling) -> None:
-        """Say which message is being handled now (its leases are renewed too).
+        """Say that a message is being handled now (its leases are renewed too).
 
-        Acknowledgements older than ``ack_delay`` are sent first. Set
-        ``current`` to ``None`` when it is done.
+        Acknowledgements older than ``ack_delay`` are sent first. Call
+        ``finish`` when it is done; several may be handled at once.
         """
-        self.current = handling
+        self._handling[id(handling)] = handling
         if self._acks and time.monotonic() - self._oldest_ack >= self.ack_delay:
             self.flush()
+
+    def finish(self, handling: Handling) -> None:
+        """Say that this message's handling ended (its leases are no longer renewed)."""
+        self._handling.pop(id(handling), None)
 
     def drop(self, message: Message) -> None:
         """Stop holding a message; no extension of it runs after this returns."""
@@ -132,17 +136,17 @@ class HeldMessages:
                 now = time.monotonic()
                 stale_acks = bool(self._acks) and now - self._oldest_ack >= _KEEPER_TICK
                 extend: list[Message] = []
-                handling = None
+                handling: list[Handling] = []
                 if now >= next_extension:
                     extend = list(self._held.copy().values())
-                    handling = self.current
+                    handling = list(self._handling.copy().values())
                     next_extension = now + self._extend_every
             if stale_acks:
                 self.flush()
-            if extend or handling is not None:
+            if extend or handling:
                 self._extend(extend, handling)
 
-    def _extend(self, messages: list[Message], handling: Handling | None) -> None:
+    def _extend(self, messages: list[Message], handling: list[Handling]) -> None:
         seconds = self.visibility_timeout
         if messages:
             try:
@@ -152,11 +156,11 @@ class HeldMessages:
                         self.backend.extend_visibility_batch(held, seconds)
             except Exception as e:  # the keeper must outlive any one backend failure
                 _log.warning("could not extend the visibility of held messages: %s", e)
-        if handling is not None:
+        for one in handling:
             try:
-                handling.renew(seconds)
+                one.renew(seconds)
             except Exception as e:
-                _log.warning("could not renew a lease on %s: %s", handling.message.message_id, e)
+                _log.warning("could not renew a lease on %s: %s", one.message.message_id, e)
 
     def _acknowledge(self, messages: list[Message]) -> None:
         try:

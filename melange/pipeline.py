@@ -8,6 +8,7 @@ loop (sync now, asyncio later) fetches messages and applies outcomes.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from melange._bridge import run_on_loop
 from melange.consumers import Consumer
 from melange.dead_letters import Stage
 from melange.exceptions import (
@@ -183,7 +185,9 @@ class MessagePipeline:
         attempts = self.retry.immediate_attempts
         for attempt in range(1, attempts + 1):
             try:
-                call.consumer.handle(handling.event, handling.message)
+                result: Any = call.consumer.handle(handling.event, handling.message)  # type: ignore[func-returns-value]
+                if result is not None and inspect.isawaitable(result):  # an async ``handle``
+                    run_on_loop(result, f"{type(call.consumer).__qualname__}.handle")
             except DeferMessage as e:
                 return CallResult.defer(e.delay, e.reason)
             except RejectMessage as e:

@@ -7,10 +7,10 @@ import pytest
 from melange.backends import from_url
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.models import Message
-from melange.testing import BackendContract, receive
+from melange.testing import AsyncBackendContract, BackendContract, receive
 
 
-class TestInMemoryBackend(BackendContract):
+class TestInMemoryBackend(BackendContract, AsyncBackendContract):
     @pytest.fixture
     def backend(self) -> Iterator[InMemoryMessagingBackend]:
         with InMemoryMessagingBackend() as backend:

@@ -37,7 +37,7 @@ from melange.exceptions import (
     TopicNotFoundError,
 )
 from melange.models import DECODE_ERROR, QueueWrapper, TopicWrapper
-from melange.testing import BackendContract, receive, unique_name, wait_until
+from melange.testing import AsyncBackendContract, BackendContract, receive, unique_name, wait_until
 from tests.recorder import Numbered, Recorder
 from tests.servers.rabbitmq import RabbitMQNode
 from tests.support import free_port
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.rabbitmq
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class TestRabbitMQBackend(BackendContract):
+class TestRabbitMQBackend(BackendContract, AsyncBackendContract):
     @pytest.fixture
     def backend(self, rabbitmq_node: RabbitMQNode) -> Iterator[RabbitMQBackend]:
         backend = RabbitMQBackend(rabbitmq_node.url)

@@ -29,12 +29,12 @@ from melange.exceptions import (
     TopicNotFoundError,
 )
 from melange.models import DECODE_ERROR, QueueWrapper, TopicWrapper
-from melange.testing import BackendContract, receive
+from melange.testing import AsyncBackendContract, BackendContract, receive
 
 pytestmark = pytest.mark.sqlite
 
 
-class TestSQLiteBackend(BackendContract):
+class TestSQLiteBackend(BackendContract, AsyncBackendContract):
     @pytest.fixture
     def backend(self, tmp_path: Path) -> Iterator[SQLiteBackend]:
         with SQLiteBackend(tmp_path / "broker.db") as backend:

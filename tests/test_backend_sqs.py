@@ -33,7 +33,7 @@ from melange.exceptions import (
     UnsupportedOperationError,
 )
 from melange.models import DECODE_ERROR, QueueWrapper, TopicWrapper
-from melange.testing import BackendContract, receive, unique_name
+from melange.testing import AsyncBackendContract, BackendContract, receive, unique_name
 from tests.servers.moto import MotoServer
 from tests.support import free_port
 
@@ -72,7 +72,7 @@ def aws(moto: MotoServer) -> Iterator[AWSBackend]:
         yield backend
 
 
-class TestAWSBackend(BackendContract):
+class TestAWSBackend(BackendContract, AsyncBackendContract):
     visibility_timeout = 1  # SQS takes whole seconds
 
     @pytest.fixture

@@ -22,6 +22,7 @@ from melange.testing._recording import PublishRecorder, RecordedPublish
 from melange.testing._waiting import drain, receive, unique_name, wait_until
 
 if TYPE_CHECKING:
+    from melange.testing._async_backend_contract import AsyncBackendContract
     from melange.testing._backend_contract import BackendContract
     from melange.testing._dispatcher_contract import (
         DispatcherContract,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from melange.testing._store_contract import IdempotencyStoreContract, StoreFactory
 
 __all__ = [
+    "AsyncBackendContract",
     "BackendContract",
     "ContractEvent",
     "DispatcherContract",
@@ -52,6 +54,7 @@ __all__ = [
 
 # The contracts import pytest: load them on first use only.
 _CONTRACTS = {
+    "AsyncBackendContract": "melange.testing._async_backend_contract",
     "BackendContract": "melange.testing._backend_contract",
     "DispatcherContract": "melange.testing._dispatcher_contract",
     "Inject": "melange.testing._dispatcher_contract",

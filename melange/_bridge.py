@@ -1,0 +1,51 @@
+"""Running an ``async def`` handler from the worker thread that handles its message.
+
+The async dispatcher runs the (synchronous) pipeline in worker threads, with
+``bridged_loop`` set to its event loop; a handler that returns an awaitable
+has it run on that loop while the worker thread waits. The coroutine starts
+in a copy of the worker's context, so it sees the message's correlation,
+saga scope and publish hold as a synchronous handler would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Coroutine
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+from melange.exceptions import ConfigurationError
+
+__all__ = ["bridged_loop", "is_async_callable", "run_on_loop"]
+
+_T = TypeVar("_T")
+
+#: The event loop ``async def`` handlers of the current message run on, if any.
+bridged_loop: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar(
+    "melange_bridged_loop", default=None
+)
+
+
+def run_on_loop(awaitable: Awaitable[_T], where: str) -> _T:
+    """Run ``awaitable`` on the bridged loop and return its result (from a worker thread).
+
+    Raises:
+        ConfigurationError: no async dispatcher runs this message.
+    """
+    loop = bridged_loop.get()
+    if loop is None:
+        if isinstance(awaitable, Coroutine):
+            awaitable.close()  # never awaited: close it rather than warn later
+        raise ConfigurationError(
+            f"{where} is async: consume with melange.aio.AsyncMessageDispatcher"
+        )
+    return asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop).result()
+
+
+async def _awaited(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+def is_async_callable(func: Any) -> bool:
+    """Return whether calling ``func`` gives a coroutine (``async def``, also when bound)."""
+    return asyncio.iscoroutinefunction(func)

@@ -1,0 +1,20 @@
+"""melange for asyncio: publish and consume without blocking the event loop.
+
+``from_url(url)`` builds the async backend for any backend URL;
+``AsyncMessagePublisher`` and ``AsyncMessageDispatcher`` are the sync API's
+twins, sharing its pipeline, serializers, routing, retries, dead letters and
+middleware. Listeners may be ``async def``. See docs/asyncio.md.
+"""
+
+from melange.aio._bridged import BridgedBackend, from_url
+from melange.aio._dispatcher import AsyncMessageDispatcher
+from melange.aio._interface import AsyncMessagingBackend
+from melange.aio._publisher import AsyncMessagePublisher
+
+__all__ = [
+    "AsyncMessageDispatcher",
+    "AsyncMessagePublisher",
+    "AsyncMessagingBackend",
+    "BridgedBackend",
+    "from_url",
+]

@@ -1,0 +1,137 @@
+"""``AsyncMessagingBackend``: the backend interface, awaitable, for asyncio code."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from melange.backends.interfaces import QueueStats
+from melange.models import Message, QueueWrapper, TopicWrapper
+
+__all__ = ["AsyncMessagingBackend"]
+
+
+class AsyncMessagingBackend(abc.ABC):
+    """The methods of ``melange.backends.interfaces.MessagingBackend``, as coroutines.
+
+    Names, arguments and meaning are those of the synchronous interface (see
+    docs/backends/writing.md); only the waiting differs: no call blocks the
+    event loop. An async backend is an async context manager.
+    """
+
+    #: Seconds a received message stays hidden when ``declare_queue`` is not told.
+    default_visibility_timeout: float = 30.0
+    #: The broker, as OpenTelemetry's ``messaging.system`` attribute names it.
+    messaging_system: str = "melange"
+
+    @abc.abstractmethod
+    async def declare_topic(self, topic_name: str) -> TopicWrapper:
+        """Get or create a topic."""
+
+    @abc.abstractmethod
+    async def get_queue(self, queue_name: str) -> QueueWrapper:
+        """Get an existing queue; never creates one (``QueueNotFoundError``)."""
+
+    @abc.abstractmethod
+    async def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        visibility_timeout: float | None = None,
+        max_receive_count: int | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Get or create a queue, subscribe it to topics, and attach a dead-letter queue."""
+
+    @abc.abstractmethod
+    async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        """Receive the messages available now (``max_messages``, ``wait_seconds``)."""
+
+    async def yield_messages(self, queue: QueueWrapper, **kwargs: Any) -> AsyncIterator[Message]:
+        """Yield messages as they arrive, until the backend is closed."""
+        kwargs.setdefault("wait_seconds", 1.0)
+        while not self.closed:
+            for message in await self.retrieve_messages(queue, **kwargs):
+                yield message
+
+    @abc.abstractmethod
+    async def publish_to_topic(
+        self,
+        message: Message,
+        topic: TopicWrapper,
+        extra_attributes: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish a message to every queue subscribed to the topic."""
+
+    @abc.abstractmethod
+    async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        """Publish a message to one queue."""
+
+    @abc.abstractmethod
+    async def publish_batch_to_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper
+    ) -> None:
+        """Publish several messages to one queue."""
+
+    @abc.abstractmethod
+    async def publish_batch_to_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper
+    ) -> None:
+        """Publish several messages to one topic."""
+
+    @abc.abstractmethod
+    async def publish_delayed_to_queue(
+        self, message: Message, queue: QueueWrapper, delay: float
+    ) -> None:
+        """Publish a message that becomes visible ``delay`` seconds from now."""
+
+    @abc.abstractmethod
+    async def acknowledge(self, message: Message) -> None:
+        """Mark a received message done so it is never delivered again."""
+
+    @abc.abstractmethod
+    async def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        """Acknowledge several received messages."""
+
+    @abc.abstractmethod
+    async def release(self, message: Message, delay: float = 0.0) -> None:
+        """Hand a received message back, to be delivered again after ``delay`` seconds."""
+
+    @abc.abstractmethod
+    async def extend_visibility(self, message: Message, seconds: float) -> None:
+        """Keep a received message hidden for ``seconds`` from now."""
+
+    @abc.abstractmethod
+    async def queue_stats(self, queue: QueueWrapper) -> QueueStats:
+        """Return how many messages the queue holds ready, in flight and delayed."""
+
+    @abc.abstractmethod
+    async def delete_queue(self, queue: QueueWrapper) -> None:
+        """Delete a queue and its subscriptions."""
+
+    @abc.abstractmethod
+    async def delete_topic(self, topic: TopicWrapper) -> None:
+        """Delete a topic and its subscriptions."""
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """Return whether ``close_connection`` was called."""
+
+    @abc.abstractmethod
+    async def close_connection(self) -> None:
+        """Release the broker connection; safe to call more than once."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close_connection()
