@@ -1,7 +1,8 @@
 """The ``melange`` command: run a worker, inspect and redrive dead letters, inspect sagas.
 
     melange worker myapp.consumers:Billing --queue billing [--backend URL]
-        [--threads N] [--processes N] [--prefetch N] [--idempotency URL]
+        [--threads N | --async [--concurrency N]] [--processes N] [--prefetch N]
+        [--idempotency URL]
         [--middleware module:Class] [--visibility-timeout SECONDS]
         [--log-level INFO] [--log-format text|json]
     melange dlq peek billing [--limit 10]
@@ -114,26 +115,41 @@ def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:
         metrics = MetricsServer(args.metrics_host, args.metrics_port, lambda: not stop.is_set())
         middleware.append(TelemetryMiddleware(meter_provider=metrics.meter_provider))
         _log.info("metrics on http://%s:%d/metrics", args.metrics_host, metrics.port)
-    dispatcher = MessageDispatcher(
-        backend,
-        consumers=consumers,
-        middleware=middleware,
-        idempotency=store,
-        visibility_timeout=args.visibility_timeout,
-        batch_size=args.prefetch or (10 if args.threads == 1 else 1),
-    )
+    use_async = args.use_async or any(c.has_async_listeners() for c in consumers)
+    if use_async and args.threads > 1:
+        raise ConfigurationError("--threads is for plain listeners; with --async use --concurrency")
+    options: dict[str, Any] = {
+        "consumers": consumers,
+        "middleware": middleware,
+        "idempotency": store,
+        "visibility_timeout": args.visibility_timeout,
+        "batch_size": args.prefetch or (10 if args.threads == 1 else 1),
+    }
+    async_dispatcher = None
+    if use_async:
+        from melange.aio import AsyncMessageDispatcher, BridgedBackend
+
+        async_dispatcher = AsyncMessageDispatcher(
+            BridgedBackend(backend), max_concurrency=args.concurrency, **options
+        )
+        dispatcher: MessageDispatcher = async_dispatcher.sync
+    else:
+        dispatcher = MessageDispatcher(backend, **options)
     if not args.no_declare:
-        options = {}
+        queue_options = {}
         if args.visibility_timeout is not None:
-            options["visibility_timeout"] = args.visibility_timeout
-        dispatcher.declare(args.queue, **options)
+            queue_options["visibility_timeout"] = args.visibility_timeout
+        dispatcher.declare(args.queue, **queue_options)
+    concurrency = (
+        f"asyncio, {args.concurrency} in flight" if use_async else f"{args.threads} thread(s)"
+    )
     _log.info(
-        "worker on %s: queue %s, consumers %s, topics %s, %d thread(s), %d at a time",
+        "worker on %s: queue %s, consumers %s, topics %s, %s, %d at a time",
         masked(args.url),
         args.queue,
         ", ".join(c.consumer_id for c in consumers),
         ", ".join(sorted({manifest_of(t) for t in dispatcher.event_types()})) or "-",
-        args.threads,
+        concurrency,
         dispatcher.batch_size,
     )
 
@@ -145,13 +161,24 @@ def _worker(args: argparse.Namespace, backend: MessagingBackend) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stopping)
     try:
-        handled = dispatcher.run(
-            args.queue,
-            threads=args.threads,
-            max_messages=args.max_messages,
-            idle_timeout=args.idle_timeout,
-            stop_event=stop,
-        )
+        if async_dispatcher is not None:
+            from melange.aio._worker import consume_until_stopped
+
+            handled = consume_until_stopped(
+                async_dispatcher,
+                args.queue,
+                stop,
+                max_messages=args.max_messages,
+                idle_timeout=args.idle_timeout,
+            )
+        else:
+            handled = dispatcher.run(
+                args.queue,
+                threads=args.threads,
+                max_messages=args.max_messages,
+                idle_timeout=args.idle_timeout,
+                stop_event=stop,
+            )
     finally:
         if store is not None:
             store.close()
@@ -290,6 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="handler threads in this process (default: 1)",
+    )
+    worker.add_argument(
+        "--async",
+        dest="use_async",
+        action="store_true",
+        help="run on asyncio (chosen by itself when a listener is async def)",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=_at_least_one,
+        default=10,
+        metavar="N",
+        help="with --async: handlers in flight at once (default: 10)",
     )
     worker.add_argument(
         "--processes",

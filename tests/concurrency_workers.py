@@ -7,6 +7,7 @@ lines (fsynced); a handler sleeps ``CONCURRENCY_SECONDS``, or, when
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -38,4 +39,19 @@ class Sleeper(Consumer):
                 time.sleep(0.05)
         else:
             time.sleep(float(os.environ.get("CONCURRENCY_SECONDS", "0")))
+        record("done", job.number)
+
+
+class AsyncSleeper(Consumer):
+    """``Sleeper`` with an ``async def`` listener: ``melange worker`` runs it on asyncio."""
+
+    @listener
+    async def on_job(self, job: Job) -> None:
+        record("started", job.number)
+        release = os.environ.get("CONCURRENCY_RELEASE")
+        if release:
+            while not os.path.exists(release):
+                await asyncio.sleep(0.05)
+        else:
+            await asyncio.sleep(float(os.environ.get("CONCURRENCY_SECONDS", "0")))
         record("done", job.number)

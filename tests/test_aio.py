@@ -13,15 +13,16 @@ from typing import Any, TypeVar
 import pytest
 from pydantic import BaseModel
 
-from melange import Consumer, Message, RetryPolicy, listener
+from melange import Consumer, Message, MessagePublisher, RetryPolicy, listener
 from melange.aio import AsyncMessageDispatcher, AsyncMessagePublisher, BridgedBackend, from_url
 from melange.context import current_message
 from melange.dead_letters import ERROR_STAGE, ERROR_TYPE
 from melange.dispatcher import MessageDispatcher
 from melange.exceptions import ConfigurationError
 from melange.idempotency.memory import InMemoryIdempotencyStore
-from melange.models import QueueWrapper
+from melange.models import SAGA_TYPE, QueueWrapper
 from melange.outcomes import OutcomeKind
+from melange.saga import InMemorySagaStore, Saga, SagaStatus, starts
 from melange.testing import unique_name
 
 _T = TypeVar("_T")
@@ -320,3 +321,66 @@ def test_the_async_api_refuses_a_sync_backend(backend: BridgedBackend) -> None:
         AsyncMessagePublisher(backend.sync)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match=r"melange\.aio\.from_url"):
         AsyncMessageDispatcher(backend.sync, [Recording()])  # type: ignore[arg-type]
+
+
+class ReserveStock(BaseModel):
+    order_id: str
+
+
+class StockReserved(BaseModel):
+    order_id: str
+
+
+class OrderState(BaseModel):
+    order_id: str = ""
+    awaited: int = 0
+
+
+class AsyncOrderSaga(Saga[OrderState]):
+    correlation = {Ordered: "number", StockReserved: "order_id"}  # noqa: RUF012
+
+    @starts
+    async def on_ordered(self, event: Ordered) -> None:
+        await asyncio.sleep(0.05)  # e.g. an async HTTP call
+        self.state.order_id = str(event.number)
+        self.state.awaited += 1
+        self.send(ReserveStock(order_id=str(event.number)), queue="inventory")
+
+    @listener
+    async def on_reserved(self, event: StockReserved) -> None:
+        await asyncio.sleep(0.01)
+        self.state.awaited += 1
+        self.complete()
+
+
+def test_a_saga_with_async_listeners_saves_its_state_and_sends_after_the_await(
+    backend: BridgedBackend,
+) -> None:
+    async def scenario() -> None:
+        store = InMemorySagaStore()
+        saga = AsyncOrderSaga(store, MessagePublisher(backend.sync), queue="orders")
+        try:
+            dispatcher = AsyncMessageDispatcher(backend, [saga], max_concurrency=20)
+            await dispatcher.declare("orders")
+            inventory, _ = await backend.declare_queue("inventory")
+            publisher = AsyncMessagePublisher(backend)
+            await publisher.publish_batch([Ordered(number=n) for n in range(20)], queue="orders")
+            await dispatcher.consume_loop("orders", max_messages=20)
+            commands = []
+            while batch := await backend.retrieve_messages(inventory, max_messages=10):
+                commands += batch
+            assert len(commands) == 20
+            assert all(m.metadata[SAGA_TYPE] == "AsyncOrderSaga" for m in commands)
+            await publisher.publish_batch(
+                [StockReserved(order_id=str(n)) for n in range(20)], queue="orders"
+            )
+            await dispatcher.consume_loop("orders", max_messages=20)
+            for n in range(20):
+                record = store.find("AsyncOrderSaga", str(n))
+                assert record is not None
+                assert record.status is SagaStatus.COMPLETED
+                assert json.loads(record.state)["awaited"] == 2
+        finally:
+            saga.close()
+
+    run(scenario())

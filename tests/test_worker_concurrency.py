@@ -159,3 +159,68 @@ def test_a_killed_worker_process_is_replaced_and_its_message_redelivered(tmp_pat
     assert sorted(number for number, _ in lines(out, "done")) == [0, 1]
     started = re.findall(r"worker \d started \(pid (\d+)\)", log.read_text())
     assert len(started) == 3
+
+
+def test_a_worker_of_async_listeners_runs_them_together_on_asyncio(tmp_path: Path) -> None:
+    broker = tmp_path / "broker.db"
+    publish_jobs(broker, 8)
+    out = tmp_path / "out.txt"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "melange.cli", "--backend", f"sqlite:///{broker}"),
+            *("worker", "tests.concurrency_workers:AsyncSleeper", "--queue", "jobs"),
+            *("--no-declare", "--concurrency", "8", "--idle-timeout", "1"),
+            *("--visibility-timeout", "1"),  # the queue's: kept hidden past it
+        ],
+        cwd=ROOT,
+        env={**os.environ, "CONCURRENCY_OUT": str(out), "CONCURRENCY_SECONDS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "asyncio, 8 in flight" in result.stderr  # detected: no --async needed
+    assert "handled 8 message(s) from jobs: 8 succeeded" in result.stdout
+    started, done = lines(out, "started"), lines(out, "done")
+    assert sorted(number for number, _ in done) == list(range(8))
+    events = [line.split()[0] for line in out.read_text().splitlines()]
+    assert events[:8] == ["started"] * 8  # all eight in flight before the first ended
+    assert len({line.split()[3] for line in out.read_text().splitlines()}) == 1  # the loop's
+    assert len(started) == 8
+
+
+def test_sigterm_to_an_async_worker_finishes_what_runs_and_leaves_the_rest(tmp_path: Path) -> None:
+    broker = tmp_path / "broker.db"
+    publish_jobs(broker, 6)
+    out, release = tmp_path / "out.txt", tmp_path / "release"
+    worker = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "melange.cli", "--backend", f"sqlite:///{broker}"),
+            *("worker", "tests.concurrency_workers:AsyncSleeper", "--queue", "jobs"),
+            *("--no-declare", "--async", "--concurrency", "2", "--prefetch", "2"),
+            *("--visibility-timeout", "1"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "CONCURRENCY_OUT": str(out), "CONCURRENCY_RELEASE": str(release)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: len(lines(out, "started")) == 2, timeout=60)
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert worker.poll() is None  # waiting for the two in flight
+        release.touch()
+        stdout, stderr = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, stderr
+    assert "handled 2 message(s) from jobs: 2 succeeded" in stdout
+    assert len(lines(out, "done")) == 2
+    with SQLiteBackend(broker) as backend:
+        left = backend.retrieve_messages(backend.get_queue("jobs"), max_messages=10)
+    assert len(left) == 4
