@@ -35,6 +35,7 @@ from bench.rabbitmq import (
     _faststream_consume,
     events,
     melange_consume,
+    melange_publish,
     raw_delete,
     raw_fill,
 )
@@ -177,6 +178,7 @@ def run(url: str, n: int, rounds: int, concurrency: int) -> None:
         record("pika_con", asyncio.run(aio_pika_consume(url, f"b-aiopika-{tag}", n)))
         record("fs_con", faststream_consume(url, f"b-fs-{tag}", n))
         record("aio_con", asyncio.run(melange_aio_consume(url, f"b-aio-{tag}", n, concurrency)))
+        melange_publish(url, f"b-sync-{tag}", n, 500)  # fills the queue, untimed
         record("sync_con", melange_consume(url, f"b-sync-{tag}", n, 10))
         single = min(n, 2000)
         record("pika_pub", asyncio.run(aio_pika_publish(url, f"b-aiopika-p-{tag}", single)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from melange import signals
@@ -52,6 +52,21 @@ class MessageScopeMiddleware(Middleware):
             outcome = call_next()
         finally:
             _current.reset(token)
+        return self._after(handling, outcome)
+
+    async def handle_message_async(
+        self, handling: Handling, call_next: Callable[[], Awaitable[Outcome]]
+    ) -> Outcome:
+        if _received.receivers:
+            _received.send(handling.dispatcher, message=handling.message, queue=handling.queue)
+        token = _current.set(handling.message)
+        try:
+            outcome = await call_next()
+        finally:
+            _current.reset(token)
+        return self._after(handling, outcome)
+
+    def _after(self, handling: Handling, outcome: Outcome) -> Outcome:
         if handling.unsuccessful:
             self._unsuccessful(handling)
         kind = outcome.kind

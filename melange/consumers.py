@@ -220,6 +220,19 @@ class Consumer:
         if result is not None and inspect.isawaitable(result):
             run_on_loop(result, f"{type(self).__qualname__}.{getattr(handler, '__name__', '?')}")
 
+    def awaitable_listener(self, event_type: type) -> tuple[Callable[..., Any], bool] | None:
+        """Return (bound ``async def`` listener, takes message) to await, or ``None``.
+
+        ``None`` when the listener is a plain function, or when the consumer
+        overrides ``handle`` (a saga does): then ``handle`` must run.
+        """
+        if self._style is not _Style.LISTENERS or type(self).handle is not Consumer.handle:
+            return None
+        found = self.handler_for(event_type)
+        if found is None or not is_async_callable(found[0]):
+            return None
+        return found
+
     def has_async_listeners(self) -> bool:
         """Return whether some handler of this consumer is ``async def``."""
         if self._style is _Style.ORIGINAL:

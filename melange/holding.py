@@ -71,8 +71,20 @@ class HeldMessages:
         ``finish`` when it is done; several may be handled at once.
         """
         self._handling[id(handling)] = handling
-        if self._acks and time.monotonic() - self._oldest_ack >= self.ack_delay:
+        if self.acks_due():
             self.flush()
+
+    def acks_waiting(self) -> bool:
+        """Return whether some acknowledgements wait to be sent."""
+        return bool(self._acks)
+
+    def acks_due(self) -> bool:
+        """Return whether acknowledgements have waited ``ack_delay`` (then ``flush``)."""
+        return bool(self._acks) and time.monotonic() - self._oldest_ack >= self.ack_delay
+
+    def handling(self, handling: Handling) -> None:
+        """Say that a message is being handled now, sending nothing (the async loop's ``start``)."""
+        self._handling[id(handling)] = handling
 
     def finish(self, handling: Handling) -> None:
         """Say that this message's handling ended (its leases are no longer renewed)."""

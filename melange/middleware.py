@@ -1,6 +1,7 @@
 """Middleware: code that wraps the handling and the publishing of messages.
 
-A ``Middleware`` overrides any of four hooks; each receives the scope and a
+A ``Middleware`` overrides any of four hooks (and, for ``melange.aio``, the
+async twins of the first two); each receives the scope and a
 ``call_next`` that runs the rest of the chain (the next middleware, then
 melange's own step) and returns its result. Code before ``call_next()`` runs
 before, code after it runs after, in one Python scope. The first middleware
@@ -18,7 +19,7 @@ until its scope ends (see docs/middleware.md).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -67,6 +68,23 @@ class Middleware:
     def call_consumer(self, call: ConsumerCall, call_next: Callable[[], CallResult]) -> CallResult:
         """Wrap one consumer's handling of a message (all its immediate attempts)."""
         return call_next()
+
+    async def handle_message_async(
+        self, handling: Handling, call_next: Callable[[], Awaitable[Outcome]]
+    ) -> Outcome:
+        """``handle_message`` under ``melange.aio``'s dispatcher, on the event loop.
+
+        Override it next to ``handle_message`` for a middleware that must not
+        cost the async dispatcher a thread; one that only overrides the sync
+        hook has it run on a worker thread there, ``call_next`` bridged back.
+        """
+        return await call_next()
+
+    async def call_consumer_async(
+        self, call: ConsumerCall, call_next: Callable[[], Awaitable[CallResult]]
+    ) -> CallResult:
+        """``call_consumer`` under ``melange.aio``'s dispatcher (see ``handle_message_async``)."""
+        return await call_next()
 
     def build_message(self, publishing: Publishing, call_next: Callable[[], Message]) -> Message:
         """Wrap serializing an event; ``publishing.headers`` may be changed before ``call_next``."""

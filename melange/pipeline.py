@@ -125,6 +125,26 @@ class MessagePipeline:
     # -- the decision -------------------------------------------------------------
 
     def _decide(self, handling: Handling) -> Outcome:
+        prepared = self.prepare(handling)
+        if isinstance(prepared, Outcome):
+            return prepared
+        consumers, done_before = prepared
+        if done_before is None and len(consumers) == 1:  # the common case, kept short
+            result = self._call(ConsumerCall(handling, consumers[0]))
+            if result is _SUCCESS:
+                return self._success
+            handling.unsuccessful = ((consumers[0], result),)
+            return self._combine(handling.message, [result])
+        return self._combine(
+            handling.message, self._run_consumers(handling, consumers, done_before)
+        )
+
+    def prepare(self, handling: Handling) -> Outcome | tuple[Sequence[Consumer], set[str] | None]:
+        """Deserialize the message; return its outcome already, or who must handle it.
+
+        The consumers come with those that handled it in an earlier delivery
+        (``None``: nobody did). Shared by the sync and the async pipeline.
+        """
         message = handling.message
         reason = message.metadata.get(DECODE_ERROR)
         if reason is not None:
@@ -149,68 +169,104 @@ class MessagePipeline:
         consumers = self._consumers_for(type(event), message.manifest)
         if not consumers:
             return Outcome.skip(f"no listener accepts {type(event).__qualname__}")
-        done_before = self._memory.successes_before(message.message_id)
-        if done_before is None and len(consumers) == 1:  # the common case, kept short
-            result = self._call(ConsumerCall(handling, consumers[0]))
-            if result is _SUCCESS:
-                return self._success
-            handling.unsuccessful = ((consumers[0], result),)
-            return self._combine(message, [result])
-        return self._combine(message, self._run_consumers(handling, consumers, done_before))
+        return consumers, self._memory.successes_before(message.message_id)
 
     def _run_consumers(
         self, handling: Handling, consumers: Sequence[Consumer], done_before: set[str] | None
     ) -> list[CallResult]:
         """Run each consumer; remember who succeeded if another must run again."""
-        results = []
+        results: list[CallResult] = []
         succeeded = set(done_before or ())
         for consumer in consumers:
             if consumer.consumer_id in succeeded:
                 results.append(CallResult.skip("handled by an earlier delivery"))
                 continue
             result = self._call(ConsumerCall(handling, consumer))
-            if result.succeeded:
-                succeeded.add(consumer.consumer_id)
-            else:
-                handling.unsuccessful = (*handling.unsuccessful, (consumer, result))
-            results.append(result)
+            self.note(handling, consumer, result, succeeded, results)
+        self.remember(handling, succeeded, results)
+        return results
+
+    def note(
+        self,
+        handling: Handling,
+        consumer: Consumer,
+        result: CallResult,
+        succeeded: set[str],
+        results: list[CallResult],
+    ) -> None:
+        """Record one consumer's result on the way through ``consumers``."""
+        if result.succeeded:
+            succeeded.add(consumer.consumer_id)
+        else:
+            handling.unsuccessful = (*handling.unsuccessful, (consumer, result))
+        results.append(result)
+
+    def remember(
+        self, handling: Handling, succeeded: set[str], results: Sequence[CallResult]
+    ) -> None:
+        """Remember who succeeded when another consumer must run again."""
         if succeeded and any(r.failed or r.deferred for r in results):
             self._memory.remember_successes(handling.message.message_id, succeeded)
-        return results
 
     def _attempt(self, call: ConsumerCall) -> CallResult:
         """Call the consumer up to ``immediate_attempts`` times; the innermost step."""
         handling = call.handling
-        error: Exception | None = None
         attempts = self.retry.immediate_attempts
         for attempt in range(1, attempts + 1):
             try:
                 result: Any = call.consumer.handle(handling.event, handling.message)  # type: ignore[func-returns-value]
                 if result is not None and inspect.isawaitable(result):  # an async ``handle``
                     run_on_loop(result, f"{type(call.consumer).__qualname__}.handle")
-            except DeferMessage as e:
-                return CallResult.defer(e.delay, e.reason)
-            except RejectMessage as e:
-                handling.report(e)
-                return CallResult.reject(e.reason, e)
             except Exception as e:
-                error = e
-                handling.report(e)
-                message = handling.message
-                _log.warning(
-                    "%s failed on %s (%s), delivery %s, attempt %d of %d",
-                    call.consumer.consumer_id,
-                    message.message_id,
-                    message.manifest,
-                    message.receive_count or "?",
-                    attempt,
-                    attempts,
-                    exc_info=e,
-                )
+                final = self.failed_attempt(call, e, attempt)
+                if final is not None:
+                    return final
             else:
                 return _SUCCESS
-        assert error is not None
-        return CallResult.failure(error, self.retry.immediate_attempts)
+        raise AssertionError("unreachable: the last attempt returns")
+
+    def failed_attempt(
+        self, call: ConsumerCall, error: Exception, attempt: int
+    ) -> CallResult | None:
+        """Return the result of a consumer call that raised, or ``None`` to try it again.
+
+        ``DeferMessage`` and ``RejectMessage`` end the call; another error is
+        logged and tried again until the last immediate attempt.
+        """
+        handling = call.handling
+        if isinstance(error, DeferMessage):
+            return CallResult.defer(error.delay, error.reason)
+        handling.report(error)
+        if isinstance(error, RejectMessage):
+            return CallResult.reject(error.reason, error)
+        message = handling.message
+        attempts = self.retry.immediate_attempts
+        _log.warning(
+            "%s failed on %s (%s), delivery %s, attempt %d of %d",
+            call.consumer.consumer_id,
+            message.message_id,
+            message.manifest,
+            message.receive_count or "?",
+            attempt,
+            attempts,
+            exc_info=error,
+        )
+        if attempt < attempts:
+            return None
+        return CallResult.failure(error, attempts)
+
+    def combine(self, message: Message, results: Sequence[CallResult]) -> Outcome:
+        """Return the outcome of a message from its consumers' results."""
+        return self._combine(message, results)
+
+    def after_failure(self, message: Message, failure: CallResult) -> Outcome:
+        """Return the outcome of a message whose handling failed (retry or dead-letter)."""
+        return self._after_failure(message, failure)
+
+    @property
+    def success(self) -> Outcome:
+        """Return the outcome of a message handled well (ack, or keep with MANUAL)."""
+        return self._success
 
     def _combine(self, message: Message, results: Sequence[CallResult]) -> Outcome:
         rejected = [r for r in results if r.rejected]

@@ -1,4 +1,4 @@
-"""melange.aio: the async publisher and dispatcher on the embedded and in-memory brokers."""
+"""melange.aio: the async publisher and dispatcher on every broker."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,8 +20,9 @@ from melange.dead_letters import ERROR_STAGE, ERROR_TYPE
 from melange.dispatcher import MessageDispatcher
 from melange.exceptions import ConfigurationError
 from melange.idempotency.memory import InMemoryIdempotencyStore
+from melange.middleware import ConsumerCall, Middleware
 from melange.models import SAGA_TYPE, QueueWrapper
-from melange.outcomes import OutcomeKind
+from melange.outcomes import CallResult, OutcomeKind
 from melange.saga import InMemorySagaStore, Saga, SagaStatus, starts
 from melange.testing import unique_name
 
@@ -40,9 +41,23 @@ def run(coroutine: Coroutine[Any, Any, _T]) -> _T:
     return asyncio.run(coroutine)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("sqs", marks=pytest.mark.sqs),
+    ]
+)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'broker.db'}"
+    """Each broker, real where it is one: RabbitMQ's server, moto's SNS/SQS over HTTP."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'broker.db'}"
+    if request.param == "rabbitmq":
+        return str(request.getfixturevalue("rabbitmq_node").url)
+    return str(request.getfixturevalue("moto").url)
 
 
 @pytest.fixture
@@ -56,8 +71,9 @@ async def declared(
     backend: BridgedBackend, *consumers: Consumer, **options: Any
 ) -> tuple[AsyncMessageDispatcher, str]:
     queue = unique_name("q")
+    visibility = options.pop("visibility", 5)
     dispatcher = AsyncMessageDispatcher(backend, consumers, **options)
-    await dispatcher.declare(queue, visibility_timeout=options.pop("visibility", 5))
+    await dispatcher.declare(queue, visibility_timeout=visibility)
     return dispatcher, queue
 
 
@@ -384,3 +400,64 @@ def test_a_saga_with_async_listeners_saves_its_state_and_sends_after_the_await(
             saga.close()
 
     run(scenario())
+
+
+def test_an_async_handler_longer_than_the_visibility_timeout_runs_once(
+    backend: BridgedBackend,
+) -> None:
+    async def scenario() -> None:
+        consumer = Recording(seconds=2.5)
+        dispatcher, queue = await declared(backend, consumer, visibility=1, max_concurrency=2)
+        await AsyncMessagePublisher(backend).publish_batch(
+            [Ordered(number=n) for n in range(2)], queue=queue
+        )
+        await dispatcher.consume_loop(queue, idle_timeout=2)  # a redelivery would come by then
+        assert sorted(consumer.seen) == [0, 1]
+        assert dispatcher.outcomes[OutcomeKind.ACK] == 2
+
+    run(scenario())
+
+
+class Around(Middleware):
+    """Sync hooks only: under the async dispatcher they run on a worker thread."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def call_consumer(self, call: ConsumerCall, call_next: Callable[[], CallResult]) -> CallResult:
+        self.calls.append(("before", threading.current_thread().name))
+        result = call_next()
+        self.calls.append(("after", threading.current_thread().name))
+        return result
+
+
+class AroundAsync(Middleware):
+    """An async twin: it runs on the loop, no thread."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    async def call_consumer_async(
+        self, call: ConsumerCall, call_next: Callable[[], Awaitable[CallResult]]
+    ) -> CallResult:
+        self.threads.append(threading.current_thread().name)
+        return await call_next()
+
+
+def test_middleware_wraps_async_listeners_with_sync_hooks_or_async_twins(
+    backend: BridgedBackend,
+) -> None:
+    async def scenario() -> tuple[Around, AroundAsync, Recording]:
+        around, twin, consumer = Around(), AroundAsync(), Recording()
+        dispatcher, queue = await declared(backend, consumer, middleware=[around, twin])
+        await AsyncMessagePublisher(backend).publish_batch(
+            [Ordered(number=n) for n in range(3)], queue=queue
+        )
+        await dispatcher.consume_loop(queue, max_messages=3)
+        return around, twin, consumer
+
+    around, twin, consumer = run(scenario())
+    assert sorted(consumer.seen) == [0, 1, 2]
+    assert sorted(what for what, _ in around.calls) == ["after"] * 3 + ["before"] * 3
+    assert all(name != "MainThread" for _, name in around.calls)
+    assert twin.threads == ["MainThread"] * 3

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import logging
 import threading
@@ -22,16 +21,17 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from melange._bridge import bridged_loop
 from melange.aio._bridged import BridgedBackend
+from melange.aio._pipeline import AsyncPipeline
 from melange.aio._publisher import bridged
 from melange.consumers import Consumer
 from melange.dispatcher import MessageDispatcher, OutcomeCounts
 from melange.exceptions import BackendError, InvalidArgumentError, QueueNotFoundError
 from melange.holding import HeldMessages
 from melange.idempotency.base import IdempotencyStore
-from melange.middleware import Consuming, ExceptionHook, Middleware
+from melange.middleware import Consuming, ExceptionHook, Handling, Middleware
 from melange.models import Message, QueueWrapper
+from melange.outcomes import OutcomeKind
 from melange.policies import AckPolicy, RetryPolicy
 from melange.serializers import SerializerRegistry
 
@@ -168,10 +168,13 @@ class _Run:
         self.in_flight: set[asyncio.Task[None]] = set()
         self.handled = 0
         self.finished_at = time.monotonic()
+        self.flushing = False
+        self.pipeline: AsyncPipeline
 
     async def until_done(self, max_messages: int | None, idle_timeout: float | None) -> int:
         loop = asyncio.get_running_loop()
         pool = ThreadPoolExecutor(self.limit, thread_name_prefix=f"melange-{self.state.name}")
+        self.pipeline = AsyncPipeline(self.sync.pipeline, pool)
         self.held.__enter__()
         try:
             await self._receive_until_done(loop, pool, max_messages, idle_timeout)
@@ -212,6 +215,8 @@ class _Run:
                 if idle >= idle_timeout:
                     return
                 wait = min(wait, idle_timeout - idle)
+            if self.held.acks_waiting():  # before waiting: the broker may hold back deliveries
+                await self.backend.run(self.held.flush)
             try:
                 batch = await self.backend.retrieve_messages(
                     self.state.wrapper, max_messages=wanted, wait_seconds=wait
@@ -250,12 +255,31 @@ class _Run:
     async def _handle(
         self, message: Message, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
     ) -> None:
-        context = contextvars.copy_context()
-        context.run(bridged_loop.set, loop)
-        call = functools.partial(
-            context.run, self.sync._handle_one, message, self.state, self.held, self.consuming
-        )
-        await loop.run_in_executor(pool, call)
+        held, sync = self.held, self.sync
+        handling = Handling(message, self.consuming)
+        held.handling(handling)
+        try:
+            outcome = await self.pipeline.handle(handling)
+        finally:
+            held.finish(handling)
+        acked_on_receipt = sync.ack_policy is AckPolicy.BEFORE_HANDLE
+        if outcome.kind is OutcomeKind.ACK and not acked_on_receipt:
+            held.done(message)
+        else:
+            apply = functools.partial(
+                sync._apply, outcome, message, self.state, held, acked_on_receipt
+            )
+            await loop.run_in_executor(pool, apply)
+        sync.outcomes.add(outcome.kind)
+        if held.acks_due() and not self.flushing:
+            self.flushing = True
+            loop.run_in_executor(pool, self._flush)
+
+    def _flush(self) -> None:
+        try:
+            self.held.flush()
+        finally:
+            self.flushing = False
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
