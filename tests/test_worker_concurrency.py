@@ -224,3 +224,41 @@ def test_sigterm_to_an_async_worker_finishes_what_runs_and_leaves_the_rest(tmp_p
     with SQLiteBackend(broker) as backend:
         left = backend.retrieve_messages(backend.get_queue("jobs"), max_messages=10)
     assert len(left) == 4
+
+
+def test_a_killed_async_worker_loses_nothing_its_messages_come_back(tmp_path: Path) -> None:
+    broker = tmp_path / "broker.db"
+    publish_jobs(broker, 3)
+    out, release = tmp_path / "out.txt", tmp_path / "release"
+    command = [
+        *(sys.executable, "-m", "melange.cli", "--backend", f"sqlite:///{broker}"),
+        *("worker", "tests.concurrency_workers:AsyncSleeper", "--queue", "jobs"),
+        *("--no-declare", "--concurrency", "2", "--prefetch", "2", "--visibility-timeout", "1"),
+    ]
+    env = {**os.environ, "CONCURRENCY_OUT": str(out), "CONCURRENCY_RELEASE": str(release)}
+    doomed = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    heir = None
+    try:
+        assert wait_until(lambda: len(lines(out, "started")) == 2, timeout=60)
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait(timeout=30)
+        release.touch()
+        heir = subprocess.Popen(
+            [*command, "--idle-timeout", "3"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        stdout, _ = heir.communicate(timeout=120)
+    finally:
+        for process in (doomed, heir):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert heir.returncode == 0
+    assert "handled 3 message(s) from jobs: 3 succeeded" in stdout
+    done = lines(out, "done")
+    assert sorted(number for number, _ in done) == [0, 1, 2]  # each once, none lost
+    assert {pid for _, pid in done} == {heir.pid}
