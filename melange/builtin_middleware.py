@@ -15,7 +15,14 @@ from melange.idempotency.base import Claim, IdempotencyStore
 from melange.middleware import ConsumerCall, Handling, Middleware
 from melange.outcomes import CallResult, Outcome, OutcomeKind
 
-__all__ = ["IdempotencyMiddleware", "MessageScopeMiddleware"]
+__all__ = [
+    "UNAVAILABLE",
+    "IdempotencyMiddleware",
+    "MessageScopeMiddleware",
+    "StoreRetry",
+    "claim_refusal",
+    "report_settling",
+]
 
 _log = logging.getLogger("melange.idempotency")
 _T = TypeVar("_T")
@@ -26,6 +33,8 @@ class _Unavailable(enum.Enum):
 
 
 _UNAVAILABLE = _Unavailable.UNAVAILABLE
+#: What a store operation that stayed down returns instead of its result.
+UNAVAILABLE = _UNAVAILABLE
 
 
 _received = signals.message_received
@@ -118,12 +127,9 @@ class IdempotencyMiddleware(Middleware):
         consumer_id, message_id = call.consumer.consumer_id, call.message.message_id
         lease = handling.visibility_timeout
         claim = self._retrying(handling, lambda: store.claim(consumer_id, message_id, lease))
-        if claim is _UNAVAILABLE:
-            return CallResult.defer(lease, "idempotency store unavailable")
-        if claim is Claim.DONE:
-            return CallResult.skip("duplicate")
-        if claim is Claim.IN_PROGRESS:
-            return CallResult.defer(lease, "in progress in another worker")
+        refused = claim_refusal(claim, lease)
+        if refused is not None:
+            return refused
         stop_renewing = handling.keep_alive(
             lambda seconds: store.renew(consumer_id, message_id, seconds)
         )
@@ -132,29 +138,62 @@ class IdempotencyMiddleware(Middleware):
         finally:
             stop_renewing()
         if result.succeeded:
-            if (
-                self._retrying(handling, lambda: store.complete(consumer_id, message_id))
-                is _UNAVAILABLE
-            ):
-                # Handled: acknowledging it is right; releasing it would run it again.
-                _log.warning("handled %s but could not record it as done", message_id)
-        elif (
-            self._retrying(handling, lambda: store.release(consumer_id, message_id)) is _UNAVAILABLE
-        ):
-            _log.warning("could not release the claim on %s; it ends with its lease", message_id)
+            done = self._retrying(handling, lambda: store.complete(consumer_id, message_id))
+        else:
+            done = self._retrying(handling, lambda: store.release(consumer_id, message_id))
+        report_settling(result, done, message_id)
         return result
 
     def _retrying(self, handling: Handling, operation: Callable[[], _T]) -> _T | _Unavailable:
         """Return ``operation()``, retried on store errors; ``_UNAVAILABLE`` if it stayed down."""
-        deadline = time.monotonic() + self.store_retry_seconds
-        pause = 0.05
+        schedule = StoreRetry(self.store_retry_seconds)
         while True:
             try:
                 return operation()
             except IdempotencyError as e:
-                if time.monotonic() + pause > deadline or handling.stopping():
-                    _log.warning("idempotency store unavailable: %s", e)
+                if schedule.gives_up(handling, e):
                     return _UNAVAILABLE
-                _log.info("idempotency store error, retrying in %.2fs: %s", pause, e)
-            time.sleep(pause)
-            pause = min(pause * 2, 2.0)
+            time.sleep(schedule.next_pause())
+
+
+def claim_refusal(claim: object, lease: float) -> CallResult | None:
+    """Return the result of a consumer call its claim forbids, or ``None`` to run it."""
+    if claim is _UNAVAILABLE:
+        return CallResult.defer(lease, "idempotency store unavailable")
+    if claim is Claim.DONE:
+        return CallResult.skip("duplicate")
+    if claim is Claim.IN_PROGRESS:
+        return CallResult.defer(lease, "in progress in another worker")
+    return None
+
+
+def report_settling(result: CallResult, settled: object, message_id: str) -> None:
+    """Log a claim that could not be completed or released (the store stayed down)."""
+    if settled is not _UNAVAILABLE:
+        return
+    if result.succeeded:
+        # Handled: acknowledging it is right; releasing it would run it again.
+        _log.warning("handled %s but could not record it as done", message_id)
+    else:
+        _log.warning("could not release the claim on %s; it ends with its lease", message_id)
+
+
+class StoreRetry:
+    """When to try a failing store again: doubling pauses, for up to ``seconds`` in all."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.pause = 0.05
+
+    def gives_up(self, handling: Handling, error: IdempotencyError) -> bool:
+        """Return whether to stop trying (out of time, or the loop is stopping); log it."""
+        if time.monotonic() + self.pause > self.deadline or handling.stopping():
+            _log.warning("idempotency store unavailable: %s", error)
+            return True
+        _log.info("idempotency store error, retrying in %.2fs: %s", self.pause, error)
+        return False
+
+    def next_pause(self) -> float:
+        """Return the pause before the next try (and double the one after)."""
+        pause, self.pause = self.pause, min(self.pause * 2, 2.0)
+        return pause

@@ -8,13 +8,25 @@ middleware. Listeners may be ``async def``. See docs/asyncio.md.
 
 from melange.aio._bridged import BridgedBackend, from_url
 from melange.aio._dispatcher import AsyncMessageDispatcher
+from melange.aio._idempotency import AsyncIdempotencyMiddleware
 from melange.aio._interface import AsyncMessagingBackend
 from melange.aio._publisher import AsyncMessagePublisher
+from melange.aio._stores import (
+    AsyncIdempotencyStore,
+    AsyncRedisIdempotencyStore,
+    BridgedIdempotencyStore,
+    store_from_url,
+)
 
 __all__ = [
+    "AsyncIdempotencyMiddleware",
+    "AsyncIdempotencyStore",
     "AsyncMessageDispatcher",
     "AsyncMessagePublisher",
     "AsyncMessagingBackend",
+    "AsyncRedisIdempotencyStore",
     "BridgedBackend",
+    "BridgedIdempotencyStore",
     "from_url",
+    "store_from_url",
 ]

@@ -22,8 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from melange.aio._bridged import BridgedBackend
+from melange.aio._idempotency import AsyncIdempotencyMiddleware
 from melange.aio._pipeline import AsyncPipeline
 from melange.aio._publisher import bridged
+from melange.aio._stores import AsyncIdempotencyStore
 from melange.consumers import Consumer
 from melange.dispatcher import MessageDispatcher, OutcomeCounts
 from melange.exceptions import BackendError, InvalidArgumentError, QueueNotFoundError
@@ -54,7 +56,9 @@ class AsyncMessageDispatcher:
 
     Everything ``MessageDispatcher`` promises holds (see its docstring); in
     addition up to ``max_concurrency`` messages are handled at once, and
-    listeners may be ``async def``. ``sync`` is the synchronous dispatcher
+    listeners may be ``async def``, and ``idempotency`` may be an
+    ``AsyncIdempotencyStore`` (awaited on the loop) as well as a sync store
+    (used from worker threads). ``sync`` is the synchronous dispatcher
     doing the deciding; ``outcomes`` counts what became of each message.
     """
 
@@ -64,7 +68,7 @@ class AsyncMessageDispatcher:
         consumers: Iterable[Consumer] | None = None,
         *,
         serializers: SerializerRegistry | None = None,
-        idempotency: IdempotencyStore | None = None,
+        idempotency: IdempotencyStore | AsyncIdempotencyStore | None = None,
         middleware: Sequence[Middleware] = (),
         ack_policy: AckPolicy = AckPolicy.AFTER_SUCCESS,
         retry: RetryPolicy | None = None,
@@ -76,6 +80,9 @@ class AsyncMessageDispatcher:
             raise InvalidArgumentError(f"max_concurrency must be at least 1, not {max_concurrency}")
         self.backend = bridged(backend)
         self.max_concurrency = max_concurrency
+        if isinstance(idempotency, AsyncIdempotencyStore):
+            middleware = [*middleware, AsyncIdempotencyMiddleware(idempotency)]
+            idempotency = None
         self.sync = _ThreadedDispatcher(
             backend.sync,
             consumers,

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from melange.exceptions import IdempotencyError, MissingExtraError
+from melange.idempotency._redis_scripts import IF_OURS_DELETE, IF_OURS_EXPIRE, IF_OURS_SET, ms
 from melange.idempotency.base import Claim, IdempotencyStore
 
 try:
@@ -15,25 +16,6 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("redis", "redis") from e
 
 __all__ = ["RedisIdempotencyStore"]
-
-# Only the worker holding the claim may complete or release it (its lease may
-# have expired and another worker claimed the message since); a claim that
-# expired untaken may still be completed.
-_IF_OURS_SET = """
-local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] or not held then
-  return redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2])
-end
-return nil
-"""
-_IF_OURS_EXPIRE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_IF_OURS_DELETE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class RedisIdempotencyStore(IdempotencyStore):
@@ -59,14 +41,14 @@ class RedisIdempotencyStore(IdempotencyStore):
         self._prefix = prefix
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._set_if_ours = self._redis.register_script(_IF_OURS_SET)
-        self._delete_if_ours = self._redis.register_script(_IF_OURS_DELETE)
-        self._expire_if_ours = self._redis.register_script(_IF_OURS_EXPIRE)
+        self._set_if_ours = self._redis.register_script(IF_OURS_SET)
+        self._delete_if_ours = self._redis.register_script(IF_OURS_DELETE)
+        self._expire_if_ours = self._redis.register_script(IF_OURS_EXPIRE)
 
     def claim(self, consumer_id: str, message_id: str, lease_seconds: float | None = None) -> Claim:
         key = self._prefix + self.key(consumer_id, message_id)
         token = os.urandom(8).hex()
-        lease = _ms(lease_seconds or self.lease_seconds)
+        lease = ms(lease_seconds or self.lease_seconds)
         won = self._call(self._redis.set, key, token, nx=True, px=lease)
         if won:
             with self._lock:
@@ -80,14 +62,14 @@ class RedisIdempotencyStore(IdempotencyStore):
         with self._lock:
             token = self._tokens.get(key)
         if token is not None:
-            self._call(self._expire_if_ours, keys=[key], args=[token, _ms(lease_seconds)])
+            self._call(self._expire_if_ours, keys=[key], args=[token, ms(lease_seconds)])
 
     def complete(self, consumer_id: str, message_id: str) -> None:
         key = self._prefix + self.key(consumer_id, message_id)
         with self._lock:
             token = self._tokens.get(key)
         if token is not None:
-            self._call(self._set_if_ours, keys=[key], args=[token, _ms(self.ttl_seconds)])
+            self._call(self._set_if_ours, keys=[key], args=[token, ms(self.ttl_seconds)])
             self._take_token(key)
 
     def release(self, consumer_id: str, message_id: str) -> None:
@@ -110,7 +92,3 @@ class RedisIdempotencyStore(IdempotencyStore):
             return function(*args, **kwargs)
         except redis.RedisError as e:
             raise IdempotencyError(f"redis: {e}") from e
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
