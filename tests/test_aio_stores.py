@@ -1,4 +1,4 @@
-"""The async idempotency stores pass the whole store contract, driven from an event loop.
+"""The async idempotency and saga stores pass the whole store contracts, from an event loop.
 
 ``OnLoop`` is a sync view of an async store whose calls run on one event
 loop in a thread of its own, so ``IdempotencyStoreContract`` (concurrent
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,14 +25,30 @@ from melange.aio import (
     AsyncMessagePublisher,
     AsyncRedisIdempotencyStore,
     BridgedIdempotencyStore,
+    BridgedSagaStore,
     from_url,
+    saga_store_from_url,
     store_from_url,
 )
 from melange.exceptions import IdempotencyError
 from melange.idempotency import InMemoryIdempotencyStore, SQLiteIdempotencyStore
 from melange.idempotency.base import Claim, IdempotencyStore
 from melange.outcomes import OutcomeKind
-from melange.testing import IdempotencyStoreContract, StoreFactory, unique_name
+from melange.saga import (
+    InMemorySagaStore,
+    PendingMessage,
+    PostgresSagaStore,
+    SagaRecord,
+    SagaStatus,
+    SagaStore,
+)
+from melange.testing import (
+    IdempotencyStoreContract,
+    SagaStoreContract,
+    SagaStoreFactory,
+    StoreFactory,
+    unique_name,
+)
 from tests.support import free_port
 
 _T = TypeVar("_T")
@@ -216,3 +232,87 @@ def test_the_async_dispatcher_with_an_async_store_runs_a_redelivered_message_onc
         await store.close()
 
     asyncio.run(scenario())
+
+
+# -- saga stores -------------------------------------------------------------------------
+
+
+class SagaStoreOnLoop(SagaStore):
+    """A sync view of a ``BridgedSagaStore`` whose calls are awaited on ``loop``."""
+
+    def __init__(self, store: BridgedSagaStore, loop: Loop) -> None:
+        self.store, self.loop = store, loop
+        self.closed = False
+
+    def create(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+        self.loop.run(self.store.create(record, outgoing))
+
+    def save(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+        self.loop.run(self.store.save(record, outgoing))
+
+    def load(self, saga_type: str, saga_id: str) -> SagaRecord | None:
+        return self.loop.run(self.store.load(saga_type, saga_id))
+
+    def find(self, saga_type: str, key: str) -> SagaRecord | None:
+        return self.loop.run(self.store.find(saga_type, key))
+
+    def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[PendingMessage]:
+        return self.loop.run(self.store.pending(saga_type, saga_id, due_by=due_by))
+
+    def sent(self, saga_type: str, saga_id: str, message_ids: Iterable[str]) -> None:
+        self.loop.run(self.store.sent(saga_type, saga_id, message_ids))
+
+    def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, PendingMessage]]:
+        return self.loop.run(self.store.due(saga_type, now, limit))
+
+    def instances(
+        self, saga_type: str, *, status: SagaStatus | None = None, limit: int = 1000
+    ) -> list[SagaRecord]:
+        return self.loop.run(self.store.instances(saga_type, status=status, limit=limit))
+
+    def purge(self, saga_type: str, *, finished_before: float) -> int:
+        return self.loop.run(self.store.purge(saga_type, finished_before=finished_before))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.run(self.store.close())
+
+
+class TestBridgedInMemorySagaStore(SagaStoreContract):
+    @pytest.fixture
+    def make_store(self, loop: Loop) -> SagaStoreFactory:
+        shared = SagaStoreOnLoop(BridgedSagaStore(InMemorySagaStore()), loop)
+        return lambda: shared
+
+
+class TestBridgedSQLiteSagaStore(SagaStoreContract):
+    @pytest.fixture
+    def make_store(self, loop: Loop, tmp_path: Path) -> Iterator[SagaStoreFactory]:
+        made: list[SagaStore] = []
+
+        def make() -> SagaStore:
+            url = f"sqlite:///{tmp_path / 'sagas.db'}"
+            made.append(SagaStoreOnLoop(saga_store_from_url(url), loop))
+            return made[-1]
+
+        yield make
+        for store in made:
+            store.close()
+
+
+@pytest.mark.postgres
+class TestBridgedPostgresSagaStore(SagaStoreContract):
+    @pytest.fixture
+    def make_store(self, loop: Loop, postgres_database: str) -> Iterator[SagaStoreFactory]:
+        made: list[SagaStore] = []
+
+        def make() -> SagaStore:
+            made.append(
+                SagaStoreOnLoop(BridgedSagaStore(PostgresSagaStore(postgres_database)), loop)
+            )
+            return made[-1]
+
+        yield make
+        for store in made:
+            store.close()

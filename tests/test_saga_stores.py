@@ -8,10 +8,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from melange.backends.sqlite import SQLiteBackend
 from melange.exceptions import SagaStoreError
@@ -61,21 +58,6 @@ def test_the_sqlite_store_shares_the_brokers_file_with_tables_of_its_own(tmp_pat
 def test_a_sqlite_store_in_a_missing_folder_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(SagaStoreError, match="does not exist"):
         SQLiteSagaStore(tmp_path / "missing" / "sagas.db")
-
-
-@pytest.fixture
-def postgres_database(postgres_url: str) -> Iterator[str]:
-    """A database of this test's own on the session's server; its conninfo."""
-    name = f"t_{uuid.uuid4().hex}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(postgres_url, dbname=name)
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.mark.postgres

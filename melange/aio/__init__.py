@@ -11,6 +11,7 @@ from melange.aio._dispatcher import AsyncMessageDispatcher
 from melange.aio._idempotency import AsyncIdempotencyMiddleware
 from melange.aio._interface import AsyncMessagingBackend
 from melange.aio._publisher import AsyncMessagePublisher
+from melange.aio._saga_stores import BridgedSagaStore, saga_store_from_url
 from melange.aio._stores import (
     AsyncIdempotencyStore,
     AsyncRedisIdempotencyStore,
@@ -27,6 +28,8 @@ __all__ = [
     "AsyncRedisIdempotencyStore",
     "BridgedBackend",
     "BridgedIdempotencyStore",
+    "BridgedSagaStore",
     "from_url",
+    "saga_store_from_url",
     "store_from_url",
 ]

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import pytest
 
 from tests.support import broker_unavailable, free_port, require_binary
 
-__all__ = ["POSTGRES_BIN", "PostgresServer", "postgres_url"]
+__all__ = ["POSTGRES_BIN", "PostgresServer", "postgres_database", "postgres_url"]
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 _USER = "postgres"
@@ -141,3 +142,22 @@ def postgres_url() -> Iterator[str]:
         yield server.url
     finally:
         server.remove()
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> Iterator[str]:
+    """A database of this test's own on the session's server; its conninfo."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    name = f"t_{uuid.uuid4().hex}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(postgres_url, dbname=name)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
