@@ -461,3 +461,28 @@ def test_middleware_wraps_async_listeners_with_sync_hooks_or_async_twins(
     assert sorted(what for what, _ in around.calls) == ["after"] * 3 + ["before"] * 3
     assert all(name != "MainThread" for _, name in around.calls)
     assert twin.threads == ["MainThread"] * 3
+
+
+def test_a_handler_outliving_the_shutdown_timeout_is_cancelled_and_its_message_returns(
+    backend: BridgedBackend,
+) -> None:
+    async def scenario() -> None:
+        consumer = Recording(seconds=60)
+        dispatcher, queue = await declared(backend, consumer)
+        await AsyncMessagePublisher(backend).publish(Ordered(number=1), queue=queue)
+        stop = asyncio.Event()
+        consuming = asyncio.create_task(
+            dispatcher.consume_loop(queue, stop_event=stop, shutdown_timeout=0.5)
+        )
+        while consumer.running < 1:
+            await asyncio.sleep(0.01)
+        stop.set()
+        assert await consuming == 0  # cancelled, not handled
+        assert consumer.seen == []
+        [back] = await backend.retrieve_messages(
+            await backend.get_queue(queue), max_messages=10, wait_seconds=5
+        )
+        assert json.loads(back.content) == {"number": 1}
+        assert dispatcher.outcomes[OutcomeKind.ACK] == 0
+
+    run(scenario())

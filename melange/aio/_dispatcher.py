@@ -130,14 +130,17 @@ class AsyncMessageDispatcher:
         stop_event: asyncio.Event | None = None,
         max_concurrency: int | None = None,
         on_exception: ExceptionHook | None = None,
+        shutdown_timeout: float = 30.0,
     ) -> int:
         """Consume ``queue`` until told to stop; return how many messages were handled.
 
         Stops after ``max_messages``, after ``idle_timeout`` seconds without a
         message and none in flight, when ``stop_event`` is set, or when the
         task is cancelled. Then nothing more is received, the handlers in
-        flight finish and are settled, messages received and not started go
-        back to the queue, and nothing is acknowledged that did not finish.
+        flight finish and are settled (for up to ``shutdown_timeout``
+        seconds; those still running then are cancelled), messages received
+        and not finished go back to the queue, and nothing is acknowledged
+        that did not finish.
 
         Raises:
             QueueNotFoundError: the queue does not exist.
@@ -147,6 +150,7 @@ class AsyncMessageDispatcher:
             raise InvalidArgumentError(f"max_concurrency must be at least 1, not {limit}")
         state = await self.backend.run(self.sync._queue_state, queue)
         run = _Run(self, state, limit, stop_event or asyncio.Event(), on_exception)
+        run.shutdown_timeout = shutdown_timeout
         return await run.until_done(max_messages, idle_timeout)
 
 
@@ -177,6 +181,7 @@ class _Run:
         self.finished_at = time.monotonic()
         self.flushing = False
         self.pipeline: AsyncPipeline
+        self.shutdown_timeout = 30.0
 
     async def until_done(self, max_messages: int | None, idle_timeout: float | None) -> int:
         loop = asyncio.get_running_loop()
@@ -187,12 +192,36 @@ class _Run:
             await self._receive_until_done(loop, pool, max_messages, idle_timeout)
         finally:
             self.stopping.set()
-            if self.in_flight:
-                # Finish what started, even when this task is being cancelled.
-                await asyncio.shield(asyncio.gather(*self.in_flight, return_exceptions=True))
-            await self.backend.run(self._close_held)
-            pool.shutdown(wait=False)
+            try:
+                await self._finish_in_flight()
+            finally:
+                # What did not finish (or was never started) goes back to the queue.
+                await asyncio.shield(self.backend.run(self._close_held))
+                pool.shutdown(wait=False)
         return self.handled
+
+    async def _finish_in_flight(self) -> None:
+        """Let the handlers in flight finish, for up to ``shutdown_timeout``; cancel the rest.
+
+        Runs on even when the loop's task is being cancelled.
+        """
+        if not self.in_flight:
+            return
+        running = asyncio.gather(*self.in_flight, return_exceptions=True)
+        try:
+            await asyncio.wait_for(asyncio.shield(running), self.shutdown_timeout)
+        except TimeoutError:
+            late = list(self.in_flight)
+            _log.warning(
+                "%d handler(s) still running %.1f s after the stop: cancelled, their messages"
+                " go back to %s (one on a worker thread may still finish its work)",
+                len(late),
+                self.shutdown_timeout,
+                self.state.name,
+            )
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     async def _receive_until_done(
         self,
@@ -290,9 +319,11 @@ class _Run:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
-        self.handled += 1
         self.finished_at = time.monotonic()
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            return  # not handled: its message goes back
+        self.handled += 1
+        if task.exception() is not None:
             _log.error("handling a message failed outside the pipeline", exc_info=task.exception())
 
     async def _one_finishing(self) -> None:
