@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(PY) bench/rabbitmq.py
 	$(PY) bench/saga.py
 	$(PY) bench/concurrency.py
+	$(PY) bench/telemetry.py
+	$(PY) bench/aio.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
