@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from melange.exceptions import ConfigurationError
 
-__all__ = ["bridged_loop", "is_async_callable", "run_on_loop"]
+__all__ = ["awaited", "bridged_loop", "is_async_callable", "run_on_loop"]
 
 _T = TypeVar("_T")
 
@@ -39,10 +39,11 @@ def run_on_loop(awaitable: Awaitable[_T], where: str) -> _T:
         raise ConfigurationError(
             f"{where} is async: consume with melange.aio.AsyncMessageDispatcher"
         )
-    return asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop).result()
+    return asyncio.run_coroutine_threadsafe(awaited(awaitable), loop).result()
 
 
-async def _awaited(awaitable: Awaitable[_T]) -> _T:
+async def awaited(awaitable: Awaitable[_T]) -> _T:
+    """Return ``await awaitable`` (a coroutine for ``run_coroutine_threadsafe``)."""
     return await awaitable
 
 

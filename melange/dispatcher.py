@@ -431,12 +431,17 @@ class MessageDispatcher:
             outcome = self.pipeline.handle(handling)
         finally:
             held.finish(handling)
-        if outcome.kind is OutcomeKind.ACK and not acked_on_receipt:
-            held.done(message)
-        else:
+        if not self._settled_at_once(outcome, message, held):
             self._apply(outcome, message, state, held, acked_on_receipt)
         self.outcomes.add(outcome.kind)
         return outcome.kind
+
+    def _settled_at_once(self, outcome: Outcome, message: Message, held: HeldMessages) -> bool:
+        """Settle a success without broker I/O (its ack waits in ``held``); else return False."""
+        if outcome.kind is OutcomeKind.ACK and self.ack_policy is not AckPolicy.BEFORE_HANDLE:
+            held.done(message)
+            return True
+        return False
 
     def _apply(
         self,

@@ -9,15 +9,13 @@ async drivers, with figures.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from melange.aio._interface import AsyncMessagingBackend
+from melange.aio._threads import in_thread
 from melange.backends import from_url as sync_from_url
 from melange.backends.interfaces import MessagingBackend, QueueStats
 from melange.exceptions import InvalidArgumentError
@@ -46,8 +44,7 @@ class BridgedBackend(AsyncMessagingBackend):
 
     async def run(self, function: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """Run ``function(*args, **kwargs)`` on this backend's threads, in the caller's context."""
-        call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        return await in_thread(self._pool, function, *args, **kwargs)
 
     async def declare_topic(self, topic_name: str) -> TopicWrapper:
         return await self.run(self.sync.declare_topic, topic_name)
@@ -133,7 +130,7 @@ class BridgedBackend(AsyncMessagingBackend):
             if self._closed:
                 return
             self._closed = True
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.sync.close_connection)
+        await in_thread(self._pool, self.sync.close_connection)
         self._pool.shutdown(wait=False)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from melange.aio._idempotency import AsyncIdempotencyMiddleware
 from melange.aio._pipeline import AsyncPipeline
 from melange.aio._publisher import bridged
 from melange.aio._stores import AsyncIdempotencyStore
+from melange.aio._threads import in_thread
 from melange.consumers import Consumer
 from melange.dispatcher import MessageDispatcher, OutcomeCounts
 from melange.exceptions import BackendError, InvalidArgumentError, QueueNotFoundError
@@ -33,7 +33,6 @@ from melange.holding import HeldMessages
 from melange.idempotency.base import IdempotencyStore
 from melange.middleware import Consuming, ExceptionHook, Handling, Middleware
 from melange.models import Message, QueueWrapper
-from melange.outcomes import OutcomeKind
 from melange.policies import AckPolicy, RetryPolicy
 from melange.serializers import SerializerRegistry
 
@@ -298,14 +297,9 @@ class _Run:
             outcome = await self.pipeline.handle(handling)
         finally:
             held.finish(handling)
-        acked_on_receipt = sync.ack_policy is AckPolicy.BEFORE_HANDLE
-        if outcome.kind is OutcomeKind.ACK and not acked_on_receipt:
-            held.done(message)
-        else:
-            apply = functools.partial(
-                sync._apply, outcome, message, self.state, held, acked_on_receipt
-            )
-            await loop.run_in_executor(pool, apply)
+        if not sync._settled_at_once(outcome, message, held):
+            acked_on_receipt = sync.ack_policy is AckPolicy.BEFORE_HANDLE
+            await in_thread(pool, sync._apply, outcome, message, self.state, held, acked_on_receipt)
         sync.outcomes.add(outcome.kind)
         if held.acks_due() and not self.flushing:
             self.flushing = True

@@ -11,13 +11,12 @@ runs on a worker thread too, its ``call_next`` bridged back.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from melange._bridge import bridged_loop
+from melange._bridge import awaited
+from melange.aio._threads import in_thread
 from melange.consumers import Consumer
 from melange.middleware import ConsumerCall, Handling, Middleware, compose
 from melange.outcomes import _SUCCESS, CallResult, Outcome
@@ -96,12 +95,7 @@ class AsyncPipeline:
 
     async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run ``function`` on a worker thread, in this task's context, with the loop bridged."""
-        loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()
-        context.run(bridged_loop.set, loop)
-        return await loop.run_in_executor(
-            self.executor, functools.partial(context.run, function, *args)
-        )
+        return await in_thread(self.executor, function, *args)
 
     def _hooks(self, middleware: Sequence[Middleware], name: str) -> tuple[Callable[..., Any], ...]:
         """Return each middleware's async hook ``name``: its own twin, or its sync one bridged."""
@@ -120,12 +114,8 @@ class AsyncPipeline:
             loop = asyncio.get_running_loop()
 
             def call_next_from_thread() -> Any:
-                return asyncio.run_coroutine_threadsafe(_awaited(call_next()), loop).result()
+                return asyncio.run_coroutine_threadsafe(awaited(call_next()), loop).result()
 
             return await self._in_thread(hook, scope, call_next_from_thread)
 
         return run
-
-
-async def _awaited(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable

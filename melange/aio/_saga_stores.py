@@ -8,14 +8,12 @@ so the loop never waits on SQLite's file or PostgreSQL's socket.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from melange.aio._threads import in_thread
 from melange.saga import PendingMessage, SagaRecord, SagaStatus, SagaStore
 from melange.saga import saga_store_from_url as sync_saga_store_from_url
 
@@ -35,8 +33,7 @@ class BridgedSagaStore:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="melange-aio-saga")
 
     async def _run(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        return await in_thread(self._pool, function, *args, **kwargs)
 
     async def create(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
         """See ``SagaStore.create``."""

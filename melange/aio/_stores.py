@@ -9,15 +9,13 @@ made by either is honoured by the other. ``store_from_url`` picks.
 from __future__ import annotations
 
 import abc
-import asyncio
-import contextvars
-import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from melange.aio._threads import in_thread
 from melange.exceptions import IdempotencyError, InvalidArgumentError, MissingExtraError
 from melange.idempotency import store_from_url as sync_store_from_url
 from melange.idempotency._redis_scripts import IF_OURS_DELETE, IF_OURS_EXPIRE, IF_OURS_SET, ms
@@ -72,8 +70,7 @@ class BridgedIdempotencyStore(AsyncIdempotencyStore):
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="melange-aio-store")
 
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
-        call = functools.partial(contextvars.copy_context().run, function, *args)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        return await in_thread(self._pool, function, *args)
 
     async def claim(
         self, consumer_id: str, message_id: str, lease_seconds: float | None = None
