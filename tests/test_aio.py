@@ -62,6 +62,16 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def backend(url: str) -> Iterator[BridgedBackend]:
+    """Each broker: for what a broker's settling, releasing and dead-lettering decide."""
+    backend = from_url(url)
+    yield backend
+    backend.sync.close_connection()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def local_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BridgedBackend]:
+    """The brokers in this process and on disk: for the dispatcher's own mechanics."""
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'broker.db'}"
     backend = from_url(url)
     yield backend
     backend.sync.close_connection()
@@ -112,7 +122,9 @@ def test_publish_and_consume_with_an_async_listener(backend: BridgedBackend) -> 
     assert run(scenario()) == [0, 1, 2, 3, 4]
 
 
-def test_fifty_sleeping_handlers_run_together(backend: BridgedBackend) -> None:
+def test_fifty_sleeping_handlers_run_together(local_backend: BridgedBackend) -> None:
+    backend = local_backend
+
     async def scenario() -> tuple[int, float]:
         consumer = Recording(seconds=0.5)
         dispatcher, queue = await declared(backend, consumer, batch_size=10)
@@ -151,8 +163,10 @@ class Mixed(Consumer):
 
 
 def test_a_sleeping_sync_listener_stalls_neither_the_loop_nor_async_ones(
-    backend: BridgedBackend,
+    local_backend: BridgedBackend,
 ) -> None:
+    backend = local_backend
+
     async def scenario() -> tuple[Mixed, float]:
         consumer = Mixed()
         dispatcher, queue = await declared(backend, consumer, batch_size=10)
@@ -204,8 +218,10 @@ class Following(Consumer):
 
 
 def test_each_concurrent_handler_sees_its_own_message_and_its_publishes_follow_it(
-    backend: BridgedBackend,
+    local_backend: BridgedBackend,
 ) -> None:
+    backend = local_backend
+
     async def scenario() -> None:
         publisher = AsyncMessagePublisher(backend)
         out, _ = await backend.declare_queue(unique_name("out"))
@@ -327,12 +343,14 @@ def test_stopping_finishes_what_runs_and_leaves_the_rest_queued(
     run(scenario())
 
 
-def test_the_sync_dispatcher_refuses_async_listeners(backend: BridgedBackend) -> None:
+def test_the_sync_dispatcher_refuses_async_listeners(local_backend: BridgedBackend) -> None:
+    backend = local_backend
     with pytest.raises(ConfigurationError, match="AsyncMessageDispatcher"):
         MessageDispatcher(backend.sync, [Recording()])
 
 
-def test_the_async_api_refuses_a_sync_backend(backend: BridgedBackend) -> None:
+def test_the_async_api_refuses_a_sync_backend(local_backend: BridgedBackend) -> None:
+    backend = local_backend
     with pytest.raises(ConfigurationError, match=r"melange\.aio\.from_url"):
         AsyncMessagePublisher(backend.sync)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match=r"melange\.aio\.from_url"):
@@ -354,13 +372,14 @@ class OrderState(BaseModel):
 
 class AsyncOrderSaga(Saga[OrderState]):
     correlation = {Ordered: "number", StockReserved: "order_id"}  # noqa: RUF012
+    inventory = "inventory"  # set per test: the brokers are shared by the session
 
     @starts
     async def on_ordered(self, event: Ordered) -> None:
         await asyncio.sleep(0.05)  # e.g. an async HTTP call
         self.state.order_id = str(event.number)
         self.state.awaited += 1
-        self.send(ReserveStock(order_id=str(event.number)), queue="inventory")
+        self.send(ReserveStock(order_id=str(event.number)), queue=self.inventory)
 
     @listener
     async def on_reserved(self, event: StockReserved) -> None:
@@ -370,27 +389,31 @@ class AsyncOrderSaga(Saga[OrderState]):
 
 
 def test_a_saga_with_async_listeners_saves_its_state_and_sends_after_the_await(
-    backend: BridgedBackend,
+    local_backend: BridgedBackend,
 ) -> None:
+    backend = local_backend
+
     async def scenario() -> None:
         store = InMemorySagaStore()
-        saga = AsyncOrderSaga(store, MessagePublisher(backend.sync), queue="orders")
+        orders = unique_name("orders")
+        saga = AsyncOrderSaga(store, MessagePublisher(backend.sync), queue=orders)
+        saga.inventory = unique_name("inventory")
         try:
             dispatcher = AsyncMessageDispatcher(backend, [saga], max_concurrency=20)
-            await dispatcher.declare("orders")
-            inventory, _ = await backend.declare_queue("inventory")
+            await dispatcher.declare(orders)
+            inventory, _ = await backend.declare_queue(saga.inventory)
             publisher = AsyncMessagePublisher(backend)
-            await publisher.publish_batch([Ordered(number=n) for n in range(20)], queue="orders")
-            await dispatcher.consume_loop("orders", max_messages=20)
+            await publisher.publish_batch([Ordered(number=n) for n in range(20)], queue=orders)
+            await dispatcher.consume_loop(orders, max_messages=20)
             commands = []
             while batch := await backend.retrieve_messages(inventory, max_messages=10):
                 commands += batch
             assert len(commands) == 20
             assert all(m.metadata[SAGA_TYPE] == "AsyncOrderSaga" for m in commands)
             await publisher.publish_batch(
-                [StockReserved(order_id=str(n)) for n in range(20)], queue="orders"
+                [StockReserved(order_id=str(n)) for n in range(20)], queue=orders
             )
-            await dispatcher.consume_loop("orders", max_messages=20)
+            await dispatcher.consume_loop(orders, max_messages=20)
             for n in range(20):
                 record = store.find("AsyncOrderSaga", str(n))
                 assert record is not None
@@ -445,8 +468,10 @@ class AroundAsync(Middleware):
 
 
 def test_middleware_wraps_async_listeners_with_sync_hooks_or_async_twins(
-    backend: BridgedBackend,
+    local_backend: BridgedBackend,
 ) -> None:
+    backend = local_backend
+
     async def scenario() -> tuple[Around, AroundAsync, Recording]:
         around, twin, consumer = Around(), AroundAsync(), Recording()
         dispatcher, queue = await declared(backend, consumer, middleware=[around, twin])

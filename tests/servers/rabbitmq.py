@@ -46,6 +46,10 @@ def _stop_process(process: subprocess.Popen[bytes] | None, grace: float) -> None
         process.wait(timeout=10)
 
 
+def _port_taken(log: str) -> bool:
+    return any(sign in log for sign in ("could not bind", "already_used", "eaddrinuse"))
+
+
 class RabbitMQNode:
     """One RabbitMQ node whose files all live under ``base``; stop/start keeps its data."""
 
@@ -72,6 +76,7 @@ class RabbitMQNode:
         self._logs: list[IO[bytes]] = []
         #: Remove ``base`` when stopped (set for a folder made by ``start_node``).
         self.remove_base = False
+        self._started = False  # once started, its ports are what clients know
         self._write_config()
 
     @property
@@ -130,9 +135,25 @@ class RabbitMQNode:
     def start(self) -> None:
         """Start epmd (once) and the broker; return when AMQP answers.
 
+        A first start that finds one of its ports taken meanwhile (they were
+        free when picked) tries again on new ones, up to three times.
+
         Raises:
             RuntimeError: the node died or did not answer in time.
         """
+        for attempt in range(3):
+            try:
+                self._start_once()
+            except RuntimeError as e:
+                if self._started or attempt == 2 or not _port_taken(str(e)):
+                    raise
+                self.port, self.dist_port = free_port(), free_port()
+                self._write_config()
+            else:
+                self._started = True
+                return
+
+    def _start_once(self) -> None:
         env = self.environment()
         if self._epmd is None or self._epmd.poll() is not None:
             self._epmd = subprocess.Popen(
