@@ -148,8 +148,14 @@ class AsyncMessageDispatcher:
         if limit < 1:
             raise InvalidArgumentError(f"max_concurrency must be at least 1, not {limit}")
         state = await self.backend.run(self.sync._queue_state, queue)
-        run = _Run(self, state, limit, stop_event or asyncio.Event(), on_exception)
-        run.shutdown_timeout = shutdown_timeout
+        run = _Run(
+            self,
+            state,
+            limit,
+            stop_event or asyncio.Event(),
+            on_exception=on_exception,
+            shutdown_timeout=shutdown_timeout,
+        )
         return await run.until_done(max_messages, idle_timeout)
 
 
@@ -162,7 +168,9 @@ class _Run:
         state: Any,
         limit: int,
         stop: asyncio.Event,
+        *,
         on_exception: ExceptionHook | None,
+        shutdown_timeout: float,
     ) -> None:
         self.dispatcher = dispatcher
         self.backend = dispatcher.backend
@@ -179,13 +187,13 @@ class _Run:
         self.handled = 0
         self.finished_at = time.monotonic()
         self.flushing = False
-        self.pipeline: AsyncPipeline
-        self.shutdown_timeout = 30.0
+        self.shutdown_timeout = shutdown_timeout
+        self.pool = ThreadPoolExecutor(limit, thread_name_prefix=f"melange-{state.name}")
+        self.pipeline = AsyncPipeline(self.sync.pipeline, self.pool)
 
     async def until_done(self, max_messages: int | None, idle_timeout: float | None) -> int:
         loop = asyncio.get_running_loop()
-        pool = ThreadPoolExecutor(self.limit, thread_name_prefix=f"melange-{self.state.name}")
-        self.pipeline = AsyncPipeline(self.sync.pipeline, pool)
+        pool = self.pool
         self.held.__enter__()
         try:
             await self._receive_until_done(loop, pool, max_messages, idle_timeout)
