@@ -219,7 +219,7 @@ class MessageDispatcher:
         wrapper, dead_letter = self.backend.declare_queue(
             queue, *wrappers, dead_letter_queue_name=dead_letter_name, **queue_options
         )
-        visibility = queue_options.get("visibility_timeout") or self._default_visibility()
+        visibility = queue_options.get("visibility_timeout") or self._visibility_of(wrapper)
         state = _QueueState(
             queue,
             wrapper,
@@ -521,10 +521,31 @@ class MessageDispatcher:
                 added = True
         return added
 
-    def _default_visibility(self) -> float:
-        if self.visibility_timeout is not None:
-            return self.visibility_timeout
-        return self.backend.default_visibility_timeout
+    def _visibility_of(self, queue: QueueWrapper) -> float:
+        """Return the queue's visibility timeout as the broker has it, else the configured one.
+
+        The broker's value wins: renewing on a longer one than the queue's
+        would let a long handler's message reach a second worker.
+        """
+        configured = self.visibility_timeout
+        try:
+            known = self.backend.visibility_timeout_of(queue)
+        except QueueNotFoundError:
+            raise
+        except BackendError as e:  # e.g. not allowed to read it: go on as configured
+            _log.warning("cannot read the visibility timeout of %s: %s", queue.unwrap(), e)
+            known = None
+        if known is None:
+            return configured if configured is not None else self.backend.default_visibility_timeout
+        if configured is not None and known != configured:
+            _log.warning(
+                "queue %s hides a message for %g s, not the %g s this dispatcher was given:"
+                " renewing on the queue's",
+                queue.unwrap(),
+                known,
+                configured,
+            )
+        return known
 
     def _queue_state(self, queue: str) -> _QueueState:
         state = self._queues.get(queue)
@@ -535,7 +556,7 @@ class MessageDispatcher:
                 queue,
                 wrapper,
                 DeadLetterer(self.backend, queue, name, None),
-                self._default_visibility(),
+                self._visibility_of(wrapper),
             )
             with self._lock:
                 self._queues[queue] = state

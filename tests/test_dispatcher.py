@@ -19,6 +19,7 @@ from melange import (
     signals,
 )
 from melange.backends.memory import InMemoryMessagingBackend
+from melange.exceptions import BackendConnectionError
 from melange.idempotency import InMemoryIdempotencyStore
 from melange.testing import receive
 from tests.events import InvoiceSent, OrderCreated, OrderPaid
@@ -417,3 +418,58 @@ def test_a_base_class_listener_receives_subclass_events_from_their_topics(
     publisher.publish(OrderCancelled(order_id="c", reason="r"))
     assert dispatcher.consume_loop("audit", idle_timeout=0) == 2
     assert seen == [OrderPaid(order_id="p"), OrderCancelled(order_id="c", reason="r")]
+
+
+class Slow(Consumer):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.handled: list[str] = []
+
+    @listener
+    def on_created(self, event: OrderCreated) -> None:
+        threading.Event().wait(self.seconds)
+        self.handled.append(event.order_id)
+
+
+def handle_with_two(backend: InMemoryMessagingBackend, consumer: Consumer, **options: Any) -> None:
+    """Consume one OrderCreated with two dispatchers that did not declare the queue."""
+    MessagePublisher(backend).publish(OrderCreated(order_id="o-1", total=Decimal(1)), queue="q")
+    workers = [MessageDispatcher(backend, consumers=[consumer], **options) for _ in range(2)]
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=w.consume_loop, args=("q",), kwargs={"stop_event": stop})
+        for w in workers
+    ]
+    for thread in threads:
+        thread.start()
+    threading.Event().wait(2.5)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+
+
+def test_the_queues_own_visibility_timeout_wins_over_a_longer_one_given(
+    backend: InMemoryMessagingBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend.declare_queue("q", visibility_timeout=0.3)
+    slow = Slow(seconds=1.2)
+    handle_with_two(backend, slow, visibility_timeout=30)
+    assert slow.handled == ["o-1"]
+    assert "hides a message for 0.3 s, not the 30 s this dispatcher was given" in caplog.text
+
+
+class Unreadable(InMemoryMessagingBackend):
+    def visibility_timeout_of(self, queue: Any) -> float:
+        raise BackendConnectionError("not allowed to read the queue's attributes")
+
+
+def test_a_visibility_timeout_that_cannot_be_read_falls_back_to_the_one_given(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with Unreadable() as backend:
+        backend.declare_queue("q", visibility_timeout=0.3)
+        slow = Slow(seconds=1.2)
+        handle_with_two(backend, slow, visibility_timeout=0.3)
+        assert slow.handled == ["o-1"]
+    assert "cannot read the visibility timeout of q" in caplog.text

@@ -190,6 +190,20 @@ class MessagingBackend(abc.ABC):
         if first_error is not None:
             raise first_error
 
+    def visibility_timeout_of(self, queue: QueueWrapper) -> float | None:
+        """Return the seconds a message received from ``queue`` stays hidden, as the broker has it.
+
+        The dispatcher asks when it did not declare the queue itself (or
+        declared it without a ``visibility_timeout``), so that it renews its
+        messages before the broker would hand them out again. ``None`` (the
+        default): the backend cannot tell, and the dispatcher assumes its own
+        ``visibility_timeout`` or ``default_visibility_timeout``.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        return None
+
     def queue_stats(self, queue: QueueWrapper) -> QueueStats:
         """Return how many messages the queue holds ready, in flight and delayed.
 

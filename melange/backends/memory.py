@@ -327,6 +327,15 @@ class InMemoryMessagingBackend(MessagingBackend):
             target = self._queue(queue)
             return len(target.ready) + len(target.in_flight) + len(target.delayed)
 
+    def visibility_timeout_of(self, queue: QueueWrapper) -> float:
+        """Return the queue's visibility timeout.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        with self._lock:
+            return self._queue(queue).visibility_timeout
+
     def queue_stats(self, queue: QueueWrapper) -> QueueStats:
         """Return the queue's ready, in-flight and delayed counts.
 

@@ -24,6 +24,8 @@ class BackendContract:
     visibility_timeout: float = 1.0
     #: How long a test waits to be sure nothing arrives (seconds).
     quiet_period: float = 0.5
+    #: Whether ``visibility_timeout_of`` tells (``False``: it returns ``None``, the default).
+    tells_visibility_timeout: bool = True
 
     def declare(
         self, backend: MessagingBackend, *topics: str, dlq: bool = False, max_receives: int = 3
@@ -169,6 +171,15 @@ class BackendContract:
         [second] = receive(backend, queue, 1, timeout=self.visibility_timeout + 10)
         assert second.message_id == first.message_id
         assert (first.receive_count, second.receive_count) == (1, 2)
+
+    def test_a_queue_tells_the_visibility_timeout_it_was_declared_with(
+        self, backend: MessagingBackend
+    ) -> None:
+        name = unique_name("q")
+        backend.declare_queue(name, visibility_timeout=7)
+        backend.declare_queue(name)  # declared again without one: it keeps its own
+        told = backend.visibility_timeout_of(backend.get_queue(name))
+        assert told == (7 if self.tells_visibility_timeout else None)
 
     def test_extend_visibility_batch_keeps_held_messages_hidden(
         self, backend: MessagingBackend

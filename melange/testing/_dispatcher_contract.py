@@ -123,6 +123,28 @@ class DispatcherContract:
             self.dispatcher(backend, queue, effects, visibility_timeout=2 * self.visibility_timeout)
             for _ in range(2)
         ]
+        self.assert_handled_once(backend, queue, workers, effects)
+
+    def test_a_dispatcher_that_did_not_declare_the_queue_keeps_to_its_visibility_timeout(
+        self, backend: MessagingBackend
+    ) -> None:
+        queue = queue_name()
+        backend.declare_queue(
+            queue, dead_letter_queue_name=dlq(queue), visibility_timeout=self.visibility_timeout
+        )
+        effects = Effects(seconds=3 * self.visibility_timeout)
+        # Told nothing, they would assume the backend's default (30 s) and renew too late.
+        workers = [MessageDispatcher(backend, consumers=[effects]) for _ in range(2)]
+        self.assert_handled_once(backend, queue, workers, effects)
+
+    def assert_handled_once(
+        self,
+        backend: MessagingBackend,
+        queue: str,
+        workers: list[MessageDispatcher],
+        effects: Effects,
+    ) -> None:
+        """Publish one event, let ``workers`` consume it together, and check it ran once."""
         MessagePublisher(backend).publish(ContractEvent(number=1), queue=queue)
         stop = threading.Event()
         threads = [
@@ -252,7 +274,9 @@ class DispatcherContract:
         """Start ``melange worker`` processes; kill, by PID, any still running at the end."""
         started: list[subprocess.Popen[bytes]] = []
 
-        def start(backend_url: str, queue: str, *, store: str | None, **env: str) -> Any:
+        def start(
+            backend_url: str, queue: str, *, store: str | None, told: bool = True, **env: str
+        ) -> Any:
             command = [
                 sys.executable,
                 "-m",
@@ -266,9 +290,9 @@ class DispatcherContract:
                 "--queue",
                 queue,
                 "--no-declare",
-                "--visibility-timeout",
-                str(self.visibility_timeout),
             ]
+            if told:  # else the worker reads the queue's visibility timeout from the broker
+                command += ["--visibility-timeout", str(self.visibility_timeout)]
             if store is not None:
                 command += ["--idempotency", store]
             log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115
@@ -304,7 +328,7 @@ class DispatcherContract:
         )
         out = tmp_path / "effects.txt"
         env = {"CONTRACT_OUT": str(out), "CONTRACT_SECONDS": str(2 * self.visibility_timeout)}
-        workers = [spawn(url, queue, store=None, **env) for _ in range(2)]
+        workers = [spawn(url, queue, store=None, told=False, **env) for _ in range(2)]
         try:
             assert wait_until(lambda: sum(effects_in(out).values()) >= 4, timeout=90)
             time.sleep(2 * self.visibility_timeout)  # a redelivery would have run by now

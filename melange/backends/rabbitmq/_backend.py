@@ -211,6 +211,16 @@ class RabbitMQBackend(MessagingBackend):
         """
         return QueueStats(ready=self.queue_depth(queue))
 
+    def visibility_timeout_of(self, queue: QueueWrapper) -> float:
+        """Return the visibility timeout this backend emulates for the queue.
+
+        RabbitMQ has none of its own: it is what ``declare_queue`` set in this
+        process, else ``default_visibility_timeout``.
+        """
+        with self._lock:
+            settings = self._settings.get(queue.unwrap())
+        return self.default_visibility_timeout if settings is None else settings[0]
+
     def _ensure_queue(self, name: str, arguments: dict[str, Any] | None) -> None:
         """Declare a queue with melange's arguments; with none, accept one that exists as it is."""
         steps = [declare_queue(name, arguments or QUORUM)]

@@ -378,6 +378,19 @@ class SQLiteBackend(MessagingBackend):
         )
         return int(count)
 
+    def visibility_timeout_of(self, queue: QueueWrapper) -> float:
+        """Return the visibility timeout stored with the queue in the file.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        rows = self._file.read(
+            "SELECT visibility_timeout FROM melange_queues WHERE name = ?", (queue.obj,)
+        )
+        if not rows:
+            raise QueueNotFoundError(f"queue {queue.obj!r} does not exist in {self.path}")
+        return float(rows[0][0])
+
     def queue_stats(self, queue: QueueWrapper) -> QueueStats:
         """Return the queue's ready, in-flight (claimed) and delayed counts, in one read.
 

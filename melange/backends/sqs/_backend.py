@@ -217,6 +217,20 @@ class AWSBackend(MessagingBackend):
         counts = [int(found.get("Attributes", {}).get(name, 0)) for name in names]
         return QueueStats(*counts)
 
+    def visibility_timeout_of(self, queue: QueueWrapper) -> float:
+        """Return the queue's ``VisibilityTimeout`` attribute (``GetQueueAttributes``).
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            BackendError: SQS refused.
+        """
+        url = queue.unwrap()
+        with translated(f"read the visibility timeout of SQS queue {url}"):
+            found = self._sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["VisibilityTimeout"]
+            )
+        return float(found["Attributes"]["VisibilityTimeout"])
+
     def delete_queue(self, queue: QueueWrapper) -> None:
         """Unsubscribe the queue from its topics, then delete it; a gone queue is fine.
 
