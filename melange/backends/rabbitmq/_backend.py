@@ -211,15 +211,16 @@ class RabbitMQBackend(MessagingBackend):
         """
         return QueueStats(ready=self.queue_depth(queue))
 
-    def visibility_timeout_of(self, queue: QueueWrapper) -> float:
-        """Return the visibility timeout this backend emulates for the queue.
+    def visibility_timeout_of(self, queue: QueueWrapper) -> float | None:
+        """Return the visibility timeout this backend emulates for the queue, if it was declared.
 
         RabbitMQ has none of its own: it is what ``declare_queue`` set in this
-        process, else ``default_visibility_timeout``.
+        process; for a queue declared elsewhere, ``None`` (the dispatcher's
+        own setting then rules, and the emulation follows its extensions).
         """
         with self._lock:
             settings = self._settings.get(queue.unwrap())
-        return self.default_visibility_timeout if settings is None else settings[0]
+        return None if settings is None else settings[0]
 
     def _ensure_queue(self, name: str, arguments: dict[str, Any] | None) -> None:
         """Declare a queue with melange's arguments; with none, accept one that exists as it is."""
