@@ -1,0 +1,122 @@
+"""``melange declare``, ``melange stats`` and ``melange dlq peek|redrive``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from melange.backends.interfaces import MessagingBackend
+from melange.cli._loading import load_consumers
+from melange.dead_letters import dead_letter_queue_name, dead_letter_reason, peek, redrive
+from melange.dispatcher import MessageDispatcher
+from melange.exceptions import QueueNotFoundError
+from melange.models import Message
+
+__all__ = ["add_queue_commands"]
+
+
+def add_queue_commands(commands: Any) -> None:
+    """Add ``declare``, ``stats`` and ``dlq`` to the ``melange`` command's subcommands."""
+    declare = commands.add_parser(
+        "declare", help="create a queue, its dead-letter queue and topics, without consuming"
+    )
+    declare.add_argument("consumers", help="module:attribute naming the queue's Consumer(s)")
+    declare.add_argument("--queue", required=True, help="the queue to create")
+    declare.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a topic to subscribe it to as well (repeatable)",
+    )
+    declare.add_argument(
+        "--visibility-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the queue's visibility timeout (default: the backend's)",
+    )
+    declare.set_defaults(run=_declare)
+
+    stats = commands.add_parser("stats", help="a queue's ready, in-flight and dead-lettered counts")
+    stats.add_argument("queue", help="the queue")
+    stats.add_argument("--dead-letter-queue", default=None, help="default: <queue>-dlq")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(run=_stats)
+
+    dlq = commands.add_parser("dlq", help="inspect or redrive a dead-letter queue")
+    actions = dlq.add_subparsers(dest="action", required=True)
+    for name, run, limit in (("peek", _peek, 10), ("redrive", _redrive, None)):
+        action = actions.add_parser(name)
+        action.add_argument("queue", help="the source queue")
+        action.add_argument("--dead-letter-queue", default=None, help="default: <queue>-dlq")
+        action.add_argument("--limit", type=int, default=limit)
+        action.set_defaults(run=run)
+
+
+def _declare(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    dispatcher = MessageDispatcher(backend, consumers=load_consumers(args.consumers, backend))
+    options = {}
+    if args.visibility_timeout is not None:
+        options["visibility_timeout"] = args.visibility_timeout
+    dispatcher.declare(args.queue, topics=args.topic, **options)
+    topics = sorted(set(dispatcher.topics()) | set(args.topic))
+    dead_letters = dead_letter_queue_name(args.queue)
+    print(
+        f"declared {args.queue} (dead letters: {dead_letters}), subscribed to: "
+        f"{', '.join(topics) or '-'}"
+    )
+    return 0
+
+
+def _stats(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    source = backend.queue_stats(backend.get_queue(args.queue))
+    dead_letter_name = args.dead_letter_queue or dead_letter_queue_name(args.queue)
+    try:
+        dead = backend.queue_stats(backend.get_queue(dead_letter_name))
+        dead_letters: int | None = dead.ready
+    except QueueNotFoundError:
+        dead_letters = 0
+    counts = {
+        "queue": args.queue,
+        "ready": source.ready,
+        "in_flight": source.in_flight,
+        "delayed": source.delayed,
+        "dead_lettered": dead_letters,
+    }
+    if args.json:
+        print(json.dumps(counts))
+        return 0
+    shown = {k: ("unknown" if v is None else v) for k, v in counts.items()}
+    print(
+        f"{args.queue}: {shown['ready']} ready, {shown['in_flight']} in flight,"
+        f" {shown['delayed']} delayed; {shown['dead_lettered']} dead-lettered"
+        f" ({dead_letter_name})"
+    )
+    return 0
+
+
+def _peek(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    messages = peek(backend, args.queue, dead_letter_queue=args.dead_letter_queue, limit=args.limit)
+    for message in messages:
+        print(json.dumps(_described(message), ensure_ascii=False))
+    return 0
+
+
+def _redrive(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    source = args.dead_letter_queue or dead_letter_queue_name(args.queue)
+    moved = redrive(backend, args.queue, dead_letter_queue=source, limit=args.limit)
+    print(f"moved {moved} message(s) from {source} to {args.queue}")
+    return 0
+
+
+def _described(message: Message) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "manifest": message.manifest,
+        "serializer_id": message.serializer_id,
+        "reason": dead_letter_reason(message),
+        "metadata": dict(message.metadata),
+        "content": message.content,
+    }
