@@ -6,7 +6,9 @@ with the SDK recording every span (``BatchSpanProcessor``, as in
 production, into an in-memory exporter) and every metric. Median of ``--rounds`` runs.
 
 On the in-memory broker (about 30 µs a message) and on the embedded SQLite
-broker, where a message costs what it costs on a real broker.
+broker, where a message costs what it costs on a real broker; then under
+``melange.aio`` (an ``async def`` listener, in memory), where the
+middleware's async hook runs on the event loop.
 
     .venv/bin/python bench/telemetry.py --messages 20000
 """
@@ -14,6 +16,7 @@ broker, where a message costs what it costs on a real broker.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import tempfile
@@ -29,7 +32,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
 
-from melange import Consumer, MessageDispatcher, MessagePublisher, Middleware, listener
+from melange import Consumer, MessageDispatcher, MessagePublisher, Middleware, aio, listener
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.backends.sqlite import SQLiteBackend
@@ -71,6 +74,34 @@ def throughput(messages: int, middleware: list[Middleware], folder: Path | None)
     return messages / elapsed
 
 
+class AsyncCount(Consumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    @listener
+    async def on_placed(self, event: OrderPlaced) -> None:
+        self.seen += 1
+
+
+def throughput_async(messages: int, middleware: list[Middleware], folder: Path | None) -> float:
+    async def consume() -> float:
+        backend = aio.BridgedBackend(InMemoryMessagingBackend())
+        consumer = AsyncCount()
+        dispatcher = aio.AsyncMessageDispatcher(backend, [consumer], middleware=middleware)
+        await dispatcher.declare("orders")
+        publisher = MessagePublisher(backend.sync, middleware=middleware)
+        started = time.perf_counter()
+        publisher.publish_batch([OrderPlaced(order_id=str(n), total=n) for n in range(messages)])
+        await dispatcher.consume_loop("orders", max_messages=messages)
+        elapsed = time.perf_counter() - started
+        await backend.close_connection()
+        assert consumer.seen == messages
+        return messages / elapsed
+
+    return asyncio.run(consume())
+
+
 def recording() -> TelemetryMiddleware:
     spans = TracerProvider()
     spans.add_span_processor(BatchSpanProcessor(InMemorySpanExporter(), max_queue_size=500_000))
@@ -88,10 +119,15 @@ def main() -> None:
         "TelemetryMiddleware, SDK recording": lambda: [recording()],
     }
     with tempfile.TemporaryDirectory() as name:
-        for where, folder in (("in memory", None), ("SQLite", Path(name))):
+        places = (
+            ("in memory", None, throughput),
+            ("SQLite", Path(name), throughput),
+            ("melange.aio, in memory", None, throughput_async),
+        )
+        for where, folder, measure in places:
             results = {
                 case: statistics.median(
-                    throughput(args.messages, make(), folder) for _ in range(args.rounds)
+                    measure(args.messages, make(), folder) for _ in range(args.rounds)
                 )
                 for case, make in cases.items()
             }

@@ -12,7 +12,8 @@ to nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
@@ -139,29 +140,35 @@ class TelemetryMiddleware(Middleware):
 
     def handle_message(self, handling: Handling, call_next: Callable[[], Outcome]) -> Outcome:
         """Wrap the handling in a CONSUMER span, a child of the publisher's."""
-        queue = handling.queue
-        system = _system_of(getattr(handling.dispatcher, "backend", None))
         started = time.perf_counter()
-        outcome = self._traced(handling, call_next, system) if self._tracing() else call_next()
-        labels = _metric(system, queue)
-        if outcome.error is not None:
-            labels["error.type"] = _type(outcome.error)
-        self.consumed.add(1, labels)
-        self.duration.record(time.perf_counter() - started, labels)
-        if outcome.kind is OutcomeKind.RELEASE:
-            self.retried.add(1, labels)
-        elif outcome.kind is OutcomeKind.DEAD_LETTER:
-            self.dead_lettered.add(1, labels)
-        return outcome
+        if not self._tracing():
+            return self._measured(handling, call_next(), started)
+        with self._process_span(handling) as span:
+            outcome = call_next()
+            _settled(span, outcome)
+        return self._measured(handling, outcome, started)
 
-    def _traced(self, handling: Handling, call_next: Callable[[], Outcome], system: str) -> Outcome:
+    async def handle_message_async(
+        self, handling: Handling, call_next: Callable[[], Awaitable[Outcome]]
+    ) -> Outcome:
+        """``handle_message`` on the event loop: the span is current in this handling's task."""
+        started = time.perf_counter()
+        if not self._tracing():
+            return self._measured(handling, await call_next(), started)
+        with self._process_span(handling) as span:
+            outcome = await call_next()
+            _settled(span, outcome)
+        return self._measured(handling, outcome, started)
+
+    @contextmanager
+    def _process_span(self, handling: Handling) -> Iterator[Any]:
         message = handling.message
         parent = propagate.extract(message.metadata) if _TRACEPARENT in message.metadata else None
         with self.tracer.start_as_current_span(
             f"process {handling.queue}", context=parent, kind=SpanKind.CONSUMER
         ) as span:
-            recording = span.is_recording()
-            if recording:
+            if span.is_recording():
+                system = _system_of(getattr(handling.dispatcher, "backend", None))
                 span.set_attributes(
                     {
                         **_message_attributes(message, system, handling.queue),
@@ -171,11 +178,19 @@ class TelemetryMiddleware(Middleware):
                 )
                 if message.receive_count:
                     span.set_attribute("messaging.message.delivery_count", message.receive_count)
-            outcome = call_next()
-            if recording:
-                span.set_attribute("melange.outcome", outcome.kind.value)
-                if outcome.error is not None:
-                    _failed(span, outcome.error)
+            yield span
+
+    def _measured(self, handling: Handling, outcome: Outcome, started: float) -> Outcome:
+        """Count the handled message and its outcome, and record how long it took."""
+        labels = _metric(_system_of(getattr(handling.dispatcher, "backend", None)), handling.queue)
+        if outcome.error is not None:
+            labels["error.type"] = _type(outcome.error)
+        self.consumed.add(1, labels)
+        self.duration.record(time.perf_counter() - started, labels)
+        if outcome.kind is OutcomeKind.RELEASE:
+            self.retried.add(1, labels)
+        elif outcome.kind is OutcomeKind.DEAD_LETTER:
+            self.dead_lettered.add(1, labels)
         return outcome
 
 
@@ -201,6 +216,13 @@ def _metric(system: str, destination: str) -> dict[str, str]:
 
 def _type(error: BaseException) -> str:
     return f"{type(error).__module__}.{type(error).__qualname__}"
+
+
+def _settled(span: Any, outcome: Outcome) -> None:
+    if span.is_recording():
+        span.set_attribute("melange.outcome", outcome.kind.value)
+        if outcome.error is not None:
+            _failed(span, outcome.error)
 
 
 def _failed(span: Any, error: BaseException) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -15,11 +16,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
-from melange import Consumer, MessageDispatcher, MessagePublisher, RetryPolicy, listener
+from melange import Consumer, MessageDispatcher, MessagePublisher, RetryPolicy, aio, listener
+from melange.aio import AsyncMessageDispatcher, AsyncMessagePublisher
 from melange.backends import from_url
 from melange.backends.interfaces import MessagingBackend
 from melange.telemetry import TelemetryMiddleware
 from melange.testing import unique_name
+
+_T = TypeVar("_T")
 
 
 class OrderPlaced(BaseModel):
@@ -178,3 +182,56 @@ def test_without_an_sdk_messages_get_no_trace_headers_but_metrics_still_count() 
     assert data is not None
     names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
     assert {"messaging.client.sent.messages", "messaging.client.consumed.messages"} <= names
+
+
+class AsyncBilling(Consumer):
+    """Service B on asyncio: handlings overlap, each publishing after an await."""
+
+    def __init__(self, publisher: AsyncMessagePublisher) -> None:
+        super().__init__()
+        self.publisher = publisher
+        self.running = 0
+        self.peak = 0
+
+    @listener
+    async def on_placed(self, event: OrderPlaced) -> None:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        await asyncio.sleep(0.1)
+        self.running -= 1
+        await self.publisher.publish(InvoiceSent(order_id=event.order_id))
+
+
+def test_under_asyncio_each_concurrent_handling_parents_its_own_publishes(tmp_path: Path) -> None:
+    telemetry = Telemetry()
+    middleware = [telemetry.middleware]
+    queue = unique_name("billing")
+
+    async def scenario() -> AsyncBilling:
+        async with aio.from_url(f"sqlite:///{tmp_path / 'broker.db'}") as backend:
+            billing = AsyncBilling(AsyncMessagePublisher(backend, middleware=middleware))
+            dispatcher = AsyncMessageDispatcher(backend, [billing], middleware=middleware)
+            await dispatcher.declare(queue, visibility_timeout=5)
+            publisher = AsyncMessagePublisher(backend, middleware=middleware)
+            for n in range(5):
+                await publisher.publish(OrderPlaced(order_id=f"o-{n}"))
+            await dispatcher.consume_loop(queue, max_messages=5, max_concurrency=5)
+        return billing
+
+    billing = run(scenario())
+    assert billing.peak > 1  # the handlings did overlap
+    spans = telemetry.finished()
+    processes = {s.context.trace_id: s for s in spans if s.name == f"process {queue}"}
+    sends = {s.context.trace_id: s for s in spans if s.name == "send InvoiceSent"}
+    placed = {s.context.trace_id: s for s in spans if s.name == "send OrderPlaced"}
+    assert len(placed) == 5  # one trace per order
+    assert processes.keys() == sends.keys() == placed.keys()
+    for trace_id, send in sends.items():
+        assert parent_of(processes[trace_id]) == placed[trace_id].context.span_id
+        assert parent_of(send) == processes[trace_id].context.span_id
+    consumed = telemetry.metric_points()["messaging.client.consumed.messages"]
+    assert sum(p.value for p in consumed) == 5
+
+
+def run(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    return asyncio.run(coroutine)
