@@ -219,7 +219,9 @@ class MessageDispatcher:
         wrapper, dead_letter = self.backend.declare_queue(
             queue, *wrappers, dead_letter_queue_name=dead_letter_name, **queue_options
         )
-        visibility = queue_options.get("visibility_timeout") or self._visibility_of(wrapper)
+        visibility = queue_options.get("visibility_timeout") or self._visibility_of(
+            wrapper, declared=True
+        )
         state = _QueueState(
             queue,
             wrapper,
@@ -521,11 +523,12 @@ class MessageDispatcher:
                 added = True
         return added
 
-    def _visibility_of(self, queue: QueueWrapper) -> float:
+    def _visibility_of(self, queue: QueueWrapper, *, declared: bool) -> float:
         """Return the queue's visibility timeout as the broker has it, else the configured one.
 
         The broker's value wins: renewing on a longer one than the queue's
-        would let a long handler's message reach a second worker.
+        would let a long handler's message reach a second worker. A queue
+        not declared here that differs from the one configured is logged.
         """
         configured = self.visibility_timeout
         try:
@@ -537,7 +540,7 @@ class MessageDispatcher:
             known = None
         if known is None:
             return configured if configured is not None else self.backend.default_visibility_timeout
-        if configured is not None and known != configured:
+        if configured is not None and known != configured and not declared:
             _log.warning(
                 "queue %s hides a message for %g s, not the %g s this dispatcher was given:"
                 " renewing on the queue's",
@@ -556,7 +559,7 @@ class MessageDispatcher:
                 queue,
                 wrapper,
                 DeadLetterer(self.backend, queue, name, None),
-                self._visibility_of(wrapper),
+                self._visibility_of(wrapper, declared=False),
             )
             with self._lock:
                 self._queues[queue] = state
