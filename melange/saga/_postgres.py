@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
-from melange.exceptions import (
-    MissingExtraError,
-    SagaConflictError,
-    SagaExistsError,
-    SagaStoreError,
-)
-from melange.saga._records import PendingMessage, SagaRecord, SagaStatus
-from melange.saga._store import SagaStore
+from melange.exceptions import MissingExtraError, SagaStoreError
+from melange.saga._sql import SQLSagaStore, Writer
 
 try:
     import psycopg
@@ -59,19 +53,9 @@ _TABLES = (
     )""",
     "CREATE INDEX IF NOT EXISTS melange_saga_outbox_due ON melange_saga_outbox (saga_type, due_at)",
 )
-_COLUMNS = "saga_type, saga_id, key, status, version, updated_at, body"
-_INSERT = (
-    "INSERT INTO melange_sagas"
-    " (saga_type, saga_id, key, status, version, created_at, updated_at, body)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-)
-_UPDATE = (
-    "UPDATE melange_sagas SET status = %s, version = %s, updated_at = %s, body = %s"
-    " WHERE saga_type = %s AND saga_id = %s AND version = %s"
-)
-_OUTGOING = (
+_INSERT_OUTGOING = (
     "INSERT INTO melange_saga_outbox (saga_type, saga_id, message_id, due_at, body)"
-    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (saga_type, saga_id, message_id) DO NOTHING"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (saga_type, saga_id, message_id) DO NOTHING"
 )
 
 # Connections a forked child inherited: kept referenced so the child never
@@ -79,7 +63,7 @@ _OUTGOING = (
 _inherited: list[_Connection] = []
 
 
-class PostgresSagaStore(SagaStore):
+class PostgresSagaStore(SQLSagaStore):
     """Saga instances and their outbox in PostgreSQL; a save is one transaction.
 
     Takes a libpq URL or conninfo string (``postgresql://user@host/db``). The
@@ -95,6 +79,7 @@ class PostgresSagaStore(SagaStore):
     """
 
     def __init__(self, conninfo: str) -> None:
+        super().__init__("%s", _INSERT_OUTGOING)
         self._conninfo = conninfo
         self._local = threading.local()
         self._opened: list[tuple[threading.Thread, _Connection]] = []
@@ -107,147 +92,13 @@ class PostgresSagaStore(SagaStore):
             self.close()
             raise
 
-    def create(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
-        """Store a new instance with its outgoing messages, in one transaction.
-
-        Raises:
-            SagaExistsError: the saga type already has an instance with that key or id.
-            SagaStoreError: the server cannot be used.
-        """
-        with self._session() as db:
-            try:
-                with db.transaction():
-                    db.execute(
-                        _INSERT,
-                        record.insert_row(),
-                    )
-                    self._add(db, record, outgoing)
-            except psycopg.errors.UniqueViolation as e:
-                raise SagaExistsError(f"{record.saga_type} {record.key!r} exists already") from e
-
-    def save(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
-        """Replace the instance saved at ``record.version - 1``, in one transaction.
-
-        Raises:
-            SagaConflictError: the stored version is another one (or the instance is gone).
-            SagaStoreError: the server cannot be used.
-        """
+    @contextmanager
+    def _transaction(self) -> Iterator[Writer]:
         with self._session() as db, db.transaction():
-            changed = db.execute(
-                _UPDATE,
-                record.update_row(),
-            ).rowcount
-            if changed != 1:
-                raise SagaConflictError(
-                    f"{record.saga_type} {record.saga_id} is not at version {record.version - 1}"
-                )
-            self._add(db, record, outgoing)
+            yield _PostgresWriter(db)
 
-    @staticmethod
-    def _add(db: _Connection, record: SagaRecord, outgoing: Sequence[PendingMessage]) -> None:
-        if outgoing:
-            with db.cursor() as cursor:
-                cursor.executemany(_OUTGOING, record.outbox_rows(outgoing))
-
-    def load(self, saga_type: str, saga_id: str) -> SagaRecord | None:
-        """Return the instance with this id, or ``None``.
-
-        Raises:
-            SagaStoreError: the server cannot be used.
-        """
-        return self._one("saga_id", saga_type, saga_id)
-
-    def find(self, saga_type: str, key: str) -> SagaRecord | None:
-        """Return the instance with this correlation key, or ``None``.
-
-        Raises:
-            SagaStoreError: the server cannot be used.
-        """
-        return self._one("key", saga_type, key)
-
-    def _one(self, column: str, saga_type: str, value: str) -> SagaRecord | None:
-        sql = f"SELECT {_COLUMNS} FROM melange_sagas WHERE saga_type = %s AND {column} = %s"
-        rows = self._read(sql, (saga_type, value))
-        return SagaRecord.from_row(rows[0]) if rows else None
-
-    def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[PendingMessage]:
-        """Return the instance's outgoing messages due by ``due_by``, oldest first.
-
-        Raises:
-            SagaStoreError: the server cannot be used.
-        """
-        rows = self._read(
-            "SELECT body FROM melange_saga_outbox WHERE saga_type = %s AND saga_id = %s"
-            " AND due_at <= %s ORDER BY seq",
-            (saga_type, saga_id, due_by),
-        )
-        return [PendingMessage.from_json(str(body)) for (body,) in rows]
-
-    def sent(self, saga_type: str, saga_id: str, message_ids: Iterable[str]) -> None:
-        """Forget outgoing messages that have left.
-
-        Raises:
-            SagaStoreError: the server cannot be used.
-        """
-        ids = list(message_ids)
-        if not ids:
-            return
-        with self._session() as db:
-            db.execute(
-                "DELETE FROM melange_saga_outbox"
-                " WHERE saga_type = %s AND saga_id = %s AND message_id = ANY(%s)",
-                (saga_type, saga_id, ids),
-            )
-
-    def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, PendingMessage]]:
-        """Return ``(saga_id, message)`` for outgoing messages of any instance due by ``now``.
-
-        Raises:
-            SagaStoreError: the server cannot be used.
-        """
-        rows = self._read(
-            "SELECT saga_id, body FROM melange_saga_outbox WHERE saga_type = %s AND due_at <= %s"
-            " ORDER BY due_at, seq LIMIT %s",
-            (saga_type, now, limit),
-        )
-        return [(str(saga_id), PendingMessage.from_json(str(body))) for saga_id, body in rows]
-
-    def instances(
-        self, saga_type: str, *, status: SagaStatus | None = None, limit: int = 1000
-    ) -> list[SagaRecord]:
-        """Return instances of a saga type (of one status, if given), newest first.
-
-        Raises:
-            SagaStoreError: the server cannot be used.
-        """
-        sql = f"SELECT {_COLUMNS} FROM melange_sagas WHERE saga_type = %s"
-        parameters: tuple[object, ...] = (saga_type,)
-        if status is not None:
-            sql += " AND status = %s"
-            parameters += (status.value,)
-        rows = self._read(f"{sql} ORDER BY created_at DESC LIMIT %s", (*parameters, limit))
-        return [SagaRecord.from_row(row) for row in rows]
-
-    def purge(self, saga_type: str, *, finished_before: float) -> int:
-        """Delete instances that finished before ``finished_before`` and their outbox.
-
-        Raises:
-            SagaStoreError: the server cannot be used.
-        """
-        finished = (SagaStatus.COMPLETED.value, SagaStatus.FAILED.value)
-        with self._session() as db, db.transaction():
-            db.execute(
-                "DELETE FROM melange_saga_outbox WHERE saga_type = %s AND saga_id IN"
-                " (SELECT saga_id FROM melange_sagas WHERE saga_type = %s"
-                " AND status IN (%s, %s) AND updated_at < %s)",
-                (saga_type, saga_type, *finished, finished_before),
-            )
-            gone = db.execute(
-                "DELETE FROM melange_sagas WHERE saga_type = %s AND status IN (%s, %s)"
-                " AND updated_at < %s",
-                (saga_type, *finished, finished_before),
-            ).rowcount
-        return gone
+    def _is_duplicate(self, error: SagaStoreError) -> bool:
+        return isinstance(error.__cause__, psycopg.errors.UniqueViolation)
 
     def close(self) -> None:
         """Close every connection the store opened; safe to call more than once."""
@@ -260,7 +111,7 @@ class PostgresSagaStore(SagaStore):
             connection.close()
         self._local = threading.local()
 
-    def _read(self, sql: str, parameters: tuple[object, ...]) -> list[tuple[Any, ...]]:
+    def _read(self, sql: str, parameters: Sequence[object]) -> list[tuple[Any, ...]]:
         with self._session() as db:
             return db.execute(sql, parameters).fetchall()
 
@@ -375,3 +226,15 @@ class PostgresSagaStore(SagaStore):
         self._opened = []
         self._local = threading.local()
         self._pid = os.getpid()
+
+
+class _PostgresWriter:
+    def __init__(self, db: _Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, parameters: Sequence[object]) -> int:
+        return self._db.execute(sql, parameters).rowcount
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        with self._db.cursor() as cursor:
+            cursor.executemany(sql, rows)
