@@ -83,3 +83,17 @@ def test_importing_melange_loads_no_broker_driver() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_every_docs_page_the_code_cites_exists() -> None:
+    root = Path(melange.__file__).resolve().parent
+    cited = {
+        (path, page)
+        for path in root.rglob("*.py")
+        for page in re.findall(r"\bdocs/[\w/.-]+\.md\b", path.read_text())
+    }
+    assert cited, "the code cites no docs page at all: the pattern is wrong"
+    missing = sorted(
+        f"{p.relative_to(root)}: {page}" for p, page in cited if not (root.parent / page).exists()
+    )
+    assert missing == []

@@ -112,6 +112,9 @@ class BridgedBackend(AsyncMessagingBackend):
     async def extend_visibility(self, message: Message, seconds: float) -> None:
         await self.run(self.sync.extend_visibility, message, seconds)
 
+    async def visibility_timeout_of(self, queue: QueueWrapper) -> float | None:
+        return await self.run(self.sync.visibility_timeout_of, queue)
+
     async def queue_stats(self, queue: QueueWrapper) -> QueueStats:
         return await self.run(self.sync.queue_stats, queue)
 

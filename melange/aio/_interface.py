@@ -17,7 +17,7 @@ class AsyncMessagingBackend(abc.ABC):
     """The methods of ``melange.backends.interfaces.MessagingBackend``, as coroutines.
 
     Names, arguments and meaning are those of the synchronous interface (see
-    docs/backends/writing.md); only the waiting differs: no call blocks the
+    docs/backends.md); only the waiting differs: no call blocks the
     event loop. An async backend is an async context manager.
     """
 
@@ -103,6 +103,10 @@ class AsyncMessagingBackend(abc.ABC):
     @abc.abstractmethod
     async def extend_visibility(self, message: Message, seconds: float) -> None:
         """Keep a received message hidden for ``seconds`` from now."""
+
+    async def visibility_timeout_of(self, queue: QueueWrapper) -> float | None:
+        """Return the queue's visibility timeout as the broker has it; ``None``: cannot tell."""
+        return None
 
     @abc.abstractmethod
     async def queue_stats(self, queue: QueueWrapper) -> QueueStats:

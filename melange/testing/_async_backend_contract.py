@@ -43,6 +43,8 @@ class AsyncBackendContract:
 
     #: Visibility timeout the tests declare queues with (seconds).
     visibility_timeout: float = 1.0
+    #: Whether ``visibility_timeout_of`` tells (``False``: it returns ``None``, the default).
+    tells_visibility_timeout: bool = True
 
     def run_async(self, backend: MessagingBackend, scenario: Scenario) -> None:
         async def bridged() -> None:
@@ -153,6 +155,14 @@ class AsyncBackendContract:
             await aio.delete_queue(queue)
             with pytest.raises(QueueNotFoundError):
                 await aio.get_queue(name)
+
+        self.run_async(backend, scenario)
+
+    def test_async_visibility_timeout_of_a_declared_queue(self, backend: MessagingBackend) -> None:
+        async def scenario(aio: AsyncMessagingBackend) -> None:
+            queue, _ = await aio.declare_queue(unique_name("q"), visibility_timeout=7)
+            told = await aio.visibility_timeout_of(queue)
+            assert told == (7 if self.tells_visibility_timeout else None)
 
         self.run_async(backend, scenario)
 
