@@ -22,8 +22,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict melange
 
+# Two test processes, each starting its own brokers; a test file stays in one.
+TEST_PROCESSES ?= 2
+
 test: lint typecheck
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 bench: $(STAMP)
 	$(PY) bench/inmemory.py
