@@ -32,8 +32,8 @@ from bench.rabbitmq import (
     FASTSTREAM,
     QUORUM,
     Numbered,
-    _faststream_consume,
     events,
+    faststream_consume,
     melange_consume,
     melange_publish,
     raw_delete,
@@ -79,14 +79,6 @@ async def aio_pika_consume(url: str, queue: str, n: int) -> float:
         await connection.close()
         raw_delete(url, queue)
     return n / elapsed
-
-
-def faststream_consume(url: str, queue: str, n: int) -> float:
-    raw_fill(url, queue, n)
-    try:
-        return asyncio.run(_faststream_consume(url, queue, n))
-    finally:
-        raw_delete(url, queue)
 
 
 async def melange_aio_consume(url: str, queue: str, n: int, concurrency: int) -> float:
