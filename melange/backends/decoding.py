@@ -5,11 +5,15 @@ makes that one message *undecodable* (the ``DECODE_ERROR`` header says why)
 instead of raising out of ``retrieve_messages``; the dispatcher dead-letters it
 with its original content. Text that is not UTF-8 is kept byte for byte with
 ``surrogateescape``, so a dead-letter copy carries the original bytes.
+
+Decoders are total: ``decoded_or_undecodable`` wraps each one, so that even a
+failure nobody foresaw marks that one message undecodable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from melange.exceptions import UndecodableMessageError
@@ -17,12 +21,18 @@ from melange.models import DECODE_ERROR, Message, _unchecked, new_message_id
 
 __all__ = [
     "bytes_of",
+    "decoded_or_undecodable",
     "header_text",
     "integer_of",
     "original_form",
     "text_of",
     "undecodable",
 ]
+
+# ASCII digits only (``str.isdigit`` also takes "²"), and no more than a 64-bit integer has.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}", re.ASCII)
+_MAX_INTEGER = 2**63 - 1
+_MAX_INTEGER_BITS = 10_000
 
 
 def text_of(raw: bytes) -> tuple[str, str | None]:
@@ -53,7 +63,12 @@ def header_text(value: Any) -> str:
         return value
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "surrogateescape")
-    return str(value)
+    if type(value) is int and value.bit_length() > _MAX_INTEGER_BITS:
+        return f"<an integer of {value.bit_length()} bits>"  # str() refuses 4,300 digits
+    try:
+        return str(value)
+    except Exception as e:  # a value whose str() fails is still a header
+        return f"<unreadable {type(value).__name__}: {type(e).__name__}>"
 
 
 def integer_of(value: Any, what: str) -> int:
@@ -62,12 +77,28 @@ def integer_of(value: Any, what: str) -> int:
     Raises:
         UndecodableMessageError: it is not an integer (``what`` names it in the message).
     """
-    if type(value) is int:
+    if type(value) is int and -_MAX_INTEGER <= value <= _MAX_INTEGER:
         return value
     text = header_text(value).strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
+    if _INTEGER.fullmatch(text) and abs(number := int(text)) <= _MAX_INTEGER:
+        return number
     raise UndecodableMessageError(f"{what} is not an integer: {text[:80]!r}")
+
+
+def decoded_or_undecodable(
+    decode: Callable[[], Message], fallback: Callable[[], tuple[str, str | None, Any]]
+) -> Message:
+    """Return ``decode()``, or, if it fails in any way, the message marked undecodable.
+
+    ``fallback`` gives what can still be read without parsing: the content,
+    the message id (or ``None``) and the receipt. It must not raise.
+    """
+    try:
+        return decode()
+    except Exception as e:  # the wire is untrusted: no failure may leave a receive
+        content, message_id, receipt = fallback()
+        reason = f"cannot be decoded: {type(e).__name__}: {header_text(e)[:200]}"
+        return undecodable(content, message_id, {}, reason, 0, receipt)
 
 
 def undecodable(  # noqa: PLR0917 - mirrors Message's fields
@@ -80,7 +111,7 @@ def undecodable(  # noqa: PLR0917 - mirrors Message's fields
     manifest: str | None = None,
 ) -> Message:
     """Return a message the dispatcher will dead-letter for ``reason``, headers as text."""
-    headers = {str(k): header_text(v) for k, v in metadata.items()}
+    headers = {header_text(k): header_text(v) for k, v in metadata.items()}
     headers[DECODE_ERROR] = reason
     return _unchecked(
         content, message_id or new_message_id(), headers, None, manifest, receive_count, receipt

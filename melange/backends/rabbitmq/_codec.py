@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from melange.backends.decoding import (
     bytes_of,
+    decoded_or_undecodable,
     header_text,
     integer_of,
     original_form,
@@ -111,11 +112,24 @@ def outgoing(
 
 
 def to_message(receipt: Receipt, delivery: Delivery) -> Message:
-    """Rebuild the message of a delivery, with its receive count and receipt.
+    """Rebuild the message of a delivery, with its receive count and receipt; never raises.
 
     A delivery melange cannot fully read comes back ``undecodable``: its
     ``DECODE_ERROR`` header says why and the unreadable header stays, as text.
     """
+    return decoded_or_undecodable(
+        lambda: _decoded(receipt, delivery), lambda: _fallback(receipt, delivery)
+    )
+
+
+def _fallback(receipt: Receipt, delivery: Delivery) -> tuple[str, str | None, Receipt]:
+    """Return what can be read of a delivery whose decoding failed: body and id, no headers."""
+    body, message_id = delivery[5], getattr(delivery[4], "message_id", None)
+    content = text_of(body)[0] if isinstance(body, bytes) else header_text(body)
+    return content, header_text(message_id) if message_id else None, receipt
+
+
+def _decoded(receipt: Receipt, delivery: Delivery) -> Message:
     _, redelivered, _, _, properties, body = delivery
     headers = properties.headers
     metadata: dict[str, str] = {}

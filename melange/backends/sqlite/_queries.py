@@ -18,6 +18,7 @@ from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 from melange.backends.decoding import (
+    decoded_or_undecodable,
     header_text,
     integer_of,
     original_form,
@@ -260,7 +261,21 @@ def received(queue: str, token: bytes, claimed: Claimed) -> list[Message]:
                 ids, counts, message_ids, contents, metadata, serializer_ids, manifests, strict=True
             )
         ]
-    return [_decoded(row, Receipt(queue, deadline, row[0], token)) for row in rows]
+    return [_total(row, Receipt(queue, deadline, row[0], token)) for row in rows]
+
+
+def _total(row: tuple[Any, ...], receipt: Receipt) -> Message:
+    """Return ``_decoded(row)``, or the row marked undecodable if even that fails."""
+    return decoded_or_undecodable(lambda: _decoded(row, receipt), lambda: _fallback(row, receipt))
+
+
+def _fallback(row: tuple[Any, ...], receipt: Receipt) -> tuple[str, str | None, Receipt]:
+    content, message_id = row[3], row[2]
+    if isinstance(content, bytes):
+        content = text_of(content)[0]
+    if isinstance(message_id, bytes):
+        message_id = text_of(message_id)[0]
+    return header_text(content), header_text(message_id) if message_id else None, receipt
 
 
 def _batch_headers(texts: Sequence[Any]) -> list[dict[str, str]] | None:

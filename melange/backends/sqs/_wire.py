@@ -8,7 +8,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from melange.backends.decoding import header_text, integer_of, undecodable
+from melange.backends.decoding import (
+    decoded_or_undecodable,
+    header_text,
+    integer_of,
+    undecodable,
+)
 from melange.exceptions import MessageTooLargeError, UndecodableMessageError
 from melange.models import Message, _unchecked, new_message_id
 
@@ -161,7 +166,7 @@ def _unpacked(packed: str) -> tuple[dict[str, str], str | None]:
     """Return the headers packed into ``melange.headers`` and, if they cannot be read, why."""
     try:
         headers = json.loads(packed)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # "[" * 100000 nests too deep
         return {}, f"{PACKED_HEADERS} is not JSON: {e}"
     if isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values()):
         return headers, None
@@ -177,6 +182,19 @@ def message_from(received: Mapping[str, Any], queue_url: str) -> Message:
     that are not a JSON object of strings) comes back ``undecodable``: its
     body as received, unreadable attributes kept as headers, ackable.
     """
+    return decoded_or_undecodable(
+        lambda: _decoded(received, queue_url), lambda: _fallback(received, queue_url)
+    )
+
+
+def _fallback(received: Mapping[str, Any], queue_url: str) -> tuple[str, str | None, Any]:
+    """Return what can be read of an entry whose decoding failed: body and ids, no headers."""
+    body = header_text(received.get("Body", ""))
+    message_id = header_text(received.get("MessageId") or "") or None
+    return body, message_id, (queue_url, header_text(received.get("ReceiptHandle", "")))
+
+
+def _decoded(received: Mapping[str, Any], queue_url: str) -> Message:
     attributes: Mapping[str, Mapping[str, Any]] = received.get("MessageAttributes") or {}
     headers: dict[str, str] = {}
     problems: list[str] = []
