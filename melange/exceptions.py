@@ -14,6 +14,7 @@
     │   ├── DeserializationError         content cannot be read (malformed)
     │   │   ├── UndecodableMessageError  the backend could not decode it off the wire
     │   │   ├── MessageValidationError   content read but the event is invalid
+    │   │   ├── EventTypeMismatchError   the manifest's class, but content read as another type
     │   │   └── UnsafePayloadError       a signed payload whose signature fails
     │   └── NoSerializerError            no serializer is bound to an object's class
     ├── BackendError
@@ -48,6 +49,7 @@ __all__ = [
     "ConfigurationError",
     "DeferMessage",
     "DeserializationError",
+    "EventTypeMismatchError",
     "ForeignMessageError",
     "HandlingDecision",
     "IdempotencyError",
@@ -128,6 +130,10 @@ class MessageValidationError(DeserializationError):
 
 class UndecodableMessageError(DeserializationError):
     """The backend could not decode a received message (a header, its text encoding…)."""
+
+
+class EventTypeMismatchError(DeserializationError):
+    """The manifest names a registered event class, but the content does not read as one."""
 
 
 class UnsafePayloadError(DeserializationError):

@@ -162,13 +162,13 @@ class MessagePipeline:
                     message.content, message.manifest, message.serializer_id
                 )
         except UnknownManifestError as e:
-            return Outcome.skip(str(e))
+            return _skipped(message, str(e))
         except SerializationError as e:
             handling.report(e)
             return Outcome.dead_letter(Stage.DESERIALIZE, str(e), error=e)
         consumers = self._consumers_for(type(event), message.manifest)
         if not consumers:
-            return Outcome.skip(f"no listener accepts {type(event).__qualname__}")
+            return _skipped(message, f"no listener accepts {type(event).__qualname__}")
         return consumers, self._memory.successes_before(message.message_id)
 
     def _run_consumers(
@@ -297,3 +297,9 @@ class MessagePipeline:
                 self.retry.delay_for(delivery), f"failed: {error!r}", error=error
             )
         return Outcome.dead_letter(Stage.HANDLE, str(error), error=error, attempts=attempts)
+
+
+def _skipped(message: Message, reason: str) -> Outcome:
+    """Acknowledge a message nobody here takes, saying so in the log."""
+    _log.info("skipped %s (%s): %s", message.message_id, message.manifest, reason)
+    return Outcome.skip(reason)

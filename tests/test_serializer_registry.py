@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from melange.exceptions import (
     ConfigurationError,
+    EventTypeMismatchError,
     NoSerializerError,
     SerializationError,
     UnknownManifestError,
@@ -350,3 +351,34 @@ def test_concurrent_reads_while_reconfiguring_see_whole_configurations() -> None
     assert wrong == []
     # the last bind was to "a": no reader may have left a stale "b" in the cache
     assert {type(registry.serializer_for(cls())) for cls in classes} == {A}
+
+
+class Parcel(BaseModel):
+    __melange_manifest__ = "registry.parcel"
+    weight: int
+
+
+@pytest.mark.parametrize("serializer_id", [None, 1], ids=["no id", "the JSON id"])
+def test_a_registered_manifest_is_read_by_its_class_serializer(serializer_id: int | None) -> None:
+    registry = SerializerRegistry()
+    registry.register_event_type(Parcel)
+    assert registry.deserialize('{"weight": 3}', "registry.parcel", serializer_id) == Parcel(
+        weight=3
+    )
+
+
+def test_a_registered_manifest_that_reads_as_another_type_is_refused() -> None:
+    registry = SerializerRegistry()
+    registry.register_event_type(Parcel)
+    with pytest.raises(EventTypeMismatchError, match=r"'registry\.parcel' names Parcel"):
+        registry.deserialize('{"weight": "heavy"}', "registry.parcel", 1)
+    without_pydantic = SerializerRegistry(
+        {"serializers": {"json": JsonSerializer}, "default": "json"}
+    )
+    without_pydantic.register_event_type(Parcel)
+    with pytest.raises(EventTypeMismatchError, match="read a dict"):
+        without_pydantic.deserialize('{"weight": 3}', "registry.parcel", None)
+
+
+def test_an_unknown_manifest_is_still_read_as_a_plain_value() -> None:
+    assert SerializerRegistry().deserialize('{"weight": 3}', "elsewhere.parcel", 1) == {"weight": 3}

@@ -9,6 +9,8 @@ from typing import Any
 
 from melange.exceptions import (
     ConfigurationError,
+    DeserializationError,
+    EventTypeMismatchError,
     MissingExtraError,
     NoSerializerError,
     UnknownSerializerError,
@@ -238,7 +240,9 @@ class SerializerRegistry:
             UnknownSerializerError: no serializer has the id (or there is no default).
             UnknownManifestError: no class is known for the manifest.
             DeserializationError: the content is malformed (``MessageValidationError``:
-                invalid; ``UnsafePayloadError``: a bad signature).
+                invalid; ``UnsafePayloadError``: a bad signature; ``EventTypeMismatchError``:
+                the manifest names a registered class, but neither the message's serializer
+                nor the one configured for that class reads it into that class).
         """
         setup = self._setup
         if serializer_id is None:
@@ -250,7 +254,51 @@ class SerializerRegistry:
             if found is None:
                 raise UnknownSerializerError(f"no serializer with id {serializer_id}")
             serializer = found
-        return serializer.deserialize(content, manifest)
+        event = serializer.deserialize(content, manifest)
+        expected = self.event_types.get(manifest) if manifest is not None else None
+        if expected is None or isinstance(event, expected):
+            return event
+        return _as_registered(
+            setup, content, manifest, expected=expected, used=serializer, event=event
+        )
+
+
+def _as_registered(
+    setup: _Setup,
+    content: str,
+    manifest: str | None,
+    *,
+    expected: type,
+    used: Serializer,
+    event: Any,
+) -> Any:
+    """Read a registered type's message with the serializer its class is configured for.
+
+    A producer that names the wrong serializer (or none) must not turn a typed
+    event into a plain value that no listener takes and is acknowledged away.
+    """
+    reason = (
+        f"manifest {manifest!r} names {expected.__qualname__}, but serializer"
+        f" {used.identifier()} read a {type(event).__qualname__}"
+    )
+    try:
+        configured = setup.serializer_for(expected)
+    except NoSerializerError:
+        raise EventTypeMismatchError(f"{reason}; no serializer is configured for it") from None
+    if configured is used:
+        raise EventTypeMismatchError(reason)
+    try:
+        retried = configured.deserialize(content, manifest)
+    except DeserializationError as e:
+        raise EventTypeMismatchError(
+            f"{reason}; its serializer {configured.identifier()} cannot read it either: {e}"
+        ) from e
+    if not isinstance(retried, expected):
+        raise EventTypeMismatchError(
+            f"{reason}; its serializer {configured.identifier()} read"
+            f" a {type(retried).__qualname__}"
+        )
+    return retried
 
 
 def _mapping(config: Mapping[str, Any], key: str) -> Mapping[Any, Any]:

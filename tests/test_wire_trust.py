@@ -1,0 +1,230 @@
+"""Hostile or foreign messages written by each broker's raw client, consumed by a real worker loop.
+
+Each test puts a bad message between two good ones and asserts: the loop did
+not raise, both neighbours were handled once, and the bad one is in the
+dead-letter queue with its original bytes and a reason (or, where this is
+the promise, handled).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+from pydantic import BaseModel
+
+from melange import Consumer, MessageDispatcher, MessagePublisher, listener
+from melange.backends.interfaces import MessagingBackend
+from melange.backends.rabbitmq import RabbitMQBackend
+from melange.backends.sqlite import SQLiteBackend
+from melange.backends.sqs import LocalSQSBackend
+from melange.backends.sqs import _wire as sqs_wire
+from melange.dead_letters import ERROR_MESSAGE, ERROR_STAGE, ERROR_TYPE
+from melange.models import Message
+from melange.testing import receive, unique_name
+from tests.servers.moto import MotoServer
+from tests.servers.rabbitmq import RabbitMQNode
+
+#: A raw write: queue name, body, then headers, serializer id and manifest as the producer set them.
+RawSend = Callable[[str, bytes, dict[str, Any], Any, str | None], None]
+
+
+class Shipped(BaseModel):
+    __melange_manifest__ = "trust.shipped"
+    number: int
+
+
+class Shipping(Consumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.handled: list[int] = []
+
+    @listener
+    def on_shipped(self, event: Shipped) -> None:
+        self.handled.append(event.number)
+
+
+@dataclass
+class Wire:
+    """One broker: melange's backend for it, and its raw client to write what melange would not."""
+
+    kind: str
+    backend: MessagingBackend
+    send_raw: RawSend
+
+
+@contextmanager
+def _rabbitmq_wire(node: RabbitMQNode) -> Iterator[Wire]:
+    def send_raw(
+        queue: str, body: bytes, headers: dict[str, Any], serializer: Any, manifest: str | None
+    ) -> None:
+        if serializer is not None:
+            headers = {**headers, "x-melange-serializer": serializer}
+        connection = pika.BlockingConnection(pika.URLParameters(node.url))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            properties = pika.BasicProperties(
+                message_id=unique_name("raw"), type=manifest, headers=headers
+            )
+            channel.basic_publish("", queue, body, properties)
+        finally:
+            connection.close()
+
+    with RabbitMQBackend(node.url) as backend:
+        yield Wire("rabbitmq", backend, send_raw)
+
+
+@contextmanager
+def _sqs_wire(moto: MotoServer) -> Iterator[Wire]:
+    def send_raw(
+        queue: str, body: bytes, headers: dict[str, Any], serializer: Any, manifest: str | None
+    ) -> None:
+        attributes = {
+            name: {"DataType": "String", "StringValue": value} for name, value in headers.items()
+        }
+        attributes[sqs_wire.MESSAGE_ID] = {"DataType": "String", "StringValue": unique_name("raw")}
+        if serializer is not None:
+            attributes[sqs_wire.SERIALIZER_ID] = {"DataType": "String", "StringValue": serializer}
+        if manifest is not None:
+            attributes[sqs_wire.MANIFEST] = {"DataType": "String", "StringValue": manifest}
+        url = backend.sqs_client.get_queue_url(QueueName=queue)["QueueUrl"]
+        backend.sqs_client.send_message(
+            QueueUrl=url, MessageBody=body.decode(), MessageAttributes=attributes
+        )
+
+    with LocalSQSBackend(moto.host, moto.port, region=moto.region) as backend:
+        yield Wire("sqs", backend, send_raw)
+
+
+@contextmanager
+def _sqlite_wire(path: Path) -> Iterator[Wire]:
+    def send_raw(
+        queue: str, body: bytes, headers: dict[str, Any], serializer: Any, manifest: str | None
+    ) -> None:
+        metadata = headers.pop("", None) or json.dumps(headers)
+        with sqlite3.connect(path) as db:
+            [(number,)] = db.execute("SELECT coalesce(max(id), 0) + 1 FROM melange_bodies")
+            db.execute(
+                "INSERT INTO melange_bodies VALUES (?, ?, ?, ?, ?, ?)",
+                (number, unique_name("raw"), body.decode(), metadata, serializer, manifest),
+            )
+            db.execute(
+                "INSERT INTO melange_deliveries (queue, visible_at, id) VALUES (?, 0, ?)",
+                (queue, number),
+            )
+        db.close()
+
+    with SQLiteBackend(path) as backend:
+        yield Wire("sqlite", backend, send_raw)
+
+
+@pytest.fixture(params=["rabbitmq", "sqs", "sqlite"])
+def wire(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wire]:
+    if request.param == "rabbitmq":
+        opened = _rabbitmq_wire(request.getfixturevalue("rabbitmq_node"))
+    elif request.param == "sqs":
+        opened = _sqs_wire(request.getfixturevalue("moto"))
+    else:
+        opened = _sqlite_wire(tmp_path / "broker.db")
+    with opened as each:
+        yield each
+
+
+@dataclass
+class Run:
+    consumer: Shipping
+    dead_letters: list[Message]
+
+
+def run_between_good_ones(
+    wire: Wire,
+    body: bytes,
+    headers: dict[str, Any] | None = None,
+    serializer: Any = None,
+    manifest: str | None = "trust.shipped",
+) -> Run:
+    """Publish 1, the raw message, 2; consume until idle; return what was handled, dead-lettered."""
+    consumer = Shipping()
+    dispatcher = MessageDispatcher(wire.backend, consumers=[consumer])
+    queue_name = unique_name("trust")
+    queue, dead_letter = dispatcher.declare(queue_name, visibility_timeout=2)
+    assert dead_letter is not None
+    publisher = MessagePublisher(wire.backend)
+    publisher.publish(Shipped(number=1), queue=queue)
+    wire.send_raw(queue_name, body, dict(headers or {}), serializer, manifest)
+    publisher.publish(Shipped(number=2), queue=queue)
+    deadline = time.monotonic() + 30
+    while len(consumer.handled) < 2 and time.monotonic() < deadline:
+        dispatcher.consume_loop(queue_name, idle_timeout=0.5)
+    dispatcher.consume_loop(queue_name, idle_timeout=0.5)
+    dead = receive(wire.backend, dead_letter, 1, timeout=5)
+    wire.backend.acknowledge_batch(dead)
+    return Run(consumer, dead)
+
+
+def assert_dead_lettered(run: Run, body: bytes, stage: str, reason: str) -> Message:
+    assert sorted(run.consumer.handled) == [1, 2]
+    [dead] = run.dead_letters
+    assert dead.content.encode() == body
+    assert dead.metadata[ERROR_STAGE] == stage
+    assert reason in dead.metadata[ERROR_MESSAGE]
+    return dead
+
+
+# -- 1. every decoder is total --------------------------------------------------------------
+
+NOT_INTEGERS = {"superscript two": "²", "two minus signs": "--5", "5,000 digits": "9" * 5000}
+
+
+@pytest.mark.parametrize("value", list(NOT_INTEGERS.values()), ids=list(NOT_INTEGERS))
+def test_a_serializer_id_that_is_not_an_integer_is_dead_lettered_not_raised(
+    wire: Wire, value: str
+) -> None:
+    body = b'{"number": 3}'
+    run = run_between_good_ones(wire, body, serializer=value)
+    assert_dead_lettered(run, body, "decode", "serializer")
+
+
+def test_sqs_headers_nested_too_deep_are_dead_lettered_not_raised(moto: MotoServer) -> None:
+    body = b'{"number": 3}'
+    with _sqs_wire(moto) as wire:
+        run = run_between_good_ones(wire, body, headers={sqs_wire.PACKED_HEADERS: "[" * 100_000})
+    assert_dead_lettered(run, body, "decode", sqs_wire.PACKED_HEADERS)
+
+
+def test_sqlite_metadata_nested_too_deep_is_dead_lettered_not_raised(tmp_path: Path) -> None:
+    body = b'{"number": 3}'
+    with _sqlite_wire(tmp_path / "broker.db") as wire:
+        run = run_between_good_ones(wire, body, headers={"": "[" * 100_000})
+    assert_dead_lettered(run, body, "decode", "metadata")
+
+
+# -- 2. typed events never vanish -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("serializer", [None, "1"], ids=["no serializer id", "the JSON id"])
+def test_a_typed_event_with_the_wrong_serializer_is_read_by_its_own(
+    wire: Wire, serializer: str | None
+) -> None:
+    # A foreign producer's JSON for a registered manifest: the pydantic serializer reads it.
+    run = run_between_good_ones(wire, b'{"number": 3}', serializer=serializer)
+    assert sorted(run.consumer.handled) == [1, 2, 3]
+    assert run.dead_letters == []
+
+
+def test_a_typed_event_no_serializer_can_read_is_dead_lettered_at_deserialize(
+    wire: Wire,
+) -> None:
+    body = b'{"count": "three"}'
+    run = run_between_good_ones(wire, body, serializer="1")
+    dead = assert_dead_lettered(run, body, "deserialize", "trust.shipped")
+    assert dead.metadata[ERROR_TYPE].endswith("EventTypeMismatchError")
