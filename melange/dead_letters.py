@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from melange import signals
+from melange.backends.decoding import is_own_header
 from melange.backends.interfaces import MessagingBackend
 from melange.exceptions import BackendError, BatchPublishError, MessageTooLargeError
 from melange.models import Message, QueueWrapper
@@ -114,7 +115,7 @@ class DeadLetterer:
             return False
         if signals.message_dead_lettered.receivers:
             signals.message_dead_lettered.send(
-                self, message=copy, queue=self.source_queue, reason=headers[ERROR_MESSAGE]
+                self, message=copy, queue=self.source_queue, reason=error_headers[ERROR_MESSAGE]
             )
         return True
 
@@ -130,7 +131,8 @@ def _shorter_and_shorter(
     message: Message, error_headers: dict[str, str]
 ) -> Iterator[dict[str, str]]:
     """Yield the copy's headers, each try smaller: the original's plus the reason, then less."""
-    original = dict(message.metadata)
+    # melange's own headers describe this receive, not the copy (the reason does now).
+    original = {k: v for k, v in message.metadata.items() if not is_own_header(k)}
     yield original | error_headers
     short = error_headers | {ERROR_MESSAGE: error_headers[ERROR_MESSAGE][:_SHORT_ERROR_MESSAGE]}
     yield original | short
@@ -152,8 +154,10 @@ def dead_letter_reason(message: Message) -> str:
 
 
 def without_error_headers(message: Message) -> Message:
-    """Return the message as first published: melange's dead-letter headers removed."""
-    headers = {k: v for k, v in message.metadata.items() if k not in ERROR_HEADERS}
+    """Return the message as first published: melange's dead-letter and own headers removed."""
+    headers = {
+        k: v for k, v in message.metadata.items() if k not in ERROR_HEADERS and not is_own_header(k)
+    }
     return Message(
         content=message.content,
         message_id=message.message_id,

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from melange._own_headers import disowned
+
 __all__ = [
     "CAUSATION_ID",
     "CORRELATION_ID",
@@ -93,11 +95,15 @@ class Message:
         return replace(self, **changes)
 
     def received(self, receive_count: int, receipt: Any) -> Message:
-        """Return a copy as handed out by a broker: a receive count and a receipt."""
+        """Return a copy as handed out by a broker: a receive count and a receipt.
+
+        Headers under ``x-melange-`` it was published with come out as
+        ``x-foreign-`` ones (``melange._own_headers``): only melange sets its own.
+        """
         return _unchecked(
             self.content,
             self.message_id,
-            self.metadata,
+            disowned(self.metadata) if self.metadata else self.metadata,
             self.serializer_id,
             self.manifest,
             receive_count,

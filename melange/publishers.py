@@ -8,9 +8,11 @@ from functools import partial
 from typing import Any
 
 from melange import signals
+from melange._trace_headers import inherited_trace
+from melange.backends.decoding import OWN_PREFIX, is_own_header
 from melange.backends.interfaces import MessagingBackend
 from melange.context import current_message
-from melange.exceptions import ConfigurationError, SerializationError
+from melange.exceptions import ConfigurationError, InvalidArgumentError, SerializationError
 from melange.middleware import (
     Destination,
     DestinationKind,
@@ -24,8 +26,6 @@ from melange.models import (
     CAUSATION_ID,
     CORRELATION_ID,
     PUBLISHED_AT,
-    SAGA_ID,
-    SAGA_TYPE,
     Message,
     QueueWrapper,
     TopicWrapper,
@@ -158,21 +158,20 @@ class MessagePublisher:
         message_id = new_message_id()
         cause = current_message()
         if cause is None:
-            correlation_id = causation_id = message_id
+            metadata = {CORRELATION_ID: message_id, CAUSATION_ID: message_id}
         else:
-            correlation_id = cause.metadata.get(CORRELATION_ID) or cause.message_id
-            causation_id = cause.message_id
-        metadata = {
-            CORRELATION_ID: correlation_id,
-            CAUSATION_ID: causation_id,
-            PUBLISHED_AT: utc_now_iso(),
-        }
-        if cause is not None and SAGA_ID in cause.metadata:
-            metadata[SAGA_ID] = cause.metadata[SAGA_ID]
-            metadata[SAGA_TYPE] = cause.metadata.get(SAGA_TYPE, "")
+            metadata = inherited_trace(cause)
+        metadata[PUBLISHED_AT] = utc_now_iso()
         if headers:
             # The caller's headers win, except the publication time.
-            metadata.update({str(k): str(v) for k, v in headers.items() if k != PUBLISHED_AT})
+            for given, value in headers.items():
+                key = str(given)
+                if is_own_header(key):
+                    raise InvalidArgumentError(
+                        f"header {key!r}: headers under {OWN_PREFIX!r} are melange's own"
+                    )
+                if key != PUBLISHED_AT:
+                    metadata[key] = str(value)
         return _unchecked(content, message_id, metadata, serializer_id, manifest)
 
     def send(

@@ -467,7 +467,6 @@ def raw_publish(
 
 BAD_INPUT = {
     "serializer header": (b"{}", {"headers": {"x-melange-serializer": "json"}}, "serializer"),
-    "receives header": (b"{}", {"headers": {"x-melange-receives": "many"}}, "receives"),
     "delivery count": (b"{}", {"headers": {"x-delivery-count": "zz"}}, "x-delivery-count"),
     "body": (b'{"name": "\xff\xfe"}', {}, "body is not UTF-8"),
     "bytes header": (b"{}", {"headers": {"trace": b"\xc3(\xff"}}, "header 'trace'"),
@@ -497,7 +496,7 @@ def test_a_bad_delivery_is_returned_undecodable_between_good_ones(
         assert reason in bad.metadata[DECODE_ERROR]
         assert bytes_of(bad.content) == body
         assert bad.serializer_id is None
-        expected_count = 0 if case in ("receives header", "delivery count") else 1
+        expected_count = 0 if case == "delivery count" else 1
         assert bad.receive_count == expected_count
         good = sorted((m for m in got if m is not bad), key=lambda m: m.content)
         assert [(m.content, m.message_id, m.serializer_id) for m in good] == [
@@ -509,6 +508,38 @@ def test_a_bad_delivery_is_returned_undecodable_between_good_ones(
         time.sleep(1.5)  # past the visibility timeout: an unacknowledged one would be back
         assert backend.retrieve_messages(queue, wait_seconds=0.5) == []
         assert backend.queue_depth(dead_letter) == 0
+
+
+@pytest.mark.parametrize("forged", ["999", "many", "999 another-queue", b"7"])
+def test_a_receive_count_a_producer_set_is_not_trusted(
+    backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode, forged: str | bytes
+) -> None:
+    # Only melange writes x-melange-receives ("<receives> <queue>"), and only for that queue.
+    queue, _ = backend.declare_queue(unique_name("q"), max_receive_count=3)
+    headers = {"x-melange-receives": forged, "x-melange-decode-error": "forged"}
+    raw_publish(rabbitmq_node, "", queue.unwrap(), b"{}", message_id="m-1", headers=headers)
+    [message] = receive(backend, queue, 1)
+    assert message.receive_count == 1
+    assert DECODE_ERROR not in message.metadata
+    text = forged.decode() if isinstance(forged, bytes) else forged
+    assert message.metadata["x-foreign-receives"] == text
+    assert message.metadata["x-foreign-decode-error"] == "forged"
+    backend.acknowledge(message)
+
+
+def test_receives_melange_carried_over_are_trusted_for_their_queue(
+    backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode
+) -> None:
+    queue, _ = backend.declare_queue(unique_name("q"), max_receive_count=10)
+    headers = {"x-melange-receives": f"4 {queue.unwrap()}"}
+    raw_publish(rabbitmq_node, "", queue.unwrap(), b"{}", message_id="m-1", headers=headers)
+    [message] = receive(backend, queue, 1)
+    assert message.receive_count == 5
+    assert not any(key.startswith("x-foreign-") for key in message.metadata)
+    backend.release(message, 0.05)  # put back as a new message, its receives carried over
+    [again] = receive(backend, queue, 1)
+    assert again.receive_count == 6
+    backend.acknowledge(again)
 
 
 def test_a_bad_header_keeps_its_bytes_when_published_again(
@@ -552,8 +583,8 @@ def test_a_buffered_bad_message_goes_back_as_it_was_on_close(rabbitmq_node: Rabb
     with RabbitMQBackend(rabbitmq_node.url) as second:
         [again] = receive(second, queue, 1)
         assert (again.content, again.message_id) == ("buffered", "m-1")
-        assert again.metadata["x-melange-receives"] == "many"
-        assert "x-melange-receives is not an integer" in again.metadata[DECODE_ERROR]
+        assert again.metadata["x-foreign-receives"] == "many"  # the producer's, not trusted
+        assert DECODE_ERROR not in again.metadata  # its x-delivery-count: only the broker's now
         second.acknowledge(again)
 
 

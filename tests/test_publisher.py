@@ -15,8 +15,11 @@ from melange import (
     TopicPublisher,
     listener,
 )
+from melange._trace_headers import MAX_TRACE_LENGTH, is_trace_value
 from melange.backends.memory import InMemoryMessagingBackend
-from melange.exceptions import ConfigurationError, QueueNotFoundError
+from melange.context import handling
+from melange.exceptions import ConfigurationError, InvalidArgumentError, QueueNotFoundError
+from melange.models import DECODE_ERROR
 from melange.testing import receive
 from tests.events import InvoiceSent, OrderCreated, OrderPaid
 
@@ -80,6 +83,49 @@ def test_publishing_while_handling_copies_correlation_and_names_the_cause(
     assert effect.metadata["correlation_id"] == "saga-1"
     assert effect.metadata["causation_id"] == cause.message_id
     assert effect.message_id != cause.message_id
+
+
+HOSTILE_TRACE = {
+    "long correlation": {"correlation_id": "c" * 100_000},
+    "unprintable correlation": {"correlation_id": "a\x00b"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_TRACE))
+def test_inherited_trace_headers_are_bounded(backend: InMemoryMessagingBackend, case: str) -> None:
+    headers = HOSTILE_TRACE[case]
+    cause = Message(content="{}", message_id="m" * 5000, metadata=headers)
+    with handling(cause):
+        effect = MessagePublisher(backend).build_message({"a": 1})
+    for key in ("correlation_id", "causation_id"):
+        assert is_trace_value(effect.metadata[key])
+        assert len(effect.metadata[key]) <= MAX_TRACE_LENGTH
+    with handling(cause):  # the same stand-in every time: the messages stay linked
+        again = MessagePublisher(backend).build_message({"a": 2})
+    assert again.metadata["correlation_id"] == effect.metadata["correlation_id"]
+
+
+def test_a_bad_saga_id_is_not_inherited(backend: InMemoryMessagingBackend) -> None:
+    for saga_id, saga_type in (("s" * 300, "OrderSaga"), ("s-1", "T" * 300), ("s\n1", "OrderSaga")):
+        cause = Message(content="{}", metadata={"saga_id": saga_id, "saga_type": saga_type})
+        with handling(cause):
+            effect = MessagePublisher(backend).build_message({"a": 1})
+        assert "saga_id" not in effect.metadata
+        assert "saga_type" not in effect.metadata
+    cause = Message(content="{}", metadata={"saga_id": "s-1", "saga_type": "OrderSaga"})
+    with handling(cause):
+        effect = MessagePublisher(backend).build_message({"a": 1})
+    assert (effect.metadata["saga_id"], effect.metadata["saga_type"]) == ("s-1", "OrderSaga")
+
+
+def test_melanges_own_headers_cannot_be_published(backend: InMemoryMessagingBackend) -> None:
+    backend.declare_queue("q")
+    with pytest.raises(InvalidArgumentError, match="x-melange-decode-error"):
+        MessagePublisher(backend).publish({"a": 1}, queue="q", headers={DECODE_ERROR: "x"})
+    sent = MessagePublisher(backend).publish(
+        {"a": 1}, queue="q", headers={"x-melange-serializer": "1"}
+    )
+    assert sent.metadata["x-melange-serializer"] == "1"  # the one a producer may set
 
 
 def test_topic_and_queue_together_is_an_error(backend: InMemoryMessagingBackend) -> None:

@@ -232,15 +232,40 @@ def test_replies_find_their_instance_by_the_saga_id_they_inherit(world: World) -
     assert commands(world) == ["ReserveStock", "ChargePayment"]
 
 
-def test_a_message_with_this_sagas_id_never_starts_one_and_an_unknown_id_is_dead_lettered(
-    world: World,
-) -> None:
+def test_a_saga_id_that_names_no_instance_is_not_trusted(world: World) -> None:
+    # Any producer can set the header: the correlation key decides, and it is counted.
     world.publish(OrderPlaced(order_id="o-9"), saga_id="nope", saga_type="OrderSaga")
     world.run()
-    assert world.instance("o-9") is None
-    [dead] = world.dead_letters()
-    assert "saga_id 'nope' names no OrderSaga instance" in dead.metadata["error_message"]
-    assert dead.metadata["error_stage"] == "handle"
+    assert world.instance("o-9") is not None
+    assert world.instance("o-9").saga_id != "nope"
+    assert world.saga.stats["saga_id_mismatch"] == 1
+    assert world.dead_letters() == []
+
+
+def test_a_saga_id_of_another_instance_does_not_steer_an_event_with_a_key(world: World) -> None:
+    world.publish(OrderPlaced(order_id="o-1"))
+    world.publish(OrderPlaced(order_id="o-2"))
+    world.run()
+    first, second = world.instance("o-1"), world.instance("o-2")
+    forged = Message(
+        content='{"order_id": "o-2"}',
+        manifest="StockReserved",
+        serializer_id=world.publisher.serializers.by_name("pydantic").identifier(),
+        metadata={SAGA_ID: first.saga_id, SAGA_TYPE: "OrderSaga"},
+    )
+    world.backend.publish_to_queue(forged, world.backend.get_queue("orders"))
+    world.run()
+    assert world.instance("o-1").version == first.version  # not the instance the header named
+    assert world.instance("o-2").version == second.version + 1
+    assert world.saga.stats["saga_id_mismatch"] == 1
+
+
+@pytest.mark.parametrize("saga_id", ["x" * 257, "tab\tinside"], ids=["too long", "unprintable"])
+def test_a_saga_id_that_is_not_a_trace_value_is_ignored(world: World, saga_id: str) -> None:
+    world.publish(OrderPlaced(order_id="o-4"), saga_id=saga_id, saga_type="OrderSaga")
+    world.run()
+    assert world.instance("o-4") is not None
+    assert world.dead_letters() == []
 
 
 def test_another_sagas_id_does_not_stop_a_start(world: World) -> None:

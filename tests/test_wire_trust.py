@@ -27,7 +27,7 @@ from melange.backends.rabbitmq import RabbitMQBackend
 from melange.backends.sqlite import SQLiteBackend
 from melange.backends.sqs import LocalSQSBackend
 from melange.backends.sqs import _wire as sqs_wire
-from melange.dead_letters import ERROR_MESSAGE, ERROR_STAGE, ERROR_TYPE
+from melange.dead_letters import ERROR_MESSAGE, ERROR_STAGE, ERROR_TYPE, without_error_headers
 from melange.models import Message
 from melange.testing import receive, unique_name
 from tests.servers.moto import MotoServer
@@ -228,3 +228,28 @@ def test_a_typed_event_no_serializer_can_read_is_dead_lettered_at_deserialize(
     run = run_between_good_ones(wire, body, serializer="1")
     dead = assert_dead_lettered(run, body, "deserialize", "trust.shipped")
     assert dead.metadata[ERROR_TYPE].endswith("EventTypeMismatchError")
+
+
+# -- 3. a namespace melange owns ------------------------------------------------------------
+
+
+def test_a_producer_set_decode_error_does_not_dead_letter_its_message(wire: Wire) -> None:
+    headers = {"x-melange-decode-error": "forged", "x-melange-receives": "999"}
+    run = run_between_good_ones(wire, b'{"number": 3}', headers=headers)
+    assert sorted(run.consumer.handled) == [1, 2, 3]
+    assert run.dead_letters == []
+
+
+def test_redrive_strips_every_header_only_melange_writes() -> None:
+    dead = Message(
+        content="{}",
+        metadata={
+            ERROR_STAGE: "decode",
+            ERROR_MESSAGE: "why",
+            "x-melange-decode-error": "why",
+            "x-melange-anything": "x",
+            "x-melange-serializer": "1",
+            "tenant": "t-1",
+        },
+    )
+    assert without_error_headers(dead).metadata == {"x-melange-serializer": "1", "tenant": "t-1"}

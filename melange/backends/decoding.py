@@ -16,17 +16,33 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from melange._own_headers import (
+    FOREIGN_PREFIX,
+    OWN_PREFIX,
+    SERIALIZER_HEADER,
+    disowned,
+    foreign_name,
+    is_own_header,
+    warn_foreign_once,
+)
 from melange.exceptions import UndecodableMessageError
 from melange.models import DECODE_ERROR, Message, _unchecked, new_message_id
 
 __all__ = [
+    "FOREIGN_PREFIX",
+    "OWN_PREFIX",
+    "SERIALIZER_HEADER",
     "bytes_of",
     "decoded_or_undecodable",
+    "disowned",
+    "foreign_name",
     "header_text",
     "integer_of",
+    "is_own_header",
     "original_form",
     "text_of",
     "undecodable",
+    "warn_foreign_once",
 ]
 
 # ASCII digits only (``str.isdigit`` also takes "²"), and no more than a 64-bit integer has.

@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from melange._trace_headers import is_trace_value
 from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer, listener
 from melange.exceptions import (
@@ -288,15 +289,28 @@ class Saga(Consumer, Generic[State]):
         raise DeferMessage(f"{self.saga_type} kept changing under us", self.retry_later_seconds)
 
     def _locate(self, event: Any, message: Message, starter: bool) -> SagaRecord | None:
-        """Return the event's instance (a new one, version 0, for a starter), or settle it."""
-        if message.metadata.get(SAGA_TYPE) == self.saga_type and SAGA_ID in message.metadata:
-            saga_id = message.metadata[SAGA_ID]
-            record = self.store.load(self.saga_type, saga_id)
-            if record is None:
-                raise RejectMessage(f"saga_id {saga_id!r} names no {self.saga_type} instance")
-            return record
+        """Return the event's instance (a new one, version 0, for a starter), or settle it.
+
+        A ``saga_id`` header comes off the wire. It picks the instance it names
+        (a reply whose key is not the saga's) unless that instance does not
+        exist or the event's correlation key names another one: then the key does.
+        """
+        saga_id = message.metadata.get(SAGA_ID)
+        if message.metadata.get(SAGA_TYPE) != self.saga_type or not is_trace_value(saga_id):
+            saga_id = None
+        named = None if saga_id is None else self.store.load(self.saga_type, saga_id)
+        if saga_id is not None and not self._correlates(event):
+            if named is None:
+                self._not_found(event, message, saga_id)
+            return named
         key = self._key_of(event)
+        if named is not None and named.key == key:
+            return named
         record = self.store.find(self.saga_type, key)
+        if named is not None and (record is None or record.saga_id == named.saga_id):
+            return named
+        if saga_id is not None:
+            self._mismatched(event, message, saga_id, key)
         if record is not None:
             return record
         if starter:
@@ -304,6 +318,21 @@ class Saga(Consumer, Generic[State]):
             return SagaRecord(self.saga_type, uuid.uuid4().hex, key, "", created_at=now)
         self._not_found(event, message, key)
         return None
+
+    def _mismatched(self, event: Any, message: Message, saga_id: str, key: str) -> None:
+        self.stats["saga_id_mismatch"] += 1
+        _log.warning(
+            "%s %s names %s instance %r, which is not its instance: found by its key %r instead",
+            type(event).__name__,
+            message.message_id,
+            self.saga_type,
+            saga_id[:80],
+            key,
+        )
+
+    def _correlates(self, event: Any) -> bool:
+        """Whether this saga declares a correlation for the event's class."""
+        return any(k in self.correlation for k in type(event).__mro__)
 
     def _key_of(self, event: Any) -> str:
         rule = next(

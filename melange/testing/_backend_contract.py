@@ -11,7 +11,7 @@ import pytest
 
 from melange.backends.interfaces import MessagingBackend
 from melange.exceptions import ForeignMessageError, QueueNotFoundError, UnsupportedOperationError
-from melange.models import Message, QueueWrapper
+from melange.models import DECODE_ERROR, Message, QueueWrapper
 from melange.testing._waiting import receive, unique_name
 
 __all__ = ["BackendContract"]
@@ -137,6 +137,20 @@ class BackendContract:
         assert received.serializer_id == 3
         assert received.metadata["correlation_id"] == "c-1"
         assert received.metadata["custom"] == "välue"
+
+    def test_melanges_own_headers_set_by_a_producer_arrive_as_foreign(
+        self, backend: MessagingBackend
+    ) -> None:
+        # Only melange writes x-melange-*: a producer's value must not mark or steer the message.
+        queue, _ = self.declare(backend)
+        forged = {DECODE_ERROR: "forged", "x-melange-receives": "999", "custom": "v"}
+        backend.publish_to_queue(Message(content="{}", metadata=forged), queue)
+        [received] = receive(backend, queue, 1)
+        assert not any(key.startswith("x-melange-") for key in received.metadata)
+        assert received.metadata["x-foreign-decode-error"] == "forged"
+        assert received.metadata["x-foreign-receives"] == "999"
+        assert received.metadata["custom"] == "v"
+        assert received.receive_count == 1
 
     def test_message_without_manifest_survives(self, backend: MessagingBackend) -> None:
         queue, _ = self.declare(backend)

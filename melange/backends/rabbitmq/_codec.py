@@ -6,7 +6,9 @@ the metadata are the AMQP headers, the serializer id is the header
 On the way back, the broker's own headers (``x-death``…) are dropped and the
 receive count is rebuilt from the quorum queue's ``x-delivery-count`` plus
 the receives melange carried over in ``x-melange-receives`` when it put a
-message back as a new one (a delayed release).
+message back as a new one (a delayed release). That header is written as
+``"<receives> <queue>"`` and trusted only for the queue it names; other
+``x-melange-`` headers a producer set arrive as ``x-foreign-`` ones (``disowned``).
 
 Each delivery is decoded on its own: what cannot be read (a count that is not
 an integer, text that is not UTF-8) makes that message ``undecodable``, never
@@ -23,17 +25,21 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from melange.backends.decoding import (
+    SERIALIZER_HEADER,
     bytes_of,
     decoded_or_undecodable,
+    disowned,
+    foreign_name,
     header_text,
     integer_of,
     original_form,
     text_of,
     undecodable,
+    warn_foreign_once,
 )
 from melange.backends.rabbitmq._confirms import OnReturn, Outgoing
 from melange.exceptions import MissingExtraError, UndecodableMessageError
-from melange.models import DECODE_ERROR, Message, _unchecked
+from melange.models import Message, _unchecked
 
 try:
     import pika
@@ -48,6 +54,7 @@ __all__ = [
     "RECEIVES",
     "SERIALIZER",
     "Delivery",
+    "carried_receives",
     "foreign_id",
     "outgoing",
     "to_message",
@@ -58,7 +65,7 @@ __all__ = [
 DELIVERY_COUNT = "x-delivery-count"
 #: Set by melange when it puts a message back as a new one: receives before that.
 RECEIVES = "x-melange-receives"
-SERIALIZER = "x-melange-serializer"
+SERIALIZER = SERIALIZER_HEADER
 #: A buffered delivery: delivery tag, redelivered flag, exchange, routing key, properties, body.
 Delivery = tuple[int, bool, str, str, Any, bytes]
 
@@ -98,7 +105,7 @@ def outgoing(
     if message.serializer_id is not None:
         headers[SERIALIZER] = message.serializer_id
     if receives:
-        headers[RECEIVES] = receives
+        headers[RECEIVES] = carried_receives(receives, routing_key)
     message_id, manifest = message.message_id, message.manifest
     properties = pika.BasicProperties(
         delivery_mode=_PERSISTENT,
@@ -130,7 +137,7 @@ def _fallback(receipt: Receipt, delivery: Delivery) -> tuple[str, str | None, Re
 
 
 def _decoded(receipt: Receipt, delivery: Delivery) -> Message:
-    _, redelivered, _, _, properties, body = delivery
+    _, redelivered, _, routing_key, properties, body = delivery
     headers = properties.headers
     metadata: dict[str, str] = {}
     problems: list[str] = []
@@ -147,7 +154,7 @@ def _decoded(receipt: Receipt, delivery: Delivery) -> Message:
                     elif key == SERIALIZER:
                         serializer_id = integer_of(value, key)
                     elif key == RECEIVES:
-                        earlier = integer_of(value, key)
+                        earlier = _receives_carried(value, routing_key, metadata)
                 except UndecodableMessageError as e:
                     problems.append(str(e))
                     metadata[key] = header_text(value)
@@ -157,6 +164,7 @@ def _decoded(receipt: Receipt, delivery: Delivery) -> Message:
                 metadata[key] = value
             else:
                 _read_header(key, value, metadata, problems)
+    owned = disowned(metadata)
     content, why = text_of(body)
     if why is not None:
         problems.append(f"body is {why}")
@@ -174,12 +182,30 @@ def _decoded(receipt: Receipt, delivery: Delivery) -> Message:
         count = 1 if redelivered else 0
     receive_count = earlier + count + 1 if counted else 0  # 0: unknown
     if problems:
-        # A dead-letter copy read again keeps the reason it was first dead-lettered for.
-        reason = metadata.get(DECODE_ERROR) or "; ".join(problems)
-        return undecodable(content, message_id, metadata, reason, receive_count, receipt, manifest)
-    return _unchecked(
-        content, message_id, metadata, serializer_id, manifest, receive_count, receipt
-    )
+        reason = "; ".join(problems)
+        return undecodable(content, message_id, owned, reason, receive_count, receipt, manifest)
+    return _unchecked(content, message_id, owned, serializer_id, manifest, receive_count, receipt)
+
+
+def carried_receives(receives: int, queue: str) -> str:
+    """Return the ``x-melange-receives`` value of a message put back into ``queue``."""
+    return f"{receives} {queue}"
+
+
+def _receives_carried(value: Any, queue: Any, metadata: dict[str, str]) -> int:
+    """Return the receives melange carried over into ``queue``; a value it did not write counts 0.
+
+    A producer's value (another queue's, or not melange's form) is kept as
+    ``x-foreign-receives``: it must not dead-letter a message on its first receive.
+    """
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    if type(text) is str:
+        number, _, named = text.partition(" ")
+        if named == queue and number.isascii() and number.isdigit() and len(number) <= 9:
+            return int(number)
+    metadata[foreign_name(RECEIVES)] = header_text(value)
+    warn_foreign_once(RECEIVES)
+    return 0
 
 
 def foreign_id(delivery: Delivery) -> str:
@@ -207,8 +233,8 @@ def foreign_id(delivery: Delivery) -> str:
     return str(uuid.UUID(bytes=digest.digest()[:16], version=5))
 
 
-def uncounted(delivery: Delivery) -> Any:
-    """Return the properties for a delivery put back as a new message, its receives carried over.
+def uncounted(delivery: Delivery, queue: str) -> Any:
+    """Return the properties of a delivery put back into ``queue`` as new, receives carried over.
 
     A message without ``message_id`` keeps the id it was known by.
     """
@@ -218,12 +244,9 @@ def uncounted(delivery: Delivery) -> Any:
         count = integer_of(headers.pop(DELIVERY_COUNT, 0) or 0, DELIVERY_COUNT)
     except UndecodableMessageError:
         count = 0  # the publisher's, passed on until the broker counts a return
-    try:
-        receives = integer_of(headers.get(RECEIVES, 0) or 0, RECEIVES) + count
-    except UndecodableMessageError:
-        receives = 0  # left as it is, for the next receive to report
-    if receives:
-        headers[RECEIVES] = receives
+    earlier = _receives_carried(headers[RECEIVES], delivery[3], {}) if RECEIVES in headers else 0
+    if earlier + count:
+        headers[RECEIVES] = carried_receives(earlier + count, queue)
     copied = copy.copy(properties)
     copied.headers = headers or None
     if not copied.message_id:

@@ -381,7 +381,7 @@ class QueueSubscription:
                 finish()
                 return
             items: list[Outgoing] = [
-                ("", self.queue, d[5], uncounted(d), OnReturn.FAIL) for d in buffered
+                ("", self.queue, d[5], uncounted(d, self.queue), OnReturn.FAIL) for d in buffered
             ]
 
             def republished(batch: PublishBatch) -> None:

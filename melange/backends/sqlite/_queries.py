@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from melange.backends.decoding import (
     decoded_or_undecodable,
+    disowned,
     header_text,
     integer_of,
     original_form,
@@ -26,7 +27,7 @@ from melange.backends.decoding import (
     undecodable,
 )
 from melange.exceptions import PublishError, QueueNotFoundError, UndecodableMessageError
-from melange.models import DECODE_ERROR, Message, _unchecked
+from melange.models import Message, _unchecked
 
 __all__ = [
     "ACKNOWLEDGE_CLAIM",
@@ -43,8 +44,8 @@ __all__ = [
     "received",
 ]
 
-#: The header that keeps a row's metadata text when it is not a JSON object.
-UNREAD_METADATA = "x-melange-unread-metadata"
+#: The header that keeps a row's metadata text when it is not a JSON object (the producer's).
+UNREAD_METADATA = "x-foreign-metadata"
 
 _INSERT_BODY = "INSERT INTO melange_bodies VALUES (?, ?, ?, ?, ?, ?)"
 _DELETE_BODIES = "DELETE FROM melange_bodies WHERE id >= ? AND id < ?"
@@ -251,7 +252,7 @@ def received(queue: str, token: bytes, claimed: Claimed) -> list[Message]:
             _unchecked(
                 content,
                 message_id,
-                meta,
+                disowned(meta),
                 serializer_id,
                 manifest,
                 count,
@@ -321,7 +322,7 @@ def _decoded(row: tuple[Any, ...], receipt: Receipt) -> Message:
     if not message_id:
         problems.append("message_id is empty")
     manifest = None if raw_manifest is None else _text(raw_manifest, "manifest", problems)
-    headers = _headers(raw_metadata, problems)
+    headers = disowned(_headers(raw_metadata, problems))
     serializer_id = None
     if raw_serializer is not None:
         try:
@@ -330,9 +331,7 @@ def _decoded(row: tuple[Any, ...], receipt: Receipt) -> Message:
             problems.append(str(e))
     if not problems:
         return _unchecked(content, message_id, headers, serializer_id, manifest, count, receipt)
-    # A dead-letter copy read again keeps the reason it was first dead-lettered for.
-    reason = headers.get(DECODE_ERROR) or "; ".join(problems)
-    return undecodable(content, message_id, headers, reason, count, receipt, manifest)
+    return undecodable(content, message_id, headers, "; ".join(problems), count, receipt, manifest)
 
 
 def _text(value: Any, what: str, problems: list[str]) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from melange.backends.decoding import (
     decoded_or_undecodable,
+    disowned,
     header_text,
     integer_of,
     undecodable,
@@ -220,6 +221,7 @@ def _decoded(received: Mapping[str, Any], queue_url: str) -> Message:
                 headers[name] = value  # its original text goes to the dead-letter queue
         else:
             headers[name] = value
+    owned = disowned(headers)
     count = (received.get("Attributes") or {}).get("ApproximateReceiveCount", "1")
     try:
         receive_count = integer_of(count, "ApproximateReceiveCount")
@@ -231,5 +233,5 @@ def _decoded(received: Mapping[str, Any], queue_url: str) -> Message:
     receipt = (queue_url, header_text(received.get("ReceiptHandle", "")))
     if problems:
         reason = "; ".join(problems)
-        return undecodable(body, message_id, headers, reason, receive_count, receipt, manifest)
-    return _unchecked(body, message_id, headers, serializer_id, manifest, receive_count, receipt)
+        return undecodable(body, message_id, owned, reason, receive_count, receipt, manifest)
+    return _unchecked(body, message_id, owned, serializer_id, manifest, receive_count, receipt)
