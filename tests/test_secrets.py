@@ -181,6 +181,7 @@ def test_an_unencoded_delimiter_is_refused_with_the_fix_not_a_piece_of_it(
 # -- sqs:// credentials ------------------------------------------------------------------------
 
 
+@pytest.mark.sqs
 def test_sqs_credentials_in_the_url_are_used(moto: MotoServer) -> None:
     url = (
         f"sqs://AKIDEXAMPLE:wJal/rXUtn%2BFEMI{ESCAPED}@{moto.host}:{moto.port}?region={moto.region}"
@@ -189,9 +190,11 @@ def test_sqs_credentials_in_the_url_are_used(moto: MotoServer) -> None:
     with from_url(url) as backend:
         assert isinstance(backend, LocalSQSBackend)
         client = backend.sqs_client
-        client.meta.events.register(
-            "before-send", lambda request, **_: sent.append(request.headers["Authorization"].decode())
-        )
+
+        def signed(request: Any, **_: Any) -> None:
+            sent.append(request.headers["Authorization"].decode())
+
+        client.meta.events.register("before-send", signed)
         queue, _ = backend.declare_queue(unique_name("q"))
         assert queue.obj.startswith(moto.endpoint)
         secret = client._request_signer._credentials.get_frozen_credentials().secret_key
