@@ -9,7 +9,8 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
+
+from melange._secrets import masked
 
 __all__ = ["FORMATS", "JsonFormatter", "configure", "masked"]
 
@@ -48,13 +49,3 @@ def configure(level: str = "INFO", log_format: str = "text") -> logging.Handler:
     for name in _DRIVERS:
         logging.getLogger(name).setLevel(quiet)
     return handler
-
-
-def masked(url: str) -> str:
-    """Return ``url`` with its password, if any, replaced by ``***`` (even if malformed)."""
-    parts = urlsplit(url)
-    credentials, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from melange._secrets import masked
 from melange.exceptions import BackendError, ConfigurationError, StorageError
 
 __all__ = ["SYNCHRONOUS_MODES", "SQLiteFile", "Schema", "path_of_url", "translate_errors"]
@@ -56,10 +57,13 @@ def path_of_url(url: str) -> str:
     Raises:
         ConfigurationError: not a ``sqlite:`` URL, a host was given, or no path.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigurationError(f"expected sqlite:///path/to.db, got {masked(url)!r}") from None
     path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if parts.scheme.lower() != "sqlite" or parts.netloc or not path:
-        raise ConfigurationError(f"expected sqlite:///path/to.db, got {url!r}")
+        raise ConfigurationError(f"expected sqlite:///path/to.db, got {masked(url)!r}")
     return path
 
 

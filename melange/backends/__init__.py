@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from melange._secrets import url_error
 from melange.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -82,7 +83,10 @@ def from_url(url: str) -> MessagingBackend:
         ConfigurationError: the scheme is not known, or its entry point is broken.
         MissingExtraError: the backend's driver is not installed.
     """
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as e:
+        raise url_error(url, e) from None
     factory = _factory_for(scheme)
     if factory is None:
         known = ", ".join(f"{name}://" for name in registered_schemes())

@@ -8,7 +8,7 @@ import signal
 import threading
 from typing import Any
 
-from melange._logs import masked
+from melange._secrets import masked
 from melange.backends.interfaces import MessagingBackend
 from melange.cli._loading import load_consumers, load_middleware
 from melange.dispatcher import MessageDispatcher
@@ -159,13 +159,14 @@ def _run(args: argparse.Namespace, backend: MessagingBackend) -> int:
         f"asyncio, {args.concurrency} in flight" if use_async else f"{args.threads} thread(s)"
     )
     _log.info(
-        "worker on %s: queue %s, consumers %s, topics %s, %s, %d at a time",
+        "worker on %s: queue %s, consumers %s, topics %s, %s, %d at a time, idempotency %s",
         masked(args.url),
         args.queue,
         ", ".join(c.consumer_id for c in consumers),
         ", ".join(sorted({manifest_of(t) for t in dispatcher.event_types()})) or "-",
         concurrency,
         dispatcher.batch_size,
+        masked(args.idempotency) if args.idempotency else "-",
     )
 
     def stopping(signum: int, frame: object) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from melange._logs import masked
+from melange._secrets import check_credentials, url_error
 from melange._sqlite import path_of_url
 from melange.exceptions import ConfigurationError
 from melange.idempotency.base import Claim, IdempotencyStore
@@ -44,7 +44,11 @@ def store_from_url(url: str) -> IdempotencyStore:
         IdempotencyError: the store cannot be opened.
         MissingExtraError: the Redis driver is not installed.
     """
-    parts = urlsplit(url)
+    check_credentials(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise url_error(url, e) from None
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     options: dict[str, Any] = {}
     try:
@@ -52,23 +56,24 @@ def store_from_url(url: str) -> IdempotencyStore:
             if name in query:
                 options[name] = float(query.pop(name))
     except ValueError as e:
-        raise ConfigurationError(f"{masked(url)}: {e}") from None
+        raise url_error(url, e) from None
     scheme = parts.scheme.lower()
     if scheme == "memory":
         store: IdempotencyStore = InMemoryIdempotencyStore(**options)
     elif scheme == "sqlite":
         store = SQLiteIdempotencyStore(path_of_url(url), **options)
     elif scheme in ("redis", "rediss"):
-        from melange.idempotency.redis import RedisIdempotencyStore
+        from melange.idempotency.redis import RedisIdempotencyStore, client_from_url
 
         if "prefix" in query:
             options["prefix"] = query.pop("prefix")
-        store = RedisIdempotencyStore(parts._replace(query="").geturl(), **options)
+        client = client_from_url(parts._replace(query="").geturl(), written=url)
+        store = RedisIdempotencyStore(client, **options)
     else:
         raise ConfigurationError(
             f"unknown idempotency store URL scheme {scheme!r} (known: memory, sqlite, redis)"
         )
     if query:
         store.close()
-        raise ConfigurationError(f"{masked(url)}: unknown options {sorted(query)}")
+        raise url_error(url, f"unknown options {sorted(query)}")
     return store

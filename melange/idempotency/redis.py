@@ -6,6 +6,7 @@ import os
 import threading
 from typing import Any
 
+from melange._secrets import check_credentials, url_error
 from melange.exceptions import IdempotencyError, MissingExtraError
 from melange.idempotency._redis_scripts import IF_OURS_DELETE, IF_OURS_EXPIRE, IF_OURS_SET, ms
 from melange.idempotency.base import Claim, IdempotencyStore
@@ -15,7 +16,20 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("redis", "redis") from e
 
-__all__ = ["RedisIdempotencyStore"]
+__all__ = ["RedisIdempotencyStore", "client_from_url"]
+
+
+def client_from_url(url: str, written: str | None = None) -> redis.Redis:
+    """Return a client for ``url`` (no connection yet); errors show ``written`` (or ``url``) masked.
+
+    Raises:
+        ConfigurationError: redis-py cannot read the URL.
+    """
+    check_credentials(written or url)
+    try:
+        return redis.Redis.from_url(url)
+    except ValueError as e:
+        raise url_error(written or url, e) from None
 
 
 class RedisIdempotencyStore(IdempotencyStore):
@@ -37,7 +51,7 @@ class RedisIdempotencyStore(IdempotencyStore):
         prefix: str = "melange:claim:",
     ) -> None:
         super().__init__(ttl_seconds=ttl_seconds, lease_seconds=lease_seconds)
-        self._redis = redis.Redis.from_url(client) if isinstance(client, str) else client
+        self._redis = client_from_url(client) if isinstance(client, str) else client
         self._prefix = prefix
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()

@@ -8,11 +8,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
+from melange._secrets import check_credentials, scrubbed, url_error
 from melange.exceptions import MissingExtraError, SagaStoreError
 from melange.saga._sql import SQLSagaStore, Writer
 
 try:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
     from psycopg.pq import TransactionStatus
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("psycopg", "postgres") from e
@@ -74,11 +76,17 @@ class PostgresSagaStore(SQLSagaStore):
     its own; a connection the server dropped is reopened on the next call.
 
     Raises:
+        ConfigurationError: libpq cannot read the URL or conninfo string.
         SagaStoreError: the server cannot be reached, or its tables were made
             by a newer melange.
     """
 
     def __init__(self, conninfo: str) -> None:
+        check_credentials(conninfo)
+        try:
+            conninfo_to_dict(conninfo)
+        except psycopg.Error as e:  # libpq's message may quote a piece of the password
+            raise url_error(conninfo, e) from None
         super().__init__("%s", _INSERT_OUTGOING)
         self._conninfo = conninfo
         self._local = threading.local()
@@ -189,7 +197,7 @@ class PostgresSagaStore(SQLSagaStore):
             try:
                 connection = psycopg.connect(self._conninfo, autocommit=True)
             except psycopg.Error as e:
-                raise SagaStoreError(f"PostgreSQL: {e}") from e
+                raise SagaStoreError(f"PostgreSQL: {scrubbed(str(e), self._conninfo)}") from e
             with self._lock:
                 closed = self._closed
                 if not closed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
+from melange._secrets import url_error
 from melange._sqlite import path_of_url
 from melange.exceptions import ConfigurationError
 from melange.saga._memory import InMemorySagaStore
@@ -21,12 +22,14 @@ def saga_store_from_url(url: str) -> SagaStore:
     """Build a saga store: ``memory://``, ``sqlite:///path.db``, ``postgresql://…``.
 
     Raises:
-        ConfigurationError: the scheme is not known.
+        ConfigurationError: the scheme is not known, or the URL cannot be read.
         SagaStoreError: the store cannot be opened.
         MissingExtraError: psycopg is not installed (``postgresql://``).
     """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as e:
+        raise url_error(url, e) from None
     if scheme == "memory":
         return InMemorySagaStore()
     if scheme == "sqlite":

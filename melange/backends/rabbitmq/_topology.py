@@ -17,7 +17,7 @@ from bisect import bisect_left
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from melange._logs import masked
+from melange._secrets import check_credentials, masked, url_error
 from melange.backends.rabbitmq._connection import Step
 from melange.exceptions import ConfigurationError, MissingExtraError
 
@@ -131,7 +131,11 @@ def parse_url(url: str) -> tuple[list[Any], dict[str, Any]]:
     Raises:
         ConfigurationError: not an amqp(s) URL, or a bad option.
     """
-    parts = urlsplit(url)
+    check_credentials(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise url_error(url, e) from None
     if parts.scheme.lower() not in ("amqp", "amqps"):
         raise ConfigurationError(f"expected an amqp:// or amqps:// URL, got {masked(url)!r}")
     options: dict[str, Any] = {}
@@ -144,8 +148,8 @@ def parse_url(url: str) -> tuple[list[Any], dict[str, Any]]:
                 options[key] = int(value)
             else:
                 rest.append((key, value))
-        except ValueError as e:
-            raise ConfigurationError(f"bad value for {key!r} in the AMQP URL: {value!r}") from e
+        except ValueError:
+            raise url_error(url, f"bad value for {key!r}: {value!r}") from None
     credentials, at, hosts = parts.netloc.rpartition("@")
     nodes = []
     for host in hosts.split(","):
@@ -154,5 +158,5 @@ def parse_url(url: str) -> tuple[list[Any], dict[str, Any]]:
         try:
             nodes.append(pika.URLParameters(single))
         except ValueError as e:
-            raise ConfigurationError(f"bad AMQP URL {masked(url)!r}: {e}") from None
+            raise url_error(url, e) from None
     return nodes, options

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from melange._secrets import check_credentials, credentials_of, masked, without_credentials
 from melange.exceptions import (
     BackendError,
     BatchPublishError,
@@ -99,38 +100,44 @@ class AWSBackend(MessagingBackend):
     def from_url(cls, url: str) -> AWSBackend:
         """Build from ``sqs://`` (AWS, the usual boto3 credentials) or ``sqs://host:port``.
 
-        Query options: ``region``, ``profile``, ``secure=true`` (https) with a
-        host, and how long to wait: ``connect_timeout`` and ``read_timeout``
-        (seconds, botocore's default 60) and ``max_attempts`` per request.
+        ``sqs://KEY_ID:SECRET@…`` gives the access key (percent-decoded; a
+        ``/`` in the secret may stay as it is). Query options: ``region``,
+        ``profile``, ``secure=true`` (https) with a host, and how long to wait:
+        ``connect_timeout`` and ``read_timeout`` (seconds, botocore's default
+        60) and ``max_attempts`` per request.
 
         Raises:
             ConfigurationError: an unknown option or a malformed URL.
         """
-        parts = urlsplit(url)
+        shown = masked(url)
+        check_credentials(url, readable="/")  # AWS secrets hold '/': read here, not by a driver
+        try:
+            parts = urlsplit(without_credentials(url))
+            port = parts.port
+        except ValueError as e:  # the credentials are gone: ``e`` cannot quote the secret
+            raise ConfigurationError(f"{shown}: {e}") from None
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         unknown = sorted(set(query) - _URL_OPTIONS)
         if unknown:
-            raise ConfigurationError(f"unknown sqs:// options {unknown} in {url!r}")
-        options: dict[str, Any] = {}
+            raise ConfigurationError(f"unknown sqs:// options {unknown} in {shown!r}")
+        options: dict[str, Any] = _url_credentials(url)
         if "profile" in query:
+            if options:
+                raise ConfigurationError(f"give an access key or a profile, not both: {shown!r}")
             options["profile_name"] = query["profile"]
-        config = client_config(query, url)
+        config = client_config(query, shown)
         if config is not None:
             options["config"] = config
         secure = query.get("secure", "false").lower()
         if secure not in {"true", "false"}:
-            raise ConfigurationError(f"secure must be true or false in {url!r}")
-        try:
-            port = parts.port
-        except ValueError as e:
-            raise ConfigurationError(f"bad port in {url!r}") from e
+            raise ConfigurationError(f"secure must be true or false in {shown!r}")
         if parts.hostname:
             region = query.get("region", "us-east-1")
             return LocalSQSBackend(
                 parts.hostname, port or 9324, region=region, secure=secure == "true", **options
             )
         if issubclass(cls, LocalSQSBackend):
-            raise ConfigurationError(f"LocalSQSBackend needs sqs://host:port, not {url!r}")
+            raise ConfigurationError(f"LocalSQSBackend needs sqs://host:port, not {shown!r}")
         if "region" in query:
             options["region_name"] = query["region"]
         return cls(**options)
@@ -548,6 +555,23 @@ class LocalSQSBackend(AWSBackend):
             options.setdefault("aws_secret_access_key", "melange")
         scheme = "https" if secure else "http"
         super().__init__(endpoint_url=f"{scheme}://{host}:{port}", region_name=region, **options)
+
+
+def _url_credentials(url: str) -> dict[str, Any]:
+    """Return the session options for the ``KEY_ID:SECRET@`` of an ``sqs://`` URL, if any.
+
+    Raises:
+        ConfigurationError: a key id without a secret, or a secret without a key id.
+    """
+    credentials = credentials_of(url)
+    if credentials is None:
+        return {}
+    key_id, secret = credentials
+    if not key_id or not secret:
+        raise ConfigurationError(
+            f"{masked(url)}: sqs://KEY_ID:SECRET@… needs both the access key id and the secret"
+        )
+    return {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
 
 
 def _renamed(given: Mapping[str, Any], known: Mapping[str, str], what: str) -> dict[str, Any]:

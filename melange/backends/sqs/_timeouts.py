@@ -16,10 +16,11 @@ TIMEOUT_OPTIONS = frozenset({"connect_timeout", "read_timeout", "max_attempts"})
 _LONGEST_POLL = 20
 
 
-def client_config(query: Mapping[str, str], url: str) -> botocore.config.Config | None:
+def client_config(query: Mapping[str, str], shown_url: str) -> botocore.config.Config | None:
     """Return the clients' ``Config`` for the timeout options in ``query``, or ``None`` if none.
 
     Retries use botocore's ``standard`` mode; ``max_attempts`` counts the first one.
+    ``shown_url`` is the URL as errors show it (masked).
 
     Raises:
         ConfigurationError: a value that is not a number, or out of range.
@@ -32,15 +33,16 @@ def client_config(query: Mapping[str, str], url: str) -> botocore.config.Config 
         read = float(given.get("read_timeout", 60))
         attempts = int(given.get("max_attempts", 3))
     except ValueError as e:
-        raise ConfigurationError(f"bad timeout option in {url!r}: {e}") from None
+        raise ConfigurationError(f"bad timeout option in {shown_url!r}: {e}") from None
     if connect <= 0:
-        raise ConfigurationError(f"connect_timeout must be above 0 s in {url!r}")
+        raise ConfigurationError(f"connect_timeout must be above 0 s in {shown_url!r}")
     if read <= _LONGEST_POLL:
         raise ConfigurationError(
-            f"read_timeout must be above {_LONGEST_POLL} s (the longest receive poll) in {url!r}"
+            f"read_timeout must be above {_LONGEST_POLL} s (the longest receive poll)"
+            f" in {shown_url!r}"
         )
     if attempts < 1:
-        raise ConfigurationError(f"max_attempts must be at least 1 in {url!r}")
+        raise ConfigurationError(f"max_attempts must be at least 1 in {shown_url!r}")
     return botocore.config.Config(
         connect_timeout=connect,
         read_timeout=read,
