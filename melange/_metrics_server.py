@@ -2,6 +2,12 @@
 
 The worker's ``TelemetryMiddleware`` records through an OpenTelemetry SDK
 meter provider whose Prometheus reader this small HTTP server renders.
+
+The port is reachable by whoever can reach the host, so the server is
+bounded: each connection gets ``timeout`` seconds per read or write, at most
+``max_threads`` are served at once and a connection beyond them is closed at
+once. An idle flood costs a fixed number of threads and descriptors, never
+the worker.
 """
 
 from __future__ import annotations
@@ -26,13 +32,28 @@ __all__ = ["MetricsServer"]
 class MetricsServer:
     """Serves the worker's metrics and liveness on ``host:port`` from a daemon thread.
 
-    ``/healthz`` answers 200 while ``alive()`` is true, else 503.
+    ``/healthz`` answers 200 while ``alive()`` is true, else 503. A connection
+    that sends nothing for ``timeout`` seconds is closed; beyond
+    ``max_threads`` connections in service, new ones are closed unanswered;
+    ``backlog`` is the kernel's queue of connections not yet accepted.
     """
 
-    def __init__(self, host: str, port: int, alive: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        alive: Callable[[], bool],
+        *,
+        timeout: float = 5.0,
+        max_threads: int = 8,
+        backlog: int = 128,
+    ) -> None:
+        if timeout <= 0 or max_threads < 1 or backlog < 1:
+            raise ValueError("timeout must be above 0, max_threads and backlog at least 1")
         self.meter_provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
-        self._server = ThreadingHTTPServer((host, port), _handler(alive))
-        self._server.daemon_threads = True
+        self._server = _BoundedServer(
+            (host, port), _handler(alive, timeout), max_threads=max_threads, backlog=backlog
+        )
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="melange-metrics", daemon=True
@@ -46,8 +67,45 @@ class MetricsServer:
         self.meter_provider.shutdown()
 
 
-def _handler(alive: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading HTTP server with at most ``max_threads`` connections in service."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        max_threads: int,
+        backlog: int,
+    ) -> None:
+        self.request_queue_size = backlog
+        self._slots = threading.BoundedSemaphore(max_threads)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            # Waiting for a slot would stall the accept loop (and shutdown); closing costs nothing.
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def _handler(alive: Callable[[], bool], seconds: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = seconds  # StreamRequestHandler sets it on the socket: per read and write
+
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._reply(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))

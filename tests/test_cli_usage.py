@@ -210,20 +210,34 @@ def test_stats_prints_ready_in_flight_and_dead_lettered_counts(
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
-def test_a_worker_serves_prometheus_metrics_and_liveness(folder: Path) -> None:
+def _get(port: int, route: str) -> tuple[int, str]:
     import urllib.error
     import urllib.request
 
-    from melange.testing import wait_until
-    from tests.support import free_port
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
 
-    path = folder / "broker.db"
+
+def _publish_to_q(path: Path, count: int) -> None:
     with SQLiteBackend(path) as backend:
         backend.declare_queue("q", dead_letter_queue_name="q-dlq", visibility_timeout=1)
         publisher = MessagePublisher(backend)
-        for n in range(3):
+        for n in range(count):
             publisher.publish({"n": n, "fail": False}, queue="q")
-    port = free_port()
+
+
+def _limit_files_to_1024(pid: int) -> None:
+    import resource
+
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (1024, 1024))  # a service manager's usual limit
+
+
+def _metrics_worker(folder: Path, path: Path, port: int) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     worker = subprocess.Popen(
         [
@@ -245,39 +259,90 @@ def test_a_worker_serves_prometheus_metrics_and_liveness(folder: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    _limit_files_to_1024(worker.pid)
+    return worker
 
-    def get(route: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=5) as reply:
-                return reply.status, reply.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
+
+def _stopped(worker: subprocess.Popen[str]) -> str:
+    worker.send_signal(signal.SIGTERM)
+    out, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, out
+    return out
+
+
+def test_a_worker_serves_prometheus_metrics_and_liveness(folder: Path) -> None:
+    from melange.testing import wait_until
+    from tests.support import free_port
+
+    path = folder / "broker.db"
+    _publish_to_q(path, 3)
+    port = free_port()
+    worker = _metrics_worker(folder, path, port)
+
+    def consumed_line() -> str:
+        lines = _get(port, "/metrics")[1].splitlines()
+        return next((x for x in lines if x.startswith("messaging_client_consumed_messages")), "")
 
     try:
-        assert wait_until(lambda: get("/healthz") == (200, "ok\n"), timeout=60)
-        assert wait_until(
-            lambda: (
-                "messaging_client_consumed_messages" in get("/metrics")[1]
-                and " 3.0"
-                in next(
-                    (
-                        line
-                        for line in get("/metrics")[1].splitlines()
-                        if line.startswith("messaging_client_consumed_messages")
-                    ),
-                    "",
-                )
-            ),
-            timeout=30,
-        )
-        text = get("/metrics")[1]
+        assert wait_until(lambda: _get(port, "/healthz") == (200, "ok\n"), timeout=60)
+        assert wait_until(lambda: " 3.0" in consumed_line(), timeout=30)
+        text = _get(port, "/metrics")[1]
         assert 'messaging_destination_name="q"' in text
         assert "messaging_process_duration" in text
-        assert get("/nothing")[0] == 404
+        assert _get(port, "/nothing")[0] == 404
     finally:
-        worker.send_signal(signal.SIGTERM)
-        out, _ = worker.communicate(timeout=60)
-    assert worker.returncode == 0
+        out = _stopped(worker)
     assert "handled 3 message(s) from q: 3 succeeded" in out
+
+
+def _threads_and_files(pid: int) -> tuple[int, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    threads = int(next(x for x in status.splitlines() if x.startswith("Threads:")).split()[1])
+    return threads, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_connections_cannot_exhaust_the_worker(folder: Path) -> None:
+    """2,000 idle connections to a worker limited to 1,024 files: it consumes on, then answers."""
+    import resource
+    import socket
+
+    from melange.testing import wait_until
+    from tests.support import free_port
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2_200:
+        pytest.fail(f"this test holds 2,000 sockets; the file limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2_200), hard))
+    path = folder / "broker.db"
+    _publish_to_q(path, 3)
+    port = free_port()
+    worker = _metrics_worker(folder, path, port)
+    idle: list[socket.socket] = []
+    try:
+        assert wait_until(lambda: _get(port, "/healthz") == (200, "ok\n"), timeout=60)
+        before = _threads_and_files(worker.pid)
+        most = before
+        for _ in range(2_000):
+            sock = socket.socket()
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", port))
+            idle.append(sock)
+            if len(idle) % 100 == 0:
+                now = _threads_and_files(worker.pid)
+                most = (max(most[0], now[0]), max(most[1], now[1]))
+        assert worker.poll() is None
+        _publish_to_q(path, 3)  # handled while the connections are held
+        with SQLiteBackend(path) as backend:
+            queue = backend.get_queue("q")
+            assert wait_until(lambda: backend.queue_stats(queue).ready == 0, timeout=30)
+        print(f"threads, files: before {before}, most during 2,000 idle connections {most}")
+        assert most[0] <= before[0] + 8  # max_threads
+        assert most[1] <= before[1] + 8 + 4
+    finally:
+        for sock in idle:
+            sock.close()
+        try:
+            assert wait_until(lambda: _get(port, "/healthz") == (200, "ok\n"), timeout=30)
+        finally:
+            out = _stopped(worker)
+    assert "handled 6 message(s) from q: 6 succeeded" in out
