@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -41,6 +43,12 @@ ERROR_HEADERS = (ERROR_TYPE, ERROR_MESSAGE, ERROR_STAGE, ATTEMPTS, SOURCE_QUEUE,
 
 _MAX_ERROR_MESSAGE = 1024
 _SHORT_ERROR_MESSAGE = 64
+#: Room a dead-letter copy needs beyond the content: ids, manifest, the shortest reason.
+_COPY_HEADROOM = 1024
+#: Messages remembered as left to the broker's own redrive (oldest forgotten first).
+_REMEMBERED = 10_000
+
+_log = logging.getLogger("melange.dead_letters")
 
 
 class Stage(enum.Enum):
@@ -74,16 +82,19 @@ class DeadLetterer:
         self.dead_letter_queue_name = dead_letter_queue_name
         self._queue = dead_letter_queue
         self._lock = threading.Lock()
+        self._left_to_broker: OrderedDict[str, int] = OrderedDict()
 
     def send(
         self, message: Message, *, stage: Stage, reason: str, error_type: str, attempts: int
     ) -> bool:
         """Publish a copy with the original content and the error headers.
 
-        A copy too large for the broker is sent with shorter error headers.
-        Returns whether it was published: ``False`` (after a ``message_failed``
-        signal) when the dead-letter queue is missing or refuses it, in which
-        case the caller must not acknowledge the original.
+        A copy too large for the broker is sent with shorter error headers; one
+        that does not fit even with a single header is logged and remembered
+        as left to the broker (see ``returns_of``). Returns whether it was
+        published: ``False`` (after a ``message_failed`` signal) when the
+        dead-letter queue is missing or refuses it, in which case the caller
+        must not acknowledge the original.
         """
         error_headers = {
             ERROR_TYPE: error_type,
@@ -110,6 +121,10 @@ class DeadLetterer:
                     last_error: BackendError = e
             else:
                 raise last_error
+        except MessageTooLargeError as e:
+            self._leave_to_broker(message, e, error_headers[ERROR_MESSAGE])
+            signals.message_failed.send(self, message=message, consumer=None, error=e)
+            return False
         except BackendError as e:
             signals.message_failed.send(self, message=message, consumer=None, error=e)
             return False
@@ -118,6 +133,44 @@ class DeadLetterer:
                 self, message=copy, queue=self.source_queue, reason=error_headers[ERROR_MESSAGE]
             )
         return True
+
+    @property
+    def leaves_any_to_broker(self) -> bool:
+        """Whether any message is remembered as left to the broker's redrive."""
+        return bool(self._left_to_broker)
+
+    def returns_of(self, message: Message) -> int | None:
+        """Count one more return of a message left to the broker; ``None`` if it is not one.
+
+        A message whose dead-letter copy cannot fit stays on its queue, and
+        the broker's redrive policy moves it whole once its receives pass the
+        queue's maximum. Until then each return is to be handed back at once,
+        unhandled, so its handler does not run again.
+        """
+        if not self._left_to_broker:  # the common case, without the lock
+            return None
+        with self._lock:
+            returns = self._left_to_broker.get(message.message_id)
+            if returns is None:
+                return None
+            self._left_to_broker[message.message_id] = returns + 1
+            return returns + 1
+
+    def _leave_to_broker(self, message: Message, error: MessageTooLargeError, reason: str) -> None:
+        _log.error(
+            "dead letter of %s (%s) from %s does not fit on the broker even with one header"
+            " (%s): left for the broker to move whole to %s; the reason: %s",
+            message.message_id,
+            message.manifest,
+            self.source_queue,
+            error,
+            self.dead_letter_queue_name,
+            reason,
+        )
+        with self._lock:
+            self._left_to_broker[message.message_id] = 0
+            while len(self._left_to_broker) > _REMEMBERED:
+                self._left_to_broker.popitem(last=False)
 
     def _dead_letter_queue(self) -> QueueWrapper:
         if self._queue is None:
@@ -143,10 +196,28 @@ def _shorter_and_shorter(
     yield {ERROR_STAGE: essential[ERROR_STAGE]}
 
 
-def dead_letter_reason(message: Message) -> str:
-    """Return why a message is in a dead-letter queue, as its headers (or their absence) say."""
-    if ERROR_TYPE in message.metadata:
-        return message.metadata.get(ERROR_MESSAGE, "")
+def dead_letter_reason(message: Message, *, max_message_size: int | None = None) -> str:
+    """Return why a message is in a dead-letter queue, as its headers (or their absence) say.
+
+    ``max_message_size`` is the broker's limit (``backend.max_message_size``):
+    a message without error headers that is too close to it for melange to
+    have added them is said to be one melange left to the broker.
+    """
+    headers = message.metadata
+    if ERROR_MESSAGE in headers:
+        return headers[ERROR_MESSAGE]
+    if ERROR_STAGE in headers:
+        return (
+            f"failed at stage {headers[ERROR_STAGE]}; the reason did not fit the broker's"
+            f" size limit: the worker logged it with the message id {message.message_id}"
+        )
+    size = len(message.content.encode())
+    if max_message_size is not None and size > max_message_size - _COPY_HEADROOM:
+        return (
+            f"moved by the broker after its max_receive_count receives: at {size} bytes it is"
+            f" too close to the broker's size limit ({max_message_size}) for a copy with"
+            f" reasons; the worker logged why with the message id {message.message_id}"
+        )
     return (
         "moved by the broker on its own after its max_receive_count receives"
         " (no melange worker dead-lettered it: e.g. a worker crashed on it)"

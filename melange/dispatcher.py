@@ -426,6 +426,8 @@ class MessageDispatcher:
         self, message: Message, state: _QueueState, held: HeldMessages, consuming: Consuming
     ) -> OutcomeKind:
         """Decide one held message and settle it; thread-safe (several may run at once)."""
+        if self._handed_back(message, state, held):
+            return OutcomeKind.RELEASE
         acked_on_receipt = self.ack_policy is AckPolicy.BEFORE_HANDLE
         handling = Handling(message, consuming)
         held.start(handling)
@@ -473,7 +475,8 @@ class MessageDispatcher:
             if not sent and not acked_on_receipt:
                 # Nowhere to put it: keep it on the queue rather than lose it.
                 held.drop(message)
-                self._release(message, self.retry.max_backoff_seconds)
+                left = state.dead_letters.returns_of(message) is not None
+                self._release(message, 0.0 if left else self.retry.max_backoff_seconds)
                 return
         if acked_on_receipt:
             return
@@ -493,6 +496,28 @@ class MessageDispatcher:
             self._release(message, outcome.delay)
         else:
             held.drop(message)
+
+    def _handed_back(self, message: Message, state: _QueueState, held: HeldMessages) -> bool:
+        """Release, unhandled, a message left to the broker's redrive; return whether it was one."""
+        returns = state.dead_letters.returns_of(message)
+        if returns is None:
+            return False
+        held.drop(message)
+        # At once while the broker can still move it; slowly if its queue has no redrive policy.
+        within_redrive = returns <= 2 * self.backend.default_max_receive_count
+        if returns == 2 * self.backend.default_max_receive_count + 1:
+            _log.error(
+                "%s came back to %s %d times without the broker moving it to %s:"
+                " has the queue a redrive policy? releasing it every %.0f s",
+                message.message_id,
+                state.name,
+                returns,
+                state.dead_letters.dead_letter_queue_name,
+                self.retry.max_backoff_seconds,
+            )
+        self._release(message, 0.0 if within_redrive else self.retry.max_backoff_seconds)
+        self.outcomes.add(OutcomeKind.RELEASE)
+        return True
 
     def _release(self, message: Message, delay: float) -> None:
         try:

@@ -8,6 +8,7 @@ the promise, handled).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -22,13 +23,21 @@ import pytest
 from pydantic import BaseModel
 
 from melange import Consumer, MessageDispatcher, MessagePublisher, listener
+from melange.aio import AsyncMessageDispatcher, BridgedBackend
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.rabbitmq import RabbitMQBackend
 from melange.backends.sqlite import SQLiteBackend
 from melange.backends.sqs import LocalSQSBackend
 from melange.backends.sqs import _wire as sqs_wire
-from melange.dead_letters import ERROR_MESSAGE, ERROR_STAGE, ERROR_TYPE, without_error_headers
-from melange.models import Message
+from melange.dead_letters import (
+    ERROR_MESSAGE,
+    ERROR_STAGE,
+    ERROR_TYPE,
+    dead_letter_reason,
+    without_error_headers,
+)
+from melange.models import Message, QueueWrapper
+from melange.policies import RetryPolicy
 from melange.testing import receive, unique_name
 from tests.servers.moto import MotoServer
 from tests.servers.rabbitmq import RabbitMQNode
@@ -253,3 +262,128 @@ def test_redrive_strips_every_header_only_melange_writes() -> None:
         },
     )
     assert without_error_headers(dead).metadata == {"x-melange-serializer": "1", "tenant": "t-1"}
+
+
+# -- 6. SQS near-limit dead letters ---------------------------------------------------------
+
+
+class Refusing(Consumer):
+    """Fails on every event with a long reason, once per delivery."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    @listener
+    def on_shipped(self, event: Shipped) -> None:
+        self.calls += 1
+        raise RuntimeError("refused: " + "r" * 1000)
+
+
+def _padded_shipped(size: int, attributes: dict[str, dict[str, str]]) -> str:
+    """Return a ``Shipped`` body that, with ``attributes``, is exactly ``size`` bytes on SQS."""
+    empty = json.dumps({"number": 3, "pad": ""})
+    pad = size - sqs_wire.size_of(empty, attributes)
+    body = json.dumps({"number": 3, "pad": "p" * pad})
+    assert sqs_wire.size_of(body, attributes) == size
+    return body
+
+
+def _send_sized(backend: LocalSQSBackend, queue: str, size: int) -> str:
+    """Write with boto3 a ``Shipped`` of ``size`` bytes, attributes included; return its body."""
+    attributes = {
+        sqs_wire.MESSAGE_ID: {"DataType": "String", "StringValue": unique_name("big")},
+        sqs_wire.MANIFEST: {"DataType": "String", "StringValue": "trust.shipped"},
+    }
+    body = _padded_shipped(size, attributes)
+    url = backend.sqs_client.get_queue_url(QueueName=queue)["QueueUrl"]
+    backend.sqs_client.send_message(QueueUrl=url, MessageBody=body, MessageAttributes=attributes)
+    return body
+
+
+def _consume_until_dead_lettered(
+    dispatcher: MessageDispatcher, queue: str, dead_letter: QueueWrapper
+) -> list[Message]:
+    """Run the loop (which must not raise) until the dead-letter queue holds a message."""
+    backend = dispatcher.backend
+    dead: list[Message] = []
+    deadline = time.monotonic() + 30
+    while not dead and time.monotonic() < deadline:
+        dispatcher.consume_loop(queue, idle_timeout=0.5)
+        dead = backend.retrieve_messages(dead_letter, max_messages=10)
+    return dead
+
+
+def test_a_near_limit_dead_letter_keeps_its_body_and_a_shortened_reason(
+    moto: MotoServer,
+) -> None:
+    with LocalSQSBackend(moto.host, moto.port, region=moto.region) as backend:
+        consumer = Refusing()
+        dispatcher = MessageDispatcher(backend, consumers=[consumer], retry=RetryPolicy.none())
+        name = unique_name("near")
+        _, dead_letter = dispatcher.declare(name, visibility_timeout=2)
+        assert dead_letter is not None
+        body = _send_sized(
+            backend, name, 262_144 - 600
+        )  # the full reason does not fit, 64 chars do
+        dead = _consume_until_dead_lettered(dispatcher, name, dead_letter)
+
+    [copy] = dead
+    assert copy.content == body
+    assert consumer.calls == 1
+    assert copy.metadata[ERROR_STAGE] == "handle"
+    assert copy.metadata[ERROR_MESSAGE].startswith("refused: rrr")
+    assert len(copy.metadata[ERROR_MESSAGE]) <= 64
+
+
+def test_a_dead_letter_that_cannot_fit_is_moved_whole_by_the_broker_after_one_handling(
+    moto: MotoServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with LocalSQSBackend(moto.host, moto.port, region=moto.region) as backend:
+        consumer = Refusing()
+        dispatcher = MessageDispatcher(backend, consumers=[consumer], retry=RetryPolicy.none())
+        name = unique_name("full")
+        _, dead_letter = dispatcher.declare(name, visibility_timeout=60)
+        assert dead_letter is not None
+        body = _send_sized(backend, name, 262_144)  # SQS's limit: no room for a single header
+        with caplog.at_level("ERROR", logger="melange"):
+            # Each receive hidden for 60 s: only releasing at once lets 5 receives fit in 30 s.
+            dead = _consume_until_dead_lettered(dispatcher, name, dead_letter)
+
+    [moved] = dead
+    assert moved.content == body  # the original, whole, as the broker moved it
+    assert consumer.calls == 1  # later receives were handed back unhandled
+    assert ERROR_STAGE not in moved.metadata
+    reason = dead_letter_reason(moved, max_message_size=backend.max_message_size)
+    assert "size limit" in reason
+    assert moved.message_id in reason
+    [logged] = [r for r in caplog.records if "does not fit" in r.getMessage()]
+    assert moved.message_id in logged.getMessage()
+    assert "refused: rrr" in logged.getMessage()
+
+
+def test_asyncio_workers_hand_back_a_dead_letter_that_cannot_fit_unhandled(
+    moto: MotoServer,
+) -> None:
+    with LocalSQSBackend(moto.host, moto.port, region=moto.region) as sync_backend:
+        backend = BridgedBackend(sync_backend)
+        consumer = Refusing()
+        dispatcher = AsyncMessageDispatcher(backend, [consumer], retry=RetryPolicy.none())
+
+        async def consume() -> list[Message]:
+            name = unique_name("afull")
+            _, dead_letter = await dispatcher.declare(name, visibility_timeout=60)
+            assert dead_letter is not None
+            _send_sized(sync_backend, name, 262_144)
+            dead: list[Message] = []
+            deadline = time.monotonic() + 30
+            while not dead and time.monotonic() < deadline:
+                await dispatcher.consume_loop(name, idle_timeout=0.5)
+                dead = await backend.retrieve_messages(dead_letter, max_messages=10)
+            await backend.close_connection()
+            return dead
+
+        [moved] = asyncio.run(consume())
+
+    assert consumer.calls == 1
+    assert len(moved.content.encode()) > 262_000

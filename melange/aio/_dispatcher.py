@@ -299,6 +299,10 @@ class _Run:
         self, message: Message, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
     ) -> None:
         held, sync = self.held, self.sync
+        if self.state.dead_letters.leaves_any_to_broker and await in_thread(
+            pool, sync._handed_back, message, self.state, held
+        ):
+            return
         handling = Handling(message, self.consuming)
         held.handling(handling)
         try:

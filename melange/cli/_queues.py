@@ -100,7 +100,7 @@ def _stats(args: argparse.Namespace, backend: MessagingBackend) -> int:
 def _peek(args: argparse.Namespace, backend: MessagingBackend) -> int:
     messages = peek(backend, args.queue, dead_letter_queue=args.dead_letter_queue, limit=args.limit)
     for message in messages:
-        print(json.dumps(_described(message), ensure_ascii=False))
+        print(json.dumps(_described(message, backend.max_message_size), ensure_ascii=False))
     return 0
 
 
@@ -111,12 +111,12 @@ def _redrive(args: argparse.Namespace, backend: MessagingBackend) -> int:
     return 0
 
 
-def _described(message: Message) -> dict[str, Any]:
+def _described(message: Message, max_message_size: int | None) -> dict[str, Any]:
     return {
         "message_id": message.message_id,
         "manifest": message.manifest,
         "serializer_id": message.serializer_id,
-        "reason": dead_letter_reason(message),
+        "reason": dead_letter_reason(message, max_message_size=max_message_size),
         "metadata": dict(message.metadata),
         "content": message.content,
     }
