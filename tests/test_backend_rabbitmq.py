@@ -655,6 +655,42 @@ def test_a_foreign_message_without_id_keeps_one_id_across_redeliveries(
         other.acknowledge(again)
 
 
+def test_a_foreign_message_keeps_its_id_when_the_broker_dead_letters_it(
+    rabbitmq_node: RabbitMQNode,
+) -> None:
+    with RabbitMQBackend(rabbitmq_node.url) as backend:
+        topic = backend.declare_topic(unique_name("t"))
+        queue, dead_letter = backend.declare_queue(
+            unique_name("q"),
+            topic,
+            dead_letter_queue_name=unique_name("dlq"),
+            max_receive_count=3,
+            visibility_timeout=30,
+        )
+        assert dead_letter is not None
+        raw_publish(
+            rabbitmq_node,
+            topic.unwrap(),
+            "",
+            b"kept",
+            headers={"tenant": "a", "x-melange-origin": "forged"},
+            expiration="600000",
+        )
+        seen = []
+        for _ in range(3):
+            [message] = receive(backend, queue, 1)
+            seen.append((message.message_id, message.receive_count))
+            backend.release(message)  # requeued at once, counted by the quorum queue
+        [moved] = receive(backend, dead_letter, 1)  # the broker's delivery limit moved it
+        backend.acknowledge(moved)
+    ids = {message_id for message_id, _ in seen}
+    assert [count for _, count in seen] == [1, 2, 3]
+    assert len(ids) == 1
+    assert moved.message_id in ids
+    assert moved.content == "kept"
+    assert moved.metadata["tenant"] == "a"
+
+
 def test_byte_identical_foreign_messages_share_an_id(
     backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode
 ) -> None:

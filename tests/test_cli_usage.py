@@ -336,7 +336,8 @@ def test_idle_connections_cannot_exhaust_the_worker(folder: Path) -> None:
             queue = backend.get_queue("q")
             assert wait_until(lambda: backend.queue_stats(queue).ready == 0, timeout=30)
         print(f"threads, files: before {before}, most during 2,000 idle connections {most}")
-        assert most[0] <= before[0] + 8  # max_threads
+        # max_threads, and the keeper thread that runs while the worker holds messages
+        assert most[0] <= before[0] + 8 + 1
         assert most[1] <= before[1] + 8 + 4
     finally:
         for sock in idle:

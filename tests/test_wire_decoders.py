@@ -33,7 +33,10 @@ examples = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-texts = st.text(max_size=40) | st.sampled_from(["²", "--5", "+7", " 12 ", "9" * 5000, "[" * 2000])
+texts = st.text(max_size=40) | st.sampled_from(
+    # The last three: the fields of an x-death entry the RabbitMQ decoder reads.
+    ["²", "--5", "+7", " 12 ", "9" * 5000, "[" * 2000, "queue", "exchange", "routing-keys"]
+)
 raw = st.binary(max_size=40) | st.sampled_from([b"\xff\xfe", b"\xed\xa0\x80"])
 numbers = (
     st.integers()
@@ -57,7 +60,11 @@ values = st.recursive(
 )
 # The keys melange reads itself, so that hostile values reach the code that parses them.
 keys = (
-    texts | raw | st.sampled_from([SERIALIZER, "x-melange-receives", "x-delivery-count", "x-death"])
+    texts
+    | raw
+    | st.sampled_from(
+        [SERIALIZER, "x-melange-receives", "x-delivery-count", "x-death", "x-first-death-queue"]
+    )
 )
 
 

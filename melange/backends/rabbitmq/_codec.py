@@ -83,7 +83,9 @@ _NOT_METADATA = frozenset(
         "x-last-death-reason",
     }
 )
-_COUNTS = (DELIVERY_COUNT, RECEIVES)
+#: Headers the broker adds or changes on redelivery and dead-lettering.
+_BROKER_SET = frozenset(_NOT_METADATA - {SERIALIZER, RECEIVES})
+_OWN_PREFIX = "x-melange-"
 _PERSISTENT = 2
 # The namespace of foreign_id's version 5 UUIDs; changing it changes every derived id.
 _FOREIGN = uuid.UUID("5f0c1c7e-9a8b-4d2e-8f47-6d656c616e67")
@@ -211,17 +213,21 @@ def _receives_carried(value: Any, queue: Any, metadata: dict[str, str]) -> int:
 def foreign_id(delivery: Delivery) -> str:
     """Return the id of a message published without ``message_id``: the same on every delivery.
 
-    A version 5 UUID of the exchange and routing key it was published with,
-    its properties and headers (except the counts the broker and melange
-    change on redelivery) and its body.
+    A version 5 UUID of the exchange and routing key it was first published
+    with, its properties and headers and its body, leaving out what the
+    broker changes on redelivery and dead-lettering (``x-delivery-count``,
+    ``x-death``, ``x-first-death-*``, ``x-last-death-*``, ``expiration``) and
+    every ``x-melange-`` header: the same id in the queue and its DLQ.
     """
     _, _, exchange, routing_key, properties, body = delivery
     stable = copy.copy(properties)
+    stable.expiration = None  # dead-lettering on a message's TTL removes it
     headers = properties.headers
     if headers:
+        exchange, routing_key = _first_published(headers, exchange, routing_key)
         # Sorted, so that the id does not depend on where the broker adds its headers.
         stable.headers = {
-            key: headers[key] for key in sorted(headers, key=_raw) if key not in _COUNTS
+            key: headers[key] for key in sorted(headers, key=_raw) if _stable_header(key)
         }
     digest = hashlib.sha1(_FOREIGN.bytes, usedforsecurity=False)
     for part in (_raw(exchange), _raw(routing_key)):
@@ -231,6 +237,30 @@ def foreign_id(delivery: Delivery) -> str:
     digest.update(b"".join(stable.encode()))
     digest.update(body)
     return str(uuid.UUID(bytes=digest.digest()[:16], version=5))
+
+
+def _stable_header(key: str | bytes) -> bool:
+    name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    return name not in _BROKER_SET and not name.startswith(_OWN_PREFIX)
+
+
+def _first_published(headers: dict[Any, Any], exchange: Any, routing_key: Any) -> tuple[Any, Any]:
+    """Return the exchange and routing key a dead-lettered message was first published with.
+
+    That is the ``x-death`` entry of the queue ``x-first-death-queue`` names;
+    anything missing or not of the broker's form leaves the delivery's own.
+    """
+    deaths, first_queue = headers.get("x-death"), headers.get("x-first-death-queue")
+    if not isinstance(deaths, list) or first_queue is None:
+        return exchange, routing_key
+    for death in deaths:
+        if isinstance(death, dict) and death.get("queue") == first_queue:
+            keys = death.get("routing-keys")
+            first_key = keys[0] if isinstance(keys, list) and keys else None
+            first_exchange = death.get("exchange")
+            if isinstance(first_exchange, str | bytes) and isinstance(first_key, str | bytes):
+                return first_exchange, first_key
+    return exchange, routing_key
 
 
 def uncounted(delivery: Delivery, queue: str) -> Any:
