@@ -46,7 +46,7 @@ def foreign_name(key: str) -> str:
     return FOREIGN_PREFIX + key.removeprefix(OWN_PREFIX)
 
 
-def disowned(metadata: Mapping[str, str]) -> Mapping[str, str]:
+def disowned(metadata: Mapping[str, str | bytes]) -> Mapping[str, str | bytes]:
     """Return received headers, those a producer set under ``x-melange-`` moved to ``x-foreign-``.
 
     Melange never sends its own headers in a message's metadata, so one that
@@ -58,8 +58,8 @@ def disowned(metadata: Mapping[str, str]) -> Mapping[str, str]:
             break
     else:
         return metadata
-    kept: dict[str, str] = {}
-    moved: dict[str, str] = {}
+    kept: dict[str, str | bytes] = {}
+    moved: dict[str, str | bytes] = {}
     for key, value in metadata.items():
         if is_own_header(key):
             moved[foreign_name(key)] = value

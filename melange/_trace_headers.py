@@ -32,25 +32,31 @@ def is_trace_value(value: object) -> bool:
 def inherited_trace(cause: Message) -> dict[str, str]:
     """Return the trace headers of a message published while ``cause`` is handled."""
     metadata = cause.metadata
-    correlation = metadata.get(CORRELATION_ID) or cause.message_id
+    correlation = metadata.get(CORRELATION_ID) or cause.message_id  # bytes: digested
     trace = {
         CORRELATION_ID: _bounded(CORRELATION_ID, correlation),
         CAUSATION_ID: _bounded(CAUSATION_ID, cause.message_id),
     }
     saga_id, saga_type = metadata.get(SAGA_ID), metadata.get(SAGA_TYPE, "")
     if saga_id is not None:
-        if is_trace_value(saga_id) and (saga_type == "" or is_trace_value(saga_type)):
+        if (
+            type(saga_id) is str
+            and type(saga_type) is str
+            and is_trace_value(saga_id)
+            and (saga_type == "" or is_trace_value(saga_type))
+        ):
             trace[SAGA_ID], trace[SAGA_TYPE] = saga_id, saga_type
         else:
             _warn_once(SAGA_ID, "saga_id and saga_type are not passed on")
     return trace
 
 
-def _bounded(name: str, value: str) -> str:
-    if is_trace_value(value):
+def _bounded(name: str, value: str | bytes) -> str:
+    if type(value) is str and is_trace_value(value):
         return value
     _warn_once(name, "it is passed on as a digest of it")
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(raw).hexdigest()[:40]
     return f"sha256:{digest}"
 
 

@@ -6,7 +6,7 @@ import enum
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 
 from melange import signals
@@ -182,15 +182,15 @@ class DeadLetterer:
 
 def _shorter_and_shorter(
     message: Message, error_headers: dict[str, str]
-) -> Iterator[dict[str, str]]:
+) -> Iterator[Mapping[str, str | bytes]]:
     """Yield the copy's headers, each try smaller: the original's plus the reason, then less."""
     # melange's own headers describe this receive, not the copy (the reason does now).
     original = {k: v for k, v in message.metadata.items() if not is_own_header(k)}
-    yield original | error_headers
+    yield {**original, **error_headers}
     short = error_headers | {ERROR_MESSAGE: error_headers[ERROR_MESSAGE][:_SHORT_ERROR_MESSAGE]}
-    yield original | short
+    yield {**original, **short}
     essential = {k: short[k] for k in (ERROR_TYPE, ERROR_STAGE, SOURCE_QUEUE, ERROR_MESSAGE)}
-    yield original | essential
+    yield {**original, **essential}
     # The content must survive whole; the original headers go before the reason does.
     yield essential
     yield {ERROR_STAGE: essential[ERROR_STAGE]}
@@ -203,12 +203,12 @@ def dead_letter_reason(message: Message, *, max_message_size: int | None = None)
     a message without error headers that is too close to it for melange to
     have added them is said to be one melange left to the broker.
     """
-    headers = message.metadata
-    if ERROR_MESSAGE in headers:
-        return headers[ERROR_MESSAGE]
-    if ERROR_STAGE in headers:
+    reason, stage = message.text_header(ERROR_MESSAGE), message.text_header(ERROR_STAGE)
+    if reason is not None:
+        return reason
+    if stage is not None:
         return (
-            f"failed at stage {headers[ERROR_STAGE]}; the reason did not fit the broker's"
+            f"failed at stage {stage}; the reason did not fit the broker's"
             f" size limit: the worker logged it with the message id {message.message_id}"
         )
     size = len(message.content.encode())

@@ -242,7 +242,7 @@ class Publishing:
     """
 
     event: Any
-    headers: dict[str, str]
+    headers: dict[str, str | bytes]
     destination: Destination | None
     delay: float = 0.0
     publisher: Any = None

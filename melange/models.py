@@ -70,7 +70,9 @@ def new_message_id() -> str:
 class Message:
     """One message as a broker carries it.
 
-    ``metadata`` holds the headers (string keys and values). ``receive_count``
+    ``metadata`` holds the headers: string keys, string values, except the
+    binary values another producer set (an AMQP byte array, an SQS Binary
+    attribute), which stay ``bytes``. ``receive_count``
     is how many times the broker has handed this message out, this time
     included; 0 on a message that was never received. ``receipt`` is the
     backend's own handle for acknowledging it and takes no part in equality.
@@ -78,7 +80,7 @@ class Message:
 
     content: str
     message_id: str = field(default_factory=new_message_id)
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str | bytes] = field(default_factory=dict)
     serializer_id: int | None = None
     manifest: str | None = None
     receive_count: int = 0
@@ -110,9 +112,14 @@ class Message:
             receipt,
         )
 
-    def header(self, name: str, default: str | None = None) -> str | None:
-        """Return one header, or ``default``."""
+    def header(self, name: str, default: str | None = None) -> str | bytes | None:
+        """Return one header, or ``default``; a binary one from another producer is ``bytes``."""
         return self.metadata.get(name, default)
+
+    def text_header(self, name: str) -> str | None:
+        """Return one header if it is text; ``None`` when it is missing or binary."""
+        value = self.metadata.get(name)
+        return value if type(value) is str else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +147,7 @@ class TopicWrapper:
 def _unchecked(  # noqa: PLR0917 - positional for speed on the hot path
     content: str,
     message_id: str,
-    metadata: Mapping[str, str],
+    metadata: Mapping[str, str | bytes],
     serializer_id: int | None,
     manifest: str | None,
     receive_count: int = 0,

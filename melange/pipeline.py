@@ -146,7 +146,7 @@ class MessagePipeline:
         (``None``: nobody did). Shared by the sync and the async pipeline.
         """
         message = handling.message
-        reason = message.metadata.get(DECODE_ERROR)
+        reason = message.text_header(DECODE_ERROR)  # only melange's decoders set it
         if reason is not None:
             return Outcome.dead_letter(Stage.DECODE, reason, error_type=_UNDECODABLE)
         try:

@@ -303,8 +303,9 @@ def _requested(
     return None
 
 
-def _text_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (headers or {}).items()}
+def _text_headers(headers: Mapping[str, Any] | None) -> dict[str, str | bytes]:
+    """Return the headers as the wire carries them: text, except bytes, which stay binary."""
+    return {str(k): v if isinstance(v, bytes) else str(v) for k, v in (headers or {}).items()}
 
 
 class QueuePublisher(MessagePublisher):

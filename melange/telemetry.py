@@ -163,7 +163,11 @@ class TelemetryMiddleware(Middleware):
     @contextmanager
     def _process_span(self, handling: Handling) -> Iterator[Any]:
         message = handling.message
-        parent = propagate.extract(message.metadata) if _TRACEPARENT in message.metadata else None
+        parent = None
+        if type(message.metadata.get(_TRACEPARENT)) is str:
+            # Propagators read text: another producer's binary headers are not for them.
+            text = {k: v for k, v in message.metadata.items() if type(v) is str}
+            parent = propagate.extract(text)
         with self.tracer.start_as_current_span(
             f"process {handling.queue}", context=parent, kind=SpanKind.CONSUMER
         ) as span:
@@ -204,7 +208,7 @@ def _message_attributes(message: Message, system: str, destination: str) -> dict
         "messaging.destination.name": destination,
         "messaging.message.id": message.message_id,
     }
-    correlation = message.metadata.get(CORRELATION_ID)
+    correlation = message.text_header(CORRELATION_ID)
     if correlation:
         attributes["messaging.message.conversation_id"] = correlation
     return attributes

@@ -462,7 +462,7 @@ def test_a_message_from_another_producer_is_read(aws: AWSBackend) -> None:
     [message] = receive(aws, queue, 1)
     assert message.message_id == response["MessageId"]
     assert (message.manifest, message.serializer_id) == (None, None)
-    assert dict(message.metadata) == {"tenant": "t-1", "count": "42", "blob": "AP8="}
+    assert dict(message.metadata) == {"tenant": "t-1", "count": "42", "blob": b"\x00\xff"}
 
 
 # -- messages melange cannot read --------------------------------------------------------------

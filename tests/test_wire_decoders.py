@@ -73,7 +73,8 @@ def _assert_a_message(message: Any) -> None:
     assert isinstance(message.content, str)
     assert isinstance(message.message_id, str)
     assert message.message_id
-    assert all(isinstance(k, str) and isinstance(v, str) for k, v in message.metadata.items())
+    assert all(isinstance(k, str) for k in message.metadata)
+    assert all(isinstance(v, str | bytes) for v in message.metadata.values())
     if DECODE_ERROR in message.metadata:
         assert message.metadata[DECODE_ERROR]
         assert message.serializer_id is None

@@ -9,6 +9,7 @@ the promise, handled).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
 import time
@@ -29,11 +30,13 @@ from melange.backends.rabbitmq import RabbitMQBackend
 from melange.backends.sqlite import SQLiteBackend
 from melange.backends.sqs import LocalSQSBackend
 from melange.backends.sqs import _wire as sqs_wire
+from melange.context import current_message
 from melange.dead_letters import (
     ERROR_MESSAGE,
     ERROR_STAGE,
     ERROR_TYPE,
     dead_letter_reason,
+    redrive,
     without_error_headers,
 )
 from melange.models import Message, QueueWrapper
@@ -55,10 +58,14 @@ class Shipping(Consumer):
     def __init__(self) -> None:
         super().__init__()
         self.handled: list[int] = []
+        self.headers: dict[int, dict[str, str | bytes]] = {}
 
     @listener
     def on_shipped(self, event: Shipped) -> None:
         self.handled.append(event.number)
+        message = current_message()
+        assert message is not None
+        self.headers[event.number] = dict(message.metadata)
 
 
 @dataclass
@@ -98,7 +105,10 @@ def _sqs_wire(moto: MotoServer) -> Iterator[Wire]:
         queue: str, body: bytes, headers: dict[str, Any], serializer: Any, manifest: str | None
     ) -> None:
         attributes = {
-            name: {"DataType": "String", "StringValue": value} for name, value in headers.items()
+            name: {"DataType": "Binary", "BinaryValue": value}
+            if isinstance(value, bytes)
+            else {"DataType": "String", "StringValue": value}
+            for name, value in headers.items()
         }
         attributes[sqs_wire.MESSAGE_ID] = {"DataType": "String", "StringValue": unique_name("raw")}
         if serializer is not None:
@@ -119,7 +129,12 @@ def _sqlite_wire(path: Path) -> Iterator[Wire]:
     def send_raw(
         queue: str, body: bytes, headers: dict[str, Any], serializer: Any, manifest: str | None
     ) -> None:
-        metadata = headers.pop("", None) or json.dumps(headers)
+        # The broker file keeps a binary header as {"base64": …} (docs/backends/sqlite.md).
+        plain = {
+            k: {"base64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v
+            for k, v in headers.items()
+        }
+        metadata = plain.pop("", None) or json.dumps(plain)
         with sqlite3.connect(path) as db:
             [(number,)] = db.execute("SELECT coalesce(max(id), 0) + 1 FROM melange_bodies")
             db.execute(
@@ -262,6 +277,38 @@ def test_redrive_strips_every_header_only_melange_writes() -> None:
         },
     )
     assert without_error_headers(dead).metadata == {"x-melange-serializer": "1", "tenant": "t-1"}
+
+
+# -- 4. headers of other producers survive ----------------------------------------------
+
+
+BINARY = b"\x00\xff\xfe binary"
+
+
+def test_a_binary_header_reaches_the_handler_as_bytes(wire: Wire) -> None:
+    run = run_between_good_ones(wire, b'{"number": 3}', headers={"blob": BINARY, "tenant": "t"})
+    assert sorted(run.consumer.handled) == [1, 2, 3]
+    assert run.dead_letters == []
+    assert run.consumer.headers[3]["blob"] == BINARY
+    assert run.consumer.headers[3]["tenant"] == "t"
+
+
+def test_a_binary_header_survives_dead_lettering_and_redrive(wire: Wire) -> None:
+    backend = wire.backend
+    dispatcher = MessageDispatcher(backend, consumers=[Refusing()], retry=RetryPolicy.none())
+    name = unique_name("bin")
+    _, dead_letter = dispatcher.declare(name, visibility_timeout=2)
+    assert dead_letter is not None
+    many = {f"h{n}": f"v{n}" for n in range(12)}  # more than SQS's 10 attributes: packed
+    wire.send_raw(name, b'{"number": 3}', {"blob": BINARY, **many}, None, "trust.shipped")
+    [dead] = _consume_until_dead_lettered(dispatcher, name, dead_letter)
+    assert dead.metadata["blob"] == BINARY
+    backend.release(dead)
+    assert redrive(backend, name) == 1
+    [back] = receive(backend, backend.get_queue(name), 1)
+    assert back.metadata["blob"] == BINARY
+    assert back.metadata["h11"] == "v11"
+    backend.acknowledge(back)
 
 
 # -- 6. SQS near-limit dead letters ---------------------------------------------------------

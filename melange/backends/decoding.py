@@ -12,6 +12,8 @@ failure nobody foresaw marks that one message undecodable.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +34,8 @@ __all__ = [
     "FOREIGN_PREFIX",
     "OWN_PREFIX",
     "SERIALIZER_HEADER",
+    "binary_in_json",
+    "binary_of_json",
     "bytes_of",
     "decoded_or_undecodable",
     "disowned",
@@ -44,6 +48,9 @@ __all__ = [
     "undecodable",
     "warn_foreign_once",
 ]
+
+#: Where a backend keeps headers as JSON, a binary value is ``{"base64": "<its bytes>"}``.
+_BINARY_KEY = "base64"
 
 # ASCII digits only (``str.isdigit`` also takes "²"), and no more than a 64-bit integer has.
 _INTEGER = re.compile(r"[+-]?[0-9]{1,19}", re.ASCII)
@@ -132,3 +139,18 @@ def undecodable(  # noqa: PLR0917 - mirrors Message's fields
     return _unchecked(
         content, message_id or new_message_id(), headers, None, manifest, receive_count, receipt
     )
+
+
+def binary_in_json(value: bytes) -> dict[str, str]:
+    """Return how a binary header value is written where headers are kept as JSON."""
+    return {_BINARY_KEY: base64.b64encode(value).decode("ascii")}
+
+
+def binary_of_json(value: Any) -> bytes | None:
+    """Return the bytes of a ``binary_in_json`` value; ``None`` if ``value`` is not one."""
+    if not (type(value) is dict and len(value) == 1 and type(value.get(_BINARY_KEY)) is str):
+        return None
+    try:
+        return base64.b64decode(value[_BINARY_KEY], validate=True)
+    except (binascii.Error, ValueError):
+        return None

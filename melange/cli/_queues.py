@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from melange.backends.decoding import binary_in_json
 from melange.backends.interfaces import MessagingBackend
 from melange.cli._loading import load_consumers
 from melange.dead_letters import dead_letter_queue_name, dead_letter_reason, peek, redrive
@@ -117,6 +118,9 @@ def _described(message: Message, max_message_size: int | None) -> dict[str, Any]
         "manifest": message.manifest,
         "serializer_id": message.serializer_id,
         "reason": dead_letter_reason(message, max_message_size=max_message_size),
-        "metadata": dict(message.metadata),
+        # A binary header (another producer's) prints as {"base64": …}.
+        "metadata": {
+            k: binary_in_json(v) if isinstance(v, bytes) else v for k, v in message.metadata.items()
+        },
         "content": message.content,
     }

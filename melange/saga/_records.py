@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from melange.backends.decoding import binary_in_json, binary_of_json
 from melange.middleware import DestinationKind
 from melange.models import Message
 
@@ -50,7 +51,10 @@ class PendingMessage:
             {
                 "content": message.content,
                 "message_id": message.message_id,
-                "metadata": dict(message.metadata),
+                "metadata": {
+                    k: binary_in_json(v) if isinstance(v, bytes) else v
+                    for k, v in message.metadata.items()
+                },
                 "serializer_id": message.serializer_id,
                 "manifest": message.manifest,
                 "kind": self.kind.value,
@@ -68,7 +72,10 @@ class PendingMessage:
         message = Message(
             content=data["content"],
             message_id=data["message_id"],
-            metadata=data["metadata"],
+            metadata={
+                k: v if type(v) is str else binary_of_json(v) or b""
+                for k, v in data["metadata"].items()
+            },
             serializer_id=data["serializer_id"],
             manifest=data["manifest"],
         )

@@ -295,7 +295,7 @@ class Saga(Consumer, Generic[State]):
         (a reply whose key is not the saga's) unless that instance does not
         exist or the event's correlation key names another one: then the key does.
         """
-        saga_id = message.metadata.get(SAGA_ID)
+        saga_id = message.text_header(SAGA_ID)
         if message.metadata.get(SAGA_TYPE) != self.saga_type or not is_trace_value(saga_id):
             saga_id = None
         named = None if saga_id is None else self.store.load(self.saga_type, saga_id)
@@ -360,7 +360,7 @@ class Saga(Consumer, Generic[State]):
 
     def _ignored(self, record: SagaRecord, message: Message) -> bool:
         """Drop timeouts no longer wanted and events for finished instances (counted)."""
-        token = message.metadata.get(SAGA_TIMEOUT)
+        token = message.text_header(SAGA_TIMEOUT)
         if token is not None and token not in record.timeouts:
             self.stats["timeouts_dropped"] += 1
             _log.info("dropped a cancelled or stale timeout of %s %s", self.saga_type, record.key)
@@ -388,7 +388,7 @@ class Saga(Consumer, Generic[State]):
             compensations=list(record.compensations),
             timeouts=dict(record.timeouts),
         )
-        token = message.metadata.get(SAGA_TIMEOUT)
+        token = message.text_header(SAGA_TIMEOUT)
         if token is not None:
             scope.timeouts.pop(token, None)
         scope.note(f"{'started by' if created else 'handled'} {type(event).__name__}")

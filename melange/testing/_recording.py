@@ -31,7 +31,7 @@ class RecordedPublish:
     delay: float = 0.0
 
     @property
-    def headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str | bytes]:
         """Return the message's headers."""
         return dict(self.message.metadata)
 

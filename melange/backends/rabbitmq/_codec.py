@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from melange.backends.decoding import (
     SERIALIZER_HEADER,
+    binary_in_json,
     bytes_of,
     decoded_or_undecodable,
     disowned,
@@ -141,7 +142,7 @@ def _fallback(receipt: Receipt, delivery: Delivery) -> tuple[str, str | None, Re
 def _decoded(receipt: Receipt, delivery: Delivery) -> Message:
     _, redelivered, _, routing_key, properties, body = delivery
     headers = properties.headers
-    metadata: dict[str, str] = {}
+    metadata: dict[str, str | bytes] = {}
     problems: list[str] = []
     serializer_id = None
     earlier = 0
@@ -194,7 +195,7 @@ def carried_receives(receives: int, queue: str) -> str:
     return f"{receives} {queue}"
 
 
-def _receives_carried(value: Any, queue: Any, metadata: dict[str, str]) -> int:
+def _receives_carried(value: Any, queue: Any, metadata: dict[str, str | bytes]) -> int:
     """Return the receives melange carried over into ``queue``; a value it did not write counts 0.
 
     A producer's value (another queue's, or not melange's form) is kept as
@@ -284,34 +285,36 @@ def uncounted(delivery: Delivery, queue: str) -> Any:
     return copied
 
 
-def _read_header(key: Any, value: Any, metadata: dict[str, str], problems: list[str]) -> None:
-    """Add a header that is not plain text to ``metadata``, noting what is not UTF-8."""
+def _read_header(
+    key: Any, value: Any, metadata: dict[str, str | bytes], problems: list[str]
+) -> None:
+    """Add a header that is not plain text to ``metadata``, noting a name that is not UTF-8.
+
+    A byte array (or a long string that is not UTF-8) stays ``bytes``; a
+    table or array becomes JSON text; any other field type its text.
+    """
     if type(key) is not str:
         key, why = text_of(key)
         problems.append(f"header name {key[:80]!r} is {why}")
     if isinstance(value, bytes | bytearray):
-        text, why = text_of(bytes(value))
-        if why is not None:
-            problems.append(f"header {key[:80]!r} is {why}")
+        metadata[key] = bytes(value)
     elif isinstance(value, dict | list):
         try:
-            text = json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
-        except ValueError as e:
-            text = header_text(value)
-            problems.append(f"header {key[:80]!r} is {e}")
+            metadata[key] = json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
+        except (ValueError, RecursionError) as e:
+            metadata[key] = header_text(value)
+            problems.append(f"header {key[:80]!r} is {type(e).__name__}: {e}")
     else:
-        text = header_text(value)
-    metadata[key] = text
+        metadata[key] = header_text(value)
 
 
 def _plain(value: Any) -> Any:
     """Return a nested header value as JSON data: text, numbers, booleans, null.
 
-    Raises:
-        ValueError: some text in it is not UTF-8.
+    Nested bytes become their text if UTF-8, else ``{"base64": …}``.
     """
     if isinstance(value, dict):
-        return {_plain_text(k): _plain(v) for k, v in value.items()}
+        return {header_text(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if value is None or type(value) in (bool, int, float, str):
@@ -319,12 +322,10 @@ def _plain(value: Any) -> Any:
     return _plain_text(value)
 
 
-def _plain_text(value: Any) -> str:
+def _plain_text(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         text, why = text_of(bytes(value))
-        if why is not None:
-            raise ValueError(f"nested {why}")
-        return text
+        return text if why is None else binary_in_json(bytes(value))
     return header_text(value)
 
 

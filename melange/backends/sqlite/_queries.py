@@ -18,6 +18,8 @@ from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 from melange.backends.decoding import (
+    binary_in_json,
+    binary_of_json,
     decoded_or_undecodable,
     disowned,
     header_text,
@@ -108,9 +110,17 @@ EXTEND = (
     " WHERE queue = ? AND visible_at = ? AND id = ? AND claim = ?"
 )
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+def _json_default(value: Any) -> Any:
+    """Write a binary header value as ``{"base64": …}``; the encoder calls this only for bytes."""
+    if isinstance(value, bytes):
+        return binary_in_json(value)
+    raise TypeError(f"a header value must be str or bytes, not {type(value).__name__}")
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default).encode
 # Escapes lone surrogates (headers read with surrogateescape), which cannot be bound as UTF-8.
-_encode_ascii = json.JSONEncoder(separators=(",", ":")).encode
+_encode_ascii = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
 _decode = json.JSONDecoder().decode
 # A JSON string cannot hold a raw newline, so no row can end inside a string.
 _SEPARATOR = ",\n"
@@ -345,7 +355,7 @@ def _text(value: Any, what: str, problems: list[str]) -> str:
     return header_text(value)
 
 
-def _headers(value: Any, problems: list[str]) -> dict[str, str]:
+def _headers(value: Any, problems: list[str]) -> dict[str, str | bytes]:
     text = _text(value, "metadata", problems)
     try:
         parsed = _decode(text)
@@ -355,7 +365,13 @@ def _headers(value: Any, problems: list[str]) -> dict[str, str]:
     if type(parsed) is not dict:
         problems.append(f"metadata is not a JSON object: {text[:80]!r}")
         return {UNREAD_METADATA: text}
-    return {key: v if type(v) is str else _encode(v) for key, v in parsed.items()}
+    return {key: v if type(v) is str else _binary_or_text(v) for key, v in parsed.items()}
+
+
+def _binary_or_text(value: Any) -> str | bytes:
+    """Return a JSON header value that is not a string: bytes if melange wrote it, else its text."""
+    binary = binary_of_json(value)
+    return _encode(value) if binary is None else binary
 
 
 def _escaped(row: int, m: Message) -> tuple[Any, ...]:

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from melange.backends.decoding import (
+    binary_in_json,
+    binary_of_json,
     decoded_or_undecodable,
     disowned,
     header_text,
@@ -41,7 +43,8 @@ SERIALIZER_ID = "melange.serializer_id"
 MESSAGE_ID = "melange.message_id"
 PACKED_HEADERS = "melange.headers"
 
-Attributes = dict[str, dict[str, str]]
+#: Attribute name to ``{"DataType": …, "StringValue": str}`` or ``{…, "BinaryValue": bytes}``.
+Attributes = dict[str, dict[str, Any]]
 
 # SQS/SNS attribute names: letters, digits, "_", "-", "." (not first, last or doubled),
 # at most 256 characters, and not starting with the reserved "AWS." or "Amazon.".
@@ -49,6 +52,7 @@ _ATTRIBUTE_NAME = re.compile(
     r"(?!(?i:aws|amazon|melange)\.)[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*", re.ASCII
 )
 # The characters SQS accepts in a body or a string attribute.
+_OWN = frozenset({MESSAGE_ID, MANIFEST, SERIALIZER_ID, PACKED_HEADERS})
 _VALID_TEXT = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
 _NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_-]")
 _FIFO_MARK = re.compile(r"\.fifo(?![A-Za-z0-9])")
@@ -74,15 +78,29 @@ def _string(value: str) -> dict[str, str]:
     return {"DataType": "String", "StringValue": value}
 
 
-def _fits_one_each(headers: Mapping[str, str], room: int) -> bool:
+def _binary(value: bytes) -> dict[str, Any]:
+    return {"DataType": "Binary", "BinaryValue": value}
+
+
+def _attribute(value: str | bytes) -> dict[str, Any]:
+    return _binary(value) if isinstance(value, bytes) else _string(value)
+
+
+def _fits_one_each(headers: Mapping[str, str | bytes], room: int) -> bool:
     return len(headers) <= room and all(
         len(name) <= 256
         and _ATTRIBUTE_NAME.fullmatch(name)
-        and isinstance(value, str)
         and value
-        and _VALID_TEXT.fullmatch(value)
+        and (isinstance(value, bytes) or _VALID_TEXT.fullmatch(value))
         for name, value in headers.items()
     )
+
+
+def _packable(headers: Mapping[str, str | bytes]) -> dict[str, Any]:
+    return {
+        name: binary_in_json(value) if isinstance(value, bytes) else value
+        for name, value in headers.items()
+    }
 
 
 def attributes_for(message: Message) -> Attributes:
@@ -104,28 +122,30 @@ def attributes_for(message: Message) -> Attributes:
     if not headers:
         return attributes
     if _fits_one_each(headers, MAX_ATTRIBUTES - len(attributes)):
-        attributes.update({name: _string(value) for name, value in headers.items()})
+        attributes.update({name: _attribute(value) for name, value in headers.items()})
     else:
-        packed = json.dumps(dict(headers), ensure_ascii=False, separators=(",", ":"))
+        plain = _packable(headers)
+        packed = json.dumps(plain, ensure_ascii=False, separators=(",", ":"))
         if not _VALID_TEXT.fullmatch(packed):  # lone surrogates: only escapes survive
-            packed = json.dumps(dict(headers), separators=(",", ":"))
+            packed = json.dumps(plain, separators=(",", ":"))
         attributes[PACKED_HEADERS] = _string(packed)
     return attributes
 
 
-def size_of(body: str, attributes: Mapping[str, Mapping[str, str]]) -> int:
+def size_of(body: str, attributes: Mapping[str, Mapping[str, Any]]) -> int:
     """Return the size SQS and SNS count against their limit.
 
     That is the body plus every attribute's name, type and value, in UTF-8 bytes.
     """
     size = len(body.encode())
     for name, value in attributes.items():
-        size += len(name.encode()) + len(value["DataType"]) + len(value["StringValue"].encode())
+        data = value["BinaryValue"] if "BinaryValue" in value else value["StringValue"].encode()
+        size += len(name.encode()) + len(value["DataType"]) + len(data)
     return size
 
 
 def check_size(
-    body: str, attributes: Mapping[str, Mapping[str, str]], limit: int | None, where: str
+    body: str, attributes: Mapping[str, Mapping[str, Any]], limit: int | None, where: str
 ) -> int:
     """Return the message's size, or raise before anything is sent (``limit=None``: no limit).
 
@@ -156,22 +176,41 @@ def batches(
     return result
 
 
-def _value(attribute: Mapping[str, Any]) -> str:
+def _value(attribute: Mapping[str, Any]) -> str | bytes:
+    """Return a header's value: text for String and Number (its digits), bytes for Binary."""
     if "StringValue" in attribute:
         return header_text(attribute["StringValue"])
-    # Binary attributes come from other producers; handlers get them base64-encoded.
-    return base64.b64encode(attribute.get("BinaryValue", b"")).decode("ascii")
+    value = attribute.get("BinaryValue", b"")
+    return bytes(value) if isinstance(value, bytes | bytearray) else header_text(value)
 
 
-def _unpacked(packed: str) -> tuple[dict[str, str], str | None]:
+def _text_value(attribute: Mapping[str, Any]) -> str:
+    """Return the value of one of melange's own attributes as text (Binary: its base64)."""
+    value = _value(attribute)
+    return base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
+
+
+def _unpacked(packed: str) -> tuple[dict[str, str | bytes], str | None]:
     """Return the headers packed into ``melange.headers`` and, if they cannot be read, why."""
     try:
         headers = json.loads(packed)
     except (ValueError, RecursionError) as e:  # "[" * 100000 nests too deep
         return {}, f"{PACKED_HEADERS} is not JSON: {e}"
-    if isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values()):
-        return headers, None
-    return {}, f"{PACKED_HEADERS} is not a JSON object of strings: {packed[:80]!r}"
+    if not isinstance(headers, dict):
+        return {}, f"{PACKED_HEADERS} is not a JSON object of strings: {packed[:80]!r}"
+    unpacked: dict[str, str | bytes] = {}
+    for name, value in headers.items():
+        if isinstance(value, str):
+            unpacked[name] = value
+            continue
+        binary = binary_of_json(value)
+        if binary is None:
+            return {}, (
+                f"{PACKED_HEADERS} is not a JSON object of strings (or {{'base64': …}}"
+                f" bytes): {name[:80]!r} is {type(value).__name__}"
+            )
+        unpacked[name] = binary
+    return unpacked, None
 
 
 def message_from(received: Mapping[str, Any], queue_url: str) -> Message:
@@ -197,15 +236,15 @@ def _fallback(received: Mapping[str, Any], queue_url: str) -> tuple[str, str | N
 
 def _decoded(received: Mapping[str, Any], queue_url: str) -> Message:
     attributes: Mapping[str, Mapping[str, Any]] = received.get("MessageAttributes") or {}
-    headers: dict[str, str] = {}
+    headers: dict[str, str | bytes] = {}
     problems: list[str] = []
     manifest = serializer_id = message_id = None
     for name, attribute in attributes.items():
-        value = _value(attribute)
+        value = _text_value(attribute) if name in _OWN else _value(attribute)
         if name == MESSAGE_ID:
-            message_id = value
+            message_id = header_text(value)
         elif name == MANIFEST:
-            manifest = value
+            manifest = header_text(value)
         elif name == SERIALIZER_ID:
             try:
                 serializer_id = integer_of(value, SERIALIZER_ID)
@@ -213,7 +252,7 @@ def _decoded(received: Mapping[str, Any], queue_url: str) -> Message:
                 problems.append(str(e))
                 headers[name] = value
         elif name == PACKED_HEADERS:
-            unpacked, problem = _unpacked(value)
+            unpacked, problem = _unpacked(header_text(value))
             if problem is None:
                 headers.update(unpacked)
             else:
