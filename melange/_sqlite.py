@@ -20,7 +20,15 @@ from urllib.parse import unquote, urlsplit
 from melange._secrets import masked
 from melange.exceptions import BackendError, ConfigurationError, StorageError
 
-__all__ = ["SYNCHRONOUS_MODES", "SQLiteFile", "Schema", "path_of_url", "translate_errors"]
+__all__ = [
+    "DEFAULT_FILE_MODE",
+    "SYNCHRONOUS_MODES",
+    "SQLiteFile",
+    "Schema",
+    "path_of_url",
+    "require_existing",
+    "translate_errors",
+]
 
 #: ``PRAGMA application_id`` stamped on files melange creates ("mlng").
 APPLICATION_ID = 0x6D6C6E67
@@ -65,6 +73,28 @@ def path_of_url(url: str) -> str:
     if parts.scheme.lower() != "sqlite" or parts.netloc or not path:
         raise ConfigurationError(f"expected sqlite:///path/to.db, got {masked(url)!r}")
     return path
+
+
+def require_existing(url: str) -> None:
+    """Refuse a ``sqlite:`` URL whose file is missing: read-only commands never create one.
+
+    Any other URL is left to its backend.
+
+    Raises:
+        StorageError: the file does not exist.
+    """
+    if urlsplit(url).scheme.lower() != "sqlite":
+        return
+    path = path_of_url(url)
+    if not Path(path).exists():
+        raise StorageError(
+            f"{path} does not exist: nothing to read (this command never creates a"
+            " broker file; check --backend / --store or the working directory)"
+        )
+
+
+#: Permissions of a database file melange creates: its owner's only (it holds messages).
+DEFAULT_FILE_MODE = 0o600
 
 
 # Primary result codes (the low byte of an extended code) that mean the file
@@ -134,7 +164,12 @@ class SQLiteFile:
     """
 
     def __init__(
-        self, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 30.0
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 30.0,
+        file_mode: int | None = DEFAULT_FILE_MODE,
     ) -> None:
         self.path = str(path)
         self.synchronous = synchronous.upper()
@@ -152,6 +187,8 @@ class SQLiteFile:
         folder = Path(self.path).absolute().parent
         if not folder.is_dir():
             raise StorageError(f"{self.path}: the folder {folder} does not exist")
+        if file_mode is not None:
+            _create_with_mode(self.path, file_mode)
         self._local = threading.local()
         self._all: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
@@ -305,3 +342,17 @@ class SQLiteFile:
             self._all = weakref.WeakSet()
             self._local = threading.local()
             self._pid = os.getpid()
+
+
+def _create_with_mode(path: str, mode: int) -> None:
+    """Create an empty file with ``mode`` (less the umask) unless it exists.
+
+    SQLite gives its ``-wal`` and ``-shm`` files the database file's permissions.
+    """
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise StorageError(f"{path}: cannot create it: {e.strerror}") from e
+    os.close(descriptor)

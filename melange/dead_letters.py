@@ -247,10 +247,18 @@ def peek(
 ) -> list[Message]:
     """Return up to ``limit`` dead letters of ``queue``, handing each straight back.
 
+    A backend whose returns wear messages away (RabbitMQ's quorum queues
+    count them against a delivery limit) reads them with its
+    ``browse_messages``, which adds no delivery; the others receive and release.
+
     Raises:
         QueueNotFoundError: the dead-letter queue does not exist.
     """
     source = backend.get_queue(dead_letter_queue or dead_letter_queue_name(queue))
+    browse = getattr(backend, "browse_messages", None)
+    if browse is not None:
+        browsed: list[Message] = browse(source, limit)
+        return browsed
     messages = backend.retrieve_messages(source, max_messages=limit)
     for message in messages:
         backend.release(message)

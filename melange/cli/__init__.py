@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from melange._logs import FORMATS, configure
+from melange._sqlite import require_existing
 from melange._supervisor import supervise
 from melange.backends import default_backend_url, from_url
 from melange.cli._loading import load_consumers, load_middleware
@@ -119,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             alone: int = args.run_alone(args)
             return alone
         args.url = args.backend or default_backend_url()
+        if getattr(args, "read_only", False):
+            require_existing(args.url)
         with from_url(args.url) as backend:
             status: int = args.run(args, backend)
             return status

@@ -44,7 +44,7 @@ def add_queue_commands(commands: Any) -> None:
     stats.add_argument("queue", help="the queue")
     stats.add_argument("--dead-letter-queue", default=None, help="default: <queue>-dlq")
     stats.add_argument("--json", action="store_true", help="print JSON")
-    stats.set_defaults(run=_stats)
+    stats.set_defaults(run=_stats, read_only=True)
 
     dlq = commands.add_parser("dlq", help="inspect or redrive a dead-letter queue")
     actions = dlq.add_subparsers(dest="action", required=True)
@@ -53,7 +53,7 @@ def add_queue_commands(commands: Any) -> None:
         action.add_argument("queue", help="the source queue")
         action.add_argument("--dead-letter-queue", default=None, help="default: <queue>-dlq")
         action.add_argument("--limit", type=int, default=limit)
-        action.set_defaults(run=run)
+        action.set_defaults(run=run, read_only=True)
 
 
 def _declare(args: argparse.Namespace, backend: MessagingBackend) -> int:

@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from melange._sqlite import require_existing
 from melange.saga._records import SagaRecord, SagaStatus
 from melange.saga._urls import default_saga_store_url, saga_store_from_url
 
@@ -40,7 +41,9 @@ def add_saga_commands(commands: Any) -> None:
 
 def _saga_list(args: argparse.Namespace) -> int:
     status = SagaStatus(args.status) if args.status else None
-    with saga_store_from_url(args.store or default_saga_store_url()) as store:
+    url = args.store or default_saga_store_url()
+    require_existing(url)  # reading never creates a store file
+    with saga_store_from_url(url) as store:
         records = store.instances(args.saga_type, status=status, limit=args.limit)
     for record in records:
         if args.json:
@@ -54,7 +57,9 @@ def _saga_list(args: argparse.Namespace) -> int:
 
 
 def _saga_show(args: argparse.Namespace) -> int:
-    with saga_store_from_url(args.store or default_saga_store_url()) as store:
+    url = args.store or default_saga_store_url()
+    require_existing(url)  # reading never creates a store file
+    with saga_store_from_url(url) as store:
         record = store.find(args.saga_type, args.key)
         pending = (
             []

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from melange.backends.interfaces import MessagingBackend, QueueStats
+from melange.backends.rabbitmq._browse import browse
 from melange.backends.rabbitmq._codec import outgoing, to_message
 from melange.backends.rabbitmq._confirms import OnReturn, Outgoing, PublishBatch
 from melange.backends.rabbitmq._connection import ConnectionThread, Declared, Step, TopologyKey
@@ -556,6 +557,24 @@ class RabbitMQBackend(MessagingBackend):
             subscription.settle_claimed(generation, owned, REQUEUE)
             return
         subscription.settle_claimed(generation, owned, ACK)
+
+    def browse_messages(self, queue: QueueWrapper, limit: int = 10) -> list[Message]:
+        """Return up to ``limit`` messages of ``queue`` without adding a delivery to any.
+
+        Each is put back at the tail of the queue as an exact copy before the
+        original is acknowledged (``_browse``); the messages returned carry no
+        receipt. ``melange dlq peek`` reads dead letters this way.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            BackendConnectionError: RabbitMQ cannot be reached.
+        """
+        name = queue.unwrap()
+        try:
+            deliveries = browse(self.current_node, name, limit)
+        except (pika_errors.AMQPError, OSError) as e:
+            raise translate(e, queue=name) from e
+        return [to_message(None, delivery) for delivery in deliveries]  # type: ignore[arg-type]
 
     @property
     def current_node(self) -> Any:

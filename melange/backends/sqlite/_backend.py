@@ -6,12 +6,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from melange._sqlite import SQLiteFile, path_of_url
+from melange._sqlite import DEFAULT_FILE_MODE, SQLiteFile, path_of_url
 from melange.backends.interfaces import MessagingBackend, QueueStats
 from melange.backends.routing import report_unrouted
 from melange.backends.sqlite import _queries as queries
@@ -29,7 +29,18 @@ __all__ = ["SQLiteBackend"]
 
 _now = time.time
 _MAX_IDS = 500  # bound parameters per statement: old SQLite builds allow 999
-_URL_OPTIONS = {"synchronous": str, "busy_timeout": float, "poll_interval": float}
+
+
+def _octal(text: str) -> int:
+    return int(text, 8)
+
+
+_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "synchronous": str,
+    "busy_timeout": float,
+    "poll_interval": float,
+    "file_mode": _octal,
+}
 
 
 class SQLiteBackend(MessagingBackend):
@@ -56,6 +67,8 @@ class SQLiteBackend(MessagingBackend):
     ``poll_interval`` (50 ms), so a message from another process is seen
     within about ``poll_interval``; a publish in this process wakes waiters at
     once. Times are the wall clock, shared by every process on the machine.
+    A file it creates is its owner's only (``file_mode`` 0o600, less the
+    umask; ``None``: SQLite's default, usually 0o644): it holds messages.
 
     Raises:
         ConfigurationError: an option is out of range.
@@ -71,10 +84,13 @@ class SQLiteBackend(MessagingBackend):
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         poll_interval: float = 0.05,
+        file_mode: int | None = DEFAULT_FILE_MODE,
     ) -> None:
         if not poll_interval > 0:
             raise ConfigurationError(f"poll_interval must be > 0, not {poll_interval!r}")
-        self._file = SQLiteFile(path, synchronous=synchronous, busy_timeout=busy_timeout)
+        self._file = SQLiteFile(
+            path, synchronous=synchronous, busy_timeout=busy_timeout, file_mode=file_mode
+        )
         self._file.ensure(BROKER_SCHEMA)
         self.path = self._file.path
         self.synchronous = self._file.synchronous
@@ -88,7 +104,8 @@ class SQLiteBackend(MessagingBackend):
         """Build from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
 
         Query options: ``synchronous``, ``busy_timeout``, ``poll_interval``,
-        e.g. ``sqlite:///broker.db?synchronous=NORMAL``.
+        ``file_mode`` (octal, for a file it creates; default ``600``), e.g.
+        ``sqlite:///broker.db?synchronous=NORMAL&file_mode=640``.
 
         Raises:
             ConfigurationError: the URL names no file, or an unknown or bad option.

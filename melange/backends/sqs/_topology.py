@@ -79,9 +79,13 @@ class SQSTopology:
         dead_letter_queue_name: str | None = None,
         visibility_timeout: float | None = None,
         max_receive_count: int,
+        dead_letter_retention_seconds: int | None = None,
         **kwargs: Any,
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
         """Create or get the queue, its dead-letter queue, its topic subscriptions and policy.
+
+        ``dead_letter_retention_seconds`` becomes the dead-letter queue's
+        ``MessageRetentionPeriod`` (``None``: left as it is).
 
         Raises:
             ConfigurationError: FIFO and standard mixed, or a value SQS cannot take.
@@ -102,6 +106,14 @@ class SQSTopology:
         dead_letter = None
         if dead_letter_queue_name is not None:
             dead_letter = QueueWrapper(self._create_queue(dead_letter_queue_name))
+            if dead_letter_retention_seconds is not None:
+                # Set, not passed to CreateQueue: an existing queue with another
+                # value would make CreateQueue fail.
+                with translated(f"configure SQS queue {dead_letter_queue_name!r}"):
+                    self._sqs.set_queue_attributes(
+                        QueueUrl=dead_letter.obj,
+                        Attributes={"MessageRetentionPeriod": str(dead_letter_retention_seconds)},
+                    )
             redrive = {
                 "deadLetterTargetArn": self._arn_and_policy(dead_letter.obj)[0],
                 "maxReceiveCount": max_receive_count,
