@@ -7,6 +7,7 @@
     │   ├── ListenerDefinitionError      a @listener that cannot be routed
     │   ├── MissingExtraError            (also ImportError) a driver extra is not installed
     │   ├── InvalidArgumentError         (also ValueError) a value out of its range
+    │   │   └── InvalidNameError         a queue or topic name the backend cannot take
     │   └── UnexpectedOptionError        (also TypeError) an option nobody takes
     ├── SerializationError
     │   ├── UnknownSerializerError       no serializer has the message's id
@@ -54,6 +55,7 @@ __all__ = [
     "HandlingDecision",
     "IdempotencyError",
     "InvalidArgumentError",
+    "InvalidNameError",
     "ListenerDefinitionError",
     "MelangeError",
     "MessageTooLargeError",
@@ -102,6 +104,25 @@ class MissingExtraError(ConfigurationError, ImportError):
 
 class InvalidArgumentError(ConfigurationError, ValueError):
     """An argument or setting is out of its range, such as a negative timeout."""
+
+
+class InvalidNameError(InvalidArgumentError):
+    """A queue or topic name the backend cannot take; the message names its rule.
+
+    ``name`` is the name as given, ``backend`` the backend's ``messaging_system``
+    (``aws_sqs``…), ``rule`` the limit it breaks.
+    """
+
+    def __init__(self, name: str, backend: str, rule: str, suggestion: str | None = None) -> None:
+        shown = name if len(name) <= 100 else f"{name[:100]}… ({len(name)} characters)"
+        text = f"{backend}: invalid name {shown!r}: {rule}"
+        if suggestion is not None:
+            text += f"; try {suggestion!r}"
+        super().__init__(text)
+        self.name = name
+        self.backend = backend
+        self.rule = rule
+        self.suggestion = suggestion
 
 
 class UnexpectedOptionError(ConfigurationError, TypeError):

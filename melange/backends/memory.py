@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from melange.backends.interfaces import MessagingBackend, QueueStats
+from melange.backends.naming import check_plain_name
 from melange.backends.routing import report_unrouted
 from melange.exceptions import (
     ForeignMessageError,
@@ -83,11 +84,13 @@ class InMemoryMessagingBackend(MessagingBackend):
     # -- topology -------------------------------------------------------------
 
     def declare_topic(self, topic_name: str) -> TopicWrapper:
+        check_plain_name(topic_name, self.messaging_system)
         with self._lock:
             self._topics.setdefault(topic_name, set())
         return TopicWrapper(topic_name)
 
     def get_queue(self, queue_name: str) -> QueueWrapper:
+        check_plain_name(queue_name, self.messaging_system)
         with self._lock:
             if queue_name not in self._queues:
                 raise QueueNotFoundError(f"queue {queue_name!r} does not exist")
@@ -102,6 +105,9 @@ class InMemoryMessagingBackend(MessagingBackend):
         max_receive_count: int | None = None,
         **kwargs: Any,
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        check_plain_name(queue_name, self.messaging_system)
+        if dead_letter_queue_name is not None:
+            check_plain_name(dead_letter_queue_name, self.messaging_system)
         with self._lock:
             queue = self._declare(queue_name)
             if visibility_timeout is not None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from melange.backends.interfaces import MessagingBackend, QueueStats
+from melange.backends.naming import check_rabbitmq_name
 from melange.backends.rabbitmq._browse import browse
 from melange.backends.rabbitmq._codec import outgoing, to_message
 from melange.backends.rabbitmq._confirms import OnReturn, Outgoing, PublishBatch
@@ -176,6 +177,7 @@ class RabbitMQBackend(MessagingBackend):
             ConfigurationError: an exchange of that name exists with another type.
             BackendConnectionError: RabbitMQ cannot be reached.
         """
+        check_rabbitmq_name(topic_name)
         steps = [declare_exchange(topic_name)]
         self._run(steps, topic=topic_name)
         self._remember(TopologyKey(Declared.EXCHANGE, topic_name), steps)
@@ -189,6 +191,7 @@ class RabbitMQBackend(MessagingBackend):
             QueueNotFoundError: the queue does not exist.
             BackendConnectionError: RabbitMQ cannot be reached.
         """
+        check_rabbitmq_name(queue_name)
         self._run([declare_queue(queue_name, None, passive=True)], queue=queue_name)
         self._known_queues.add(queue_name)
         return QueueWrapper(queue_name)
@@ -256,7 +259,11 @@ class RabbitMQBackend(MessagingBackend):
         Raises:
             ConfigurationError: the queue exists with other arguments.
             BackendConnectionError: RabbitMQ cannot be reached.
+            InvalidNameError: a name RabbitMQ cannot take.
         """
+        check_rabbitmq_name(queue_name)
+        if dead_letter_queue_name is not None:
+            check_rabbitmq_name(dead_letter_queue_name)
         arguments = None
         limit = None
         if dead_letter_queue_name is not None:

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from melange._sqlite import DEFAULT_FILE_MODE, SQLiteFile, path_of_url
 from melange.backends.interfaces import MessagingBackend, QueueStats
+from melange.backends.naming import check_plain_name
 from melange.backends.routing import report_unrouted
 from melange.backends.sqlite import _queries as queries
 from melange.backends.sqlite._schema import BROKER_SCHEMA
@@ -128,11 +129,13 @@ class SQLiteBackend(MessagingBackend):
     # -- topology ---------------------------------------------------------------------
 
     def declare_topic(self, topic_name: str) -> TopicWrapper:
+        check_plain_name(topic_name, self.messaging_system)
         with self._file.transaction() as db:
             db.execute("INSERT OR IGNORE INTO melange_topics VALUES (?)", (topic_name,))
         return TopicWrapper(topic_name)
 
     def get_queue(self, queue_name: str) -> QueueWrapper:
+        check_plain_name(queue_name, self.messaging_system)
         if not self._file.read("SELECT 1 FROM melange_queues WHERE name = ?", (queue_name,)):
             raise QueueNotFoundError(f"queue {queue_name!r} does not exist in {self.path}")
         return QueueWrapper(queue_name)
@@ -146,6 +149,9 @@ class SQLiteBackend(MessagingBackend):
         max_receive_count: int | None = None,
         **kwargs: Any,
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        check_plain_name(queue_name, self.messaging_system)
+        if dead_letter_queue_name is not None:
+            check_plain_name(dead_letter_queue_name, self.messaging_system)
         with self._file.transaction() as db:
             if dead_letter_queue_name is not None:
                 self._upsert_queue(db, dead_letter_queue_name, None, None, None)

@@ -8,6 +8,7 @@ import math
 import threading
 from typing import TYPE_CHECKING, Any
 
+from melange.backends.naming import NAME_TAG, folded, may_fold
 from melange.backends.sqs import _wire as wire
 from melange.backends.sqs._errors import translated
 from melange.backends.sqs._policy import merged_policy, topics_in_policy
@@ -44,6 +45,7 @@ class SQSTopology:
         self._lock = threading.Lock()
         self._queue_urls: dict[str, str] = {}  # melange name -> URL
         self._queue_arns: dict[str, str] = {}  # URL -> ARN
+        self._claims: dict[tuple[str, str], str] = {}  # (kind, SQS/SNS name) -> melange name
 
     def declare_topic(self, topic_name: str) -> TopicWrapper:
         """Create or get the SNS topic (FIFO when the name ends in ``.fifo``).
@@ -51,10 +53,11 @@ class SQSTopology:
         Raises:
             BackendError: SNS refused.
         """
-        name = wire.entity_name(topic_name)
+        name = wire.entity_name(topic_name, topic=True)
         attributes = {"FifoTopic": "true"} if wire.is_fifo(name) else {}
         with translated(f"create SNS topic {name!r}"):
             arn = self._sns.create_topic(Name=name, Attributes=attributes)["TopicArn"]
+        self._claim_topic(topic_name, name, arn)
         return TopicWrapper(arn)
 
     def get_queue(self, queue_name: str) -> QueueWrapper:
@@ -68,6 +71,7 @@ class SQSTopology:
             name = wire.entity_name(queue_name)
             with translated(f"get SQS queue {name!r}"):
                 url = self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            self._claim_queue(queue_name, name, url)
             with self._lock:
                 self._queue_urls[queue_name] = url
         return QueueWrapper(url)
@@ -142,9 +146,42 @@ class SQSTopology:
         attributes: dict[Any, str] = {"FifoQueue": "true"} if wire.is_fifo(name) else {}
         with translated(f"create SQS queue {name!r}"):
             url = self._sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        self._claim_queue(queue_name, name, url)
         with self._lock:
             self._queue_urls[queue_name] = url
         return url
+
+    # -- names that fold together ------------------------------------------------------
+
+    def _claim_queue(self, original: str, name: str, url: str) -> None:
+        """Refuse a queue another melange name already maps to; tag it with ours if untagged."""
+        if not may_fold(name) or self._claims.get(("queue", name)) == original:
+            return
+        with translated(f"read tags of SQS queue {name!r}"):
+            tags = self._sqs.list_queue_tags(QueueUrl=url).get("Tags") or {}
+        owner = tags.get(NAME_TAG)
+        if owner is None:
+            with translated(f"tag SQS queue {name!r}"):
+                self._sqs.tag_queue(QueueUrl=url, Tags={NAME_TAG: original})
+        elif owner != original:
+            raise folded(original, name, owner, "aws_sqs")
+        with self._lock:
+            self._claims[("queue", name)] = original
+
+    def _claim_topic(self, original: str, name: str, arn: str) -> None:
+        """Refuse a topic another melange name already maps to; tag it with ours if untagged."""
+        if not may_fold(name) or self._claims.get(("topic", name)) == original:
+            return
+        with translated(f"read tags of SNS topic {name!r}"):
+            found = self._sns.list_tags_for_resource(ResourceArn=arn).get("Tags") or []
+        owner = next((t.get("Value") for t in found if t.get("Key") == NAME_TAG), None)
+        if owner is None:
+            with translated(f"tag SNS topic {name!r}"):
+                self._sns.tag_resource(ResourceArn=arn, Tags=[{"Key": NAME_TAG, "Value": original}])
+        elif owner != original:
+            raise folded(original, name, owner, "aws_sns")
+        with self._lock:
+            self._claims[("topic", name)] = original
 
     def _arn_and_policy(self, url: str, with_policy: bool = False) -> tuple[str, str | None]:
         """Return the queue's ARN (cached) and, when asked, its current policy (never cached)."""

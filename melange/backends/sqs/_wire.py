@@ -17,6 +17,7 @@ from melange.backends.decoding import (
     integer_of,
     undecodable,
 )
+from melange.backends.naming import sqs_name
 from melange.exceptions import MessageTooLargeError, UndecodableMessageError
 from melange.models import Message, _unchecked, new_message_id
 
@@ -54,19 +55,17 @@ _ATTRIBUTE_NAME = re.compile(
 # The characters SQS accepts in a body or a string attribute.
 _OWN = frozenset({MESSAGE_ID, MANIFEST, SERIALIZER_ID, PACKED_HEADERS})
 _VALID_TEXT = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
-_NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_-]")
-_FIFO_MARK = re.compile(r"\.fifo(?![A-Za-z0-9])")
 
 
-def entity_name(name: str) -> str:
-    """Return a valid SNS topic or SQS queue name: ``orders.created`` -> ``orders_created``.
+def entity_name(name: str, *, topic: bool = False) -> str:
+    """Return the SNS topic or SQS queue name for ``name`` (``orders.created``: ``orders_created``).
 
-    Both allow letters, digits, ``-`` and ``_``, plus ``.fifo`` at the end. A
-    ``.fifo`` inside the name moves to the end, so the dead-letter queue the
-    dispatcher names ``orders.fifo-dlq`` is the FIFO queue ``orders-dlq.fifo``.
+    The rule is ``melange.backends.naming.sqs_name``'s.
+
+    Raises:
+        InvalidNameError: a character SQS refuses other than ``.``, or too long.
     """
-    base, marks = _FIFO_MARK.subn("", name)
-    return _NOT_IN_NAMES.sub("_", base) + (".fifo" if marks else "")
+    return sqs_name(name, topic=topic)
 
 
 def is_fifo(queue_url_or_arn: str) -> bool:
