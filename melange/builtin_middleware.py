@@ -109,9 +109,12 @@ class IdempotencyMiddleware(Middleware):
     """Runs each consumer once per message, whatever the redeliveries.
 
     A claim that finds the message done skips the consumer; one that finds it
-    in progress elsewhere defers the message (released, to come again once
-    that claim has ended). The claim lasts the message's visibility timeout
-    and is renewed with it. A store error is retried in place with backoff,
+    in progress elsewhere defers the message for the claim's lease (released,
+    to come again once that claim has ended). The claim is a short lease, the
+    store's ``lease_seconds`` (10 s by default), renewed every third of it by
+    the loop's keeper while the handler runs, independent of the visibility
+    timeout: a worker killed mid-handler holds the message up for seconds,
+    not for a visibility timeout. A store error is retried in place with backoff,
     for up to ``store_retry_seconds``, while the loop keeps the message
     hidden; then the message is released for later (or, after a success
     that could not be recorded, acknowledged). A store error never counts as
@@ -125,13 +128,13 @@ class IdempotencyMiddleware(Middleware):
     def call_consumer(self, call: ConsumerCall, call_next: Callable[[], CallResult]) -> CallResult:
         store, handling = self.store, call.handling
         consumer_id, message_id = call.consumer.consumer_id, call.message.message_id
-        lease = handling.visibility_timeout
+        lease = store.lease_seconds
         claim = self._retrying(handling, lambda: store.claim(consumer_id, message_id, lease))
         refused = claim_refusal(claim, lease)
         if refused is not None:
             return refused
         stop_renewing = handling.keep_alive(
-            lambda seconds: store.renew(consumer_id, message_id, seconds)
+            lambda seconds: store.renew(consumer_id, message_id, seconds), lease=lease
         )
         try:
             result = call_next()

@@ -153,10 +153,12 @@ class HeldMessages:
                     extend = list(self._held.copy().values())
                     handling = list(self._handling.copy().values())
                     next_extension = now + self._extend_every
+                in_hand = list(self._handling.copy().values())
             if stale_acks:
                 self.flush()
             if extend or handling:
                 self._extend(extend, handling)
+            self._renew_leases(in_hand, now)
 
     def _extend(self, messages: list[Message], handling: list[Handling]) -> None:
         seconds = self.visibility_timeout
@@ -172,6 +174,14 @@ class HeldMessages:
             try:
                 one.renew(seconds)
             except Exception as e:
+                _log.warning("could not renew a lease on %s: %s", one.message.message_id, e)
+
+    def _renew_leases(self, handling: list[Handling], now: float) -> None:
+        """Renew the short leases (idempotency claims) of the messages being handled."""
+        for one in handling:
+            try:
+                one.renew_leases(now)
+            except Exception as e:  # the keeper must outlive any one store failure
                 _log.warning("could not renew a lease on %s: %s", one.message.message_id, e)
 
     def _acknowledge(self, messages: list[Message]) -> None:

@@ -19,6 +19,7 @@ until its scope ends (see docs/middleware.md).
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -136,7 +137,15 @@ class Handling:
     is for middleware to share data across hooks of one message.
     """
 
-    __slots__ = ("_keep_alives", "_state", "consuming", "event", "message", "unsuccessful")
+    __slots__ = (
+        "_keep_alives",
+        "_leases",
+        "_state",
+        "consuming",
+        "event",
+        "message",
+        "unsuccessful",
+    )
 
     def __init__(self, message: Message, consuming: Consuming) -> None:
         self.message = message
@@ -146,6 +155,7 @@ class Handling:
         self.unsuccessful: tuple[tuple[Consumer, CallResult], ...] = ()
         self._state: dict[str, Any] | None = None
         self._keep_alives: list[KeepAlive] | None = None
+        self._leases: list[_Lease] | None = None
 
     @property
     def queue(self) -> str:
@@ -179,12 +189,21 @@ class Handling:
         if hook is not None:
             hook(error)
 
-    def keep_alive(self, renew: KeepAlive) -> Callable[[], None]:
-        """Have ``renew(seconds)`` called with the visibility extensions; return its remover.
+    def keep_alive(self, renew: KeepAlive, *, lease: float | None = None) -> Callable[[], None]:
+        """Have ``renew(seconds)`` called while the message is handled; return its remover.
 
-        For leases that must last as long as the message is held (an
-        idempotency claim, a saga lock).
+        For leases that must last as long as the handler runs (an idempotency
+        claim, a saga lock). Without ``lease`` it is called with each
+        visibility extension; with one, on its own schedule, every third of
+        ``lease``, as ``renew(lease)``: a short lease, so that a worker that
+        dies leaves it for seconds, not for a visibility timeout.
         """
+        if lease is not None:
+            if self._leases is None:
+                self._leases = []
+            leases, entry = self._leases, _Lease(renew, lease)
+            leases.append(entry)
+            return lambda: leases.remove(entry)
         if self._keep_alives is None:
             self._keep_alives = []
         renewals = self._keep_alives
@@ -195,6 +214,24 @@ class Handling:
         """Call every registered ``keep_alive`` renewal (the consume loop does this)."""
         for renew in tuple(self._keep_alives or ()):
             renew(seconds)
+
+    def renew_leases(self, now: float) -> None:
+        """Renew the leases due at ``now`` (``time.monotonic()``); the keeper calls it each tick."""
+        for lease in tuple(self._leases or ()):
+            if now >= lease.due:
+                lease.due = now + lease.seconds / 3
+                lease.renew(lease.seconds)
+
+
+class _Lease:
+    """A ``keep_alive`` renewal on its own schedule."""
+
+    __slots__ = ("due", "renew", "seconds")
+
+    def __init__(self, renew: KeepAlive, seconds: float) -> None:
+        self.renew = renew
+        self.seconds = seconds
+        self.due = time.monotonic() + seconds / 3
 
 
 class ConsumerCall:

@@ -113,6 +113,7 @@ def test_each_backend_is_a_package_whose_helpers_are_private() -> None:
         "decoding.py",
         "interfaces.py",
         "memory.py",
+        "naming.py",
         "routing.py",
         "testing.py",
     ]

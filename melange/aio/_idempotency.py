@@ -30,7 +30,7 @@ class AsyncIdempotencyMiddleware(Middleware):
     ) -> CallResult:
         store, handling = self.store, call.handling
         consumer_id, message_id = call.consumer.consumer_id, call.message.message_id
-        lease = handling.visibility_timeout
+        lease = store.lease_seconds
         claim = await self._retrying(handling, lambda: store.claim(consumer_id, message_id, lease))
         refused = claim_refusal(claim, lease)
         if refused is not None:
@@ -41,7 +41,7 @@ class AsyncIdempotencyMiddleware(Middleware):
             pending = store.renew(consumer_id, message_id, seconds)
             asyncio.run_coroutine_threadsafe(pending, loop).result(_RENEW_TIMEOUT)
 
-        stop_renewing = handling.keep_alive(renew)
+        stop_renewing = handling.keep_alive(renew, lease=lease)
         try:
             result = await call_next()
         finally:

@@ -35,7 +35,7 @@ class AsyncIdempotencyStore(abc.ABC):
     """``IdempotencyStore``'s methods as coroutines, with the same meaning."""
 
     ttl_seconds: float = 86_400.0
-    lease_seconds: float = 30.0
+    lease_seconds: float = 10.0
 
     key = staticmethod(IdempotencyStore.key)
 
@@ -103,7 +103,7 @@ class AsyncRedisIdempotencyStore(AsyncIdempotencyStore):
         client: Any,
         *,
         ttl_seconds: float = 86_400.0,
-        lease_seconds: float = 30.0,
+        lease_seconds: float = 10.0,
         prefix: str = "melange:claim:",
     ) -> None:
         try:

@@ -30,14 +30,14 @@ class IdempotencyStore(abc.ABC):
     ``claim`` is atomic: of several workers claiming the same key at once,
     exactly one gets ``Claim.ACQUIRED``; the others learn whether the message
     is in progress elsewhere or done. A claim is a lease of ``lease_seconds``
-    (the caller passes the message's visibility timeout, and renews it while
-    the handler runs), so a crashed worker's claim ends no later than its
-    message's visibility; ``complete`` marks the key done for ``ttl_seconds``;
+    (10 s by default; the dispatcher renews it every third of that while the
+    handler runs, whatever the visibility timeout), so a crashed worker's
+    claim ends within seconds; ``complete`` marks the key done for ``ttl_seconds``;
     ``release`` drops the claim so a retry can run. Only the worker that holds
     a claim can renew, complete or release it.
     """
 
-    def __init__(self, *, ttl_seconds: float = 86_400.0, lease_seconds: float = 30.0) -> None:
+    def __init__(self, *, ttl_seconds: float = 86_400.0, lease_seconds: float = 10.0) -> None:
         if ttl_seconds <= 0 or lease_seconds <= 0:
             raise InvalidArgumentError("ttl_seconds and lease_seconds must be positive")
         self.ttl_seconds = ttl_seconds

@@ -13,7 +13,7 @@ __all__ = ["InMemoryIdempotencyStore"]
 class InMemoryIdempotencyStore(IdempotencyStore):
     """Thread-safe claims held in a dict; expired ones are swept as it grows."""
 
-    def __init__(self, *, ttl_seconds: float = 86_400.0, lease_seconds: float = 30.0) -> None:
+    def __init__(self, *, ttl_seconds: float = 86_400.0, lease_seconds: float = 10.0) -> None:
         super().__init__(ttl_seconds=ttl_seconds, lease_seconds=lease_seconds)
         self._lock = threading.Lock()
         # key -> (expires at, done); claims in progress belong to this process.

@@ -47,7 +47,7 @@ class RedisIdempotencyStore(IdempotencyStore):
         client: redis.Redis | str,
         *,
         ttl_seconds: float = 86_400.0,
-        lease_seconds: float = 30.0,
+        lease_seconds: float = 10.0,
         prefix: str = "melange:claim:",
     ) -> None:
         super().__init__(ttl_seconds=ttl_seconds, lease_seconds=lease_seconds)

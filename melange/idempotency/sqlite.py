@@ -63,7 +63,7 @@ class SQLiteIdempotencyStore(IdempotencyStore):
         path: str | Path,
         *,
         ttl_seconds: float = 86_400.0,
-        lease_seconds: float = 30.0,
+        lease_seconds: float = 10.0,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
     ) -> None:
