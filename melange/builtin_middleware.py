@@ -109,8 +109,9 @@ class IdempotencyMiddleware(Middleware):
     """Runs each consumer once per message, whatever the redeliveries.
 
     A claim that finds the message done skips the consumer; one that finds it
-    in progress elsewhere defers the message for the claim's lease (released,
-    to come again once that claim has ended). The claim is a short lease, the
+    in progress elsewhere defers the message for the claim's lease or the
+    visibility timeout, whichever is shorter (released, to come again once
+    that claim may have ended). The claim is a short lease, the
     store's ``lease_seconds`` (10 s by default), renewed every third of it by
     the loop's keeper while the handler runs, independent of the visibility
     timeout: a worker killed mid-handler holds the message up for seconds,
@@ -130,7 +131,8 @@ class IdempotencyMiddleware(Middleware):
         consumer_id, message_id = call.consumer.consumer_id, call.message.message_id
         lease = store.lease_seconds
         claim = self._retrying(handling, lambda: store.claim(consumer_id, message_id, lease))
-        refused = claim_refusal(claim, lease)
+        # Tried again once the other claim may have ended: within its lease, or sooner.
+        refused = claim_refusal(claim, min(lease, handling.visibility_timeout))
         if refused is not None:
             return refused
         stop_renewing = handling.keep_alive(

@@ -32,7 +32,8 @@ class AsyncIdempotencyMiddleware(Middleware):
         consumer_id, message_id = call.consumer.consumer_id, call.message.message_id
         lease = store.lease_seconds
         claim = await self._retrying(handling, lambda: store.claim(consumer_id, message_id, lease))
-        refused = claim_refusal(claim, lease)
+        # Tried again once the other claim may have ended: within its lease, or sooner.
+        refused = claim_refusal(claim, min(lease, handling.visibility_timeout))
         if refused is not None:
             return refused
         loop = asyncio.get_running_loop()
