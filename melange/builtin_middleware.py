@@ -109,13 +109,13 @@ class IdempotencyMiddleware(Middleware):
     """Runs each consumer once per message, whatever the redeliveries.
 
     A claim that finds the message done skips the consumer; one that finds it
-    in progress elsewhere defers the message for the claim's lease or the
-    visibility timeout, whichever is shorter (released, to come again once
-    that claim may have ended). The claim is a short lease, the
-    store's ``lease_seconds`` (10 s by default), renewed every third of it by
-    the loop's keeper while the handler runs, independent of the visibility
-    timeout: a worker killed mid-handler holds the message up for seconds,
-    not for a visibility timeout. A store error is retried in place with backoff,
+    in progress elsewhere defers the message for the claim's lease (released,
+    to come again once that claim has ended). The lease is the store's
+    ``lease_seconds`` (10 s by default) or the visibility timeout if that is
+    shorter, renewed every third of it by the loop's keeper while the handler
+    runs: a worker killed mid-handler holds its message up for seconds, not
+    for a long visibility timeout, and its claim never outlasts the message's
+    return. A store error is retried in place with backoff,
     for up to ``store_retry_seconds``, while the loop keeps the message
     hidden; then the message is released for later (or, after a success
     that could not be recorded, acknowledged). A store error never counts as
@@ -129,10 +129,11 @@ class IdempotencyMiddleware(Middleware):
     def call_consumer(self, call: ConsumerCall, call_next: Callable[[], CallResult]) -> CallResult:
         store, handling = self.store, call.handling
         consumer_id, message_id = call.consumer.consumer_id, call.message.message_id
-        lease = store.lease_seconds
+        # Never longer than the visibility: a dead worker's claim must not outlast its
+        # message's return, or each retry would spend a receive towards the DLQ.
+        lease = min(store.lease_seconds, handling.visibility_timeout)
         claim = self._retrying(handling, lambda: store.claim(consumer_id, message_id, lease))
-        # Tried again once the other claim may have ended: within its lease, or sooner.
-        refused = claim_refusal(claim, min(lease, handling.visibility_timeout))
+        refused = claim_refusal(claim, lease)
         if refused is not None:
             return refused
         stop_renewing = handling.keep_alive(

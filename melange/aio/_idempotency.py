@@ -30,10 +30,11 @@ class AsyncIdempotencyMiddleware(Middleware):
     ) -> CallResult:
         store, handling = self.store, call.handling
         consumer_id, message_id = call.consumer.consumer_id, call.message.message_id
-        lease = store.lease_seconds
+        # Never longer than the visibility: a dead worker's claim must not outlast its
+        # message's return, or each retry would spend a receive towards the DLQ.
+        lease = min(store.lease_seconds, handling.visibility_timeout)
         claim = await self._retrying(handling, lambda: store.claim(consumer_id, message_id, lease))
-        # Tried again once the other claim may have ended: within its lease, or sooner.
-        refused = claim_refusal(claim, min(lease, handling.visibility_timeout))
+        refused = claim_refusal(claim, lease)
         if refused is not None:
             return refused
         loop = asyncio.get_running_loop()
