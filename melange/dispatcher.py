@@ -504,8 +504,8 @@ class MessageDispatcher:
             return False
         held.drop(message)
         # At once while the broker can still move it; slowly if its queue has no redrive policy.
-        within_redrive = returns <= 2 * self.backend.default_max_receive_count
-        if returns == 2 * self.backend.default_max_receive_count + 1:
+        redrive_limit = 2 * self.backend.default_max_receive_count
+        if returns == redrive_limit + 1:
             _log.error(
                 "%s came back to %s %d times without the broker moving it to %s:"
                 " has the queue a redrive policy? releasing it every %.0f s",
@@ -515,7 +515,7 @@ class MessageDispatcher:
                 state.dead_letters.dead_letter_queue_name,
                 self.retry.max_backoff_seconds,
             )
-        self._release(message, 0.0 if within_redrive else self.retry.max_backoff_seconds)
+        self._release(message, 0.0 if returns <= redrive_limit else self.retry.max_backoff_seconds)
         self.outcomes.add(OutcomeKind.RELEASE)
         return True
 

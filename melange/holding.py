@@ -147,13 +147,13 @@ class HeldMessages:
                     return
                 now = time.monotonic()
                 stale_acks = bool(self._acks) and now - self._oldest_ack >= _KEEPER_TICK
+                in_hand = list(self._handling.copy().values())
                 extend: list[Message] = []
                 handling: list[Handling] = []
                 if now >= next_extension:
                     extend = list(self._held.copy().values())
-                    handling = list(self._handling.copy().values())
+                    handling = in_hand
                     next_extension = now + self._extend_every
-                in_hand = list(self._handling.copy().values())
             if stale_acks:
                 self.flush()
             if extend or handling:

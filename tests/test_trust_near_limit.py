@@ -18,7 +18,7 @@ from melange.dead_letters import (
     ERROR_STAGE,
     dead_letter_reason,
 )
-from melange.models import Message
+from melange.models import Message, QueueWrapper
 from melange.policies import RetryPolicy
 from melange.testing import unique_name
 from tests.servers.moto import MotoServer
@@ -31,18 +31,25 @@ from tests.wire import (
 # -- 6. SQS near-limit dead letters ---------------------------------------------------------
 
 
+def _refused_on(
+    backend: LocalSQSBackend, prefix: str, *, visibility: float
+) -> tuple[Refusing, MessageDispatcher, str, QueueWrapper]:
+    """Declare a queue whose one consumer refuses everything, dead-lettering at once."""
+    consumer = Refusing()
+    dispatcher = MessageDispatcher(backend, consumers=[consumer], retry=RetryPolicy.none())
+    name = unique_name(prefix)
+    _, dead_letter = dispatcher.declare(name, visibility_timeout=visibility)
+    assert dead_letter is not None
+    return consumer, dispatcher, name, dead_letter
+
+
 def test_a_near_limit_dead_letter_keeps_its_body_and_a_shortened_reason(
     moto: MotoServer,
 ) -> None:
     with LocalSQSBackend(moto.host, moto.port, region=moto.region) as backend:
-        consumer = Refusing()
-        dispatcher = MessageDispatcher(backend, consumers=[consumer], retry=RetryPolicy.none())
-        name = unique_name("near")
-        _, dead_letter = dispatcher.declare(name, visibility_timeout=2)
-        assert dead_letter is not None
-        body = _send_sized(
-            backend, name, 262_144 - 600
-        )  # the full reason does not fit, 64 chars do
+        consumer, dispatcher, name, dead_letter = _refused_on(backend, "near", visibility=2)
+        # The full reason does not fit, 64 characters of it do.
+        body = _send_sized(backend, name, 262_144 - 600)
         dead = _consume_until_dead_lettered(dispatcher, name, dead_letter)
 
     [copy] = dead
@@ -57,11 +64,7 @@ def test_a_dead_letter_that_cannot_fit_is_moved_whole_by_the_broker_after_one_ha
     moto: MotoServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     with LocalSQSBackend(moto.host, moto.port, region=moto.region) as backend:
-        consumer = Refusing()
-        dispatcher = MessageDispatcher(backend, consumers=[consumer], retry=RetryPolicy.none())
-        name = unique_name("full")
-        _, dead_letter = dispatcher.declare(name, visibility_timeout=60)
-        assert dead_letter is not None
+        consumer, dispatcher, name, dead_letter = _refused_on(backend, "full", visibility=60)
         body = _send_sized(backend, name, 262_144)  # SQS's limit: no room for a single header
         with caplog.at_level("ERROR", logger="melange"):
             # Each receive hidden for 60 s: only releasing at once lets 5 receives fit in 30 s.

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from melange.backends.naming import NAME_TAG, folded, may_fold
@@ -45,7 +46,7 @@ class SQSTopology:
         self._lock = threading.Lock()
         self._queue_urls: dict[str, str] = {}  # melange name -> URL
         self._queue_arns: dict[str, str] = {}  # URL -> ARN
-        self._claims: dict[tuple[str, str], str] = {}  # (kind, SQS/SNS name) -> melange name
+        self._claims: dict[tuple[str, str], str] = {}  # (system, AWS name) -> melange name
 
     def declare_topic(self, topic_name: str) -> TopicWrapper:
         """Create or get the SNS topic (FIFO when the name ends in ``.fifo``).
@@ -155,33 +156,48 @@ class SQSTopology:
 
     def _claim_queue(self, original: str, name: str, url: str) -> None:
         """Refuse a queue another melange name already maps to; tag it with ours if untagged."""
-        if not may_fold(name) or self._claims.get(("queue", name)) == original:
-            return
-        with translated(f"read tags of SQS queue {name!r}"):
+
+        def owner() -> str | None:
             tags = self._sqs.list_queue_tags(QueueUrl=url).get("Tags") or {}
-        owner = tags.get(NAME_TAG)
-        if owner is None:
-            with translated(f"tag SQS queue {name!r}"):
-                self._sqs.tag_queue(QueueUrl=url, Tags={NAME_TAG: original})
-        elif owner != original:
-            raise folded(original, name, owner, "aws_sqs")
-        with self._lock:
-            self._claims[("queue", name)] = original
+            return tags.get(NAME_TAG)
+
+        def tag() -> None:
+            self._sqs.tag_queue(QueueUrl=url, Tags={NAME_TAG: original})
+
+        self._claim("aws_sqs", original, name, owner, tag)
 
     def _claim_topic(self, original: str, name: str, arn: str) -> None:
         """Refuse a topic another melange name already maps to; tag it with ours if untagged."""
-        if not may_fold(name) or self._claims.get(("topic", name)) == original:
+
+        def owner() -> str | None:
+            tags = self._sns.list_tags_for_resource(ResourceArn=arn).get("Tags") or []
+            return next((t.get("Value") for t in tags if t.get("Key") == NAME_TAG), None)
+
+        def tag() -> None:
+            self._sns.tag_resource(ResourceArn=arn, Tags=[{"Key": NAME_TAG, "Value": original}])
+
+        self._claim("aws_sns", original, name, owner, tag)
+
+    def _claim(
+        self,
+        system: str,
+        original: str,
+        name: str,
+        owner: Callable[[], str | None],
+        tag: Callable[[], None],
+    ) -> None:
+        if not may_fold(name) or self._claims.get((system, name)) == original:
             return
-        with translated(f"read tags of SNS topic {name!r}"):
-            found = self._sns.list_tags_for_resource(ResourceArn=arn).get("Tags") or []
-        owner = next((t.get("Value") for t in found if t.get("Key") == NAME_TAG), None)
-        if owner is None:
-            with translated(f"tag SNS topic {name!r}"):
-                self._sns.tag_resource(ResourceArn=arn, Tags=[{"Key": NAME_TAG, "Value": original}])
-        elif owner != original:
-            raise folded(original, name, owner, "aws_sns")
+        what = f"SQS queue {name!r}" if system == "aws_sqs" else f"SNS topic {name!r}"
+        with translated(f"read tags of {what}"):
+            found = owner()
+        if found is None:
+            with translated(f"tag {what}"):
+                tag()
+        elif found != original:
+            raise folded(original, name, found, system)
         with self._lock:
-            self._claims[("topic", name)] = original
+            self._claims[(system, name)] = original
 
     def _arn_and_policy(self, url: str, with_policy: bool = False) -> tuple[str, str | None]:
         """Return the queue's ARN (cached) and, when asked, its current policy (never cached)."""

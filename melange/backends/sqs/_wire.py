@@ -52,8 +52,9 @@ Attributes = dict[str, dict[str, Any]]
 _ATTRIBUTE_NAME = re.compile(
     r"(?!(?i:aws|amazon|melange)\.)[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*", re.ASCII
 )
-# The characters SQS accepts in a body or a string attribute.
+# melange's own attributes: read as text, whatever their type.
 _OWN = frozenset({MESSAGE_ID, MANIFEST, SERIALIZER_ID, PACKED_HEADERS})
+# The characters SQS accepts in a body or a string attribute.
 _VALID_TEXT = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
 
 
