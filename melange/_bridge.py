@@ -10,13 +10,16 @@ saga scope and publish hold as a synchronous handler would.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine
+import contextvars
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Executor
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from melange.exceptions import ConfigurationError
 
-__all__ = ["awaited", "bridged_loop", "is_async_callable", "run_on_loop"]
+__all__ = ["awaited", "bridged_loop", "in_thread", "is_async_callable", "run_on_loop"]
 
 _T = TypeVar("_T")
 
@@ -50,3 +53,18 @@ async def awaited(awaitable: Awaitable[_T]) -> _T:
 def is_async_callable(func: Any) -> bool:
     """Return whether calling ``func`` gives a coroutine (``async def``, also when bound)."""
     return asyncio.iscoroutinefunction(func)
+
+
+async def in_thread(
+    executor: Executor, function: Callable[..., _T], /, *args: Any, **kwargs: Any
+) -> _T:
+    """Await ``function(*args, **kwargs)`` run on ``executor``, in a copy of this context.
+
+    In that copy ``bridged_loop`` is this loop, so an ``async def`` handler the
+    call reaches runs here, not nowhere.
+    """
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    context.run(bridged_loop.set, loop)
+    call = functools.partial(context.run, function, *args, **kwargs)
+    return await loop.run_in_executor(executor, call)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from melange import signals
-from melange.context import _current
+from melange.context import CURRENT_MESSAGE as _current
 from melange.exceptions import IdempotencyError
 from melange.idempotency.base import Claim, IdempotencyStore
 from melange.middleware import ConsumerCall, Handling, Middleware

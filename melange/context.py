@@ -8,9 +8,11 @@ from contextvars import ContextVar
 
 from melange.models import Message
 
-__all__ = ["current_message", "handling"]
+__all__ = ["CURRENT_MESSAGE", "current_message", "handling"]
 
-_current: ContextVar[Message | None] = ContextVar("melange_current_message", default=None)
+#: The message being handled in this context (set by the dispatcher's scope middleware).
+CURRENT_MESSAGE: ContextVar[Message | None] = ContextVar("melange_current_message", default=None)
+_current = CURRENT_MESSAGE
 
 
 def current_message() -> Message | None:

@@ -12,7 +12,13 @@ from datetime import UTC, datetime
 from melange import signals
 from melange.backends.decoding import is_own_header
 from melange.backends.interfaces import MessagingBackend
-from melange.exceptions import BackendError, BatchPublishError, MessageTooLargeError
+from melange.consuming.calls import BrokerCall, BrokerSteps, run_calls
+from melange.exceptions import (
+    BackendError,
+    BatchPublishError,
+    ConfigurationError,
+    MessageTooLargeError,
+)
 from melange.models import Message, QueueWrapper
 
 __all__ = [
@@ -68,11 +74,15 @@ def dead_letter_queue_name(queue: str) -> str:
 
 
 class DeadLetterer:
-    """Publishes failed messages of one queue to its dead-letter queue."""
+    """Publishes failed messages of one queue to its dead-letter queue.
+
+    ``send`` publishes on ``backend``; a consume loop runs ``sending``'s steps
+    on its own backend, sync or async (``backend`` may then be ``None``).
+    """
 
     def __init__(
         self,
-        backend: MessagingBackend,
+        backend: MessagingBackend | None,
         source_queue: str,
         dead_letter_queue_name: str,
         dead_letter_queue: QueueWrapper | None,
@@ -87,7 +97,23 @@ class DeadLetterer:
     def send(
         self, message: Message, *, stage: Stage, reason: str, error_type: str, attempts: int
     ) -> bool:
-        """Publish a copy with the original content and the error headers.
+        """Publish a copy with the original content and the error headers, on ``backend``.
+
+        See ``sending``; returns whether the copy was published.
+        """
+        if self.backend is None:
+            raise ConfigurationError("this DeadLetterer has no backend: run its sending() steps")
+        return run_calls(
+            self.backend,
+            self.sending(
+                message, stage=stage, reason=reason, error_type=error_type, attempts=attempts
+            ),
+        )
+
+    def sending(
+        self, message: Message, *, stage: Stage, reason: str, error_type: str, attempts: int
+    ) -> BrokerSteps[bool]:
+        """The steps of publishing a copy with the original content and the error headers.
 
         A copy too large for the broker is sent with shorter error headers; one
         that does not fit even with a single header is logged and remembered
@@ -105,7 +131,8 @@ class DeadLetterer:
             DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
         }
         try:
-            queue = self._dead_letter_queue()
+            if self._queue is None:
+                self._queue = yield BrokerCall("get_queue", (self.dead_letter_queue_name,))
             for headers in _shorter_and_shorter(message, error_headers):
                 copy = Message(
                     content=message.content,
@@ -115,7 +142,7 @@ class DeadLetterer:
                     manifest=message.manifest,
                 )
                 try:
-                    self.backend.publish_to_queue(copy, queue)
+                    yield BrokerCall("publish_to_queue", (copy, self._queue))
                     break
                 except MessageTooLargeError as e:
                     last_error: BackendError = e
@@ -171,13 +198,6 @@ class DeadLetterer:
             self._left_to_broker[message.message_id] = 0
             while len(self._left_to_broker) > _REMEMBERED:
                 self._left_to_broker.popitem(last=False)
-
-    def _dead_letter_queue(self) -> QueueWrapper:
-        if self._queue is None:
-            queue = self.backend.get_queue(self.dead_letter_queue_name)
-            with self._lock:
-                self._queue = queue
-        return self._queue
 
 
 def _shorter_and_shorter(

@@ -18,6 +18,7 @@ until its scope ends (see docs/middleware.md).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from melange._bridge import awaited
 from melange.models import Message, QueueWrapper, TopicWrapper
 
 if TYPE_CHECKING:
@@ -45,10 +47,13 @@ __all__ = [
     "KeepAlive",
     "Middleware",
     "Publishing",
+    "ThreadRunner",
+    "async_hooks_of",
     "compose",
     "current_hold",
     "hold_publishes",
     "hooks_of",
+    "sync_only_hooks",
 ]
 
 #: Pushes a message's visibility (and its claims) this many seconds further.
@@ -102,6 +107,55 @@ def hooks_of(middleware: Sequence[Middleware], name: str) -> tuple[Callable[...,
     return tuple(getattr(m, name) for m in middleware if getattr(type(m), name) is not base)
 
 
+#: Runs a blocking call on a worker thread and awaits it (the async loop's ``in_thread``).
+ThreadRunner = Callable[..., Awaitable[Any]]
+
+
+def async_hooks_of(
+    middleware: Sequence[Middleware], name: str, in_thread: ThreadRunner
+) -> tuple[Callable[..., Any], ...]:
+    """Return each middleware's async hook ``name``: its own ``_async`` twin, or its sync one.
+
+    A sync-only hook runs on a worker thread (``in_thread``), its ``call_next``
+    bridged back to the event loop.
+    """
+    sync_only = sync_only_hooks(middleware, name)
+    async_base = getattr(Middleware, f"{name}_async")
+    hooks: list[Callable[..., Any]] = []
+    for m in middleware:
+        if getattr(type(m), f"{name}_async") is not async_base:
+            hooks.append(getattr(m, f"{name}_async"))
+        elif m in sync_only:
+            hooks.append(_on_a_thread(getattr(m, name), in_thread))
+    return tuple(hooks)
+
+
+def sync_only_hooks(middleware: Sequence[Middleware], name: str) -> list[Middleware]:
+    """Return the middleware that override hook ``name`` but not its ``_async`` twin."""
+    sync_base = getattr(Middleware, name)
+    async_base = getattr(Middleware, f"{name}_async")
+    return [
+        m
+        for m in middleware
+        if getattr(type(m), name) is not sync_base
+        and getattr(type(m), f"{name}_async") is async_base
+    ]
+
+
+def _on_a_thread(
+    hook: Callable[[Any, Callable[[], Any]], Any], in_thread: ThreadRunner
+) -> Callable[..., Awaitable[Any]]:
+    async def run(scope: Any, call_next: Callable[[], Awaitable[Any]]) -> Any:
+        loop = asyncio.get_running_loop()
+
+        def call_next_from_thread() -> Any:
+            return asyncio.run_coroutine_threadsafe(awaited(call_next()), loop).result()
+
+        return await in_thread(hook, scope, call_next_from_thread)
+
+    return run
+
+
 def compose(hooks: tuple[Callable[..., Any], ...], core: Callable[[_S], _R]) -> Callable[[_S], _R]:
     """Return ``core`` wrapped by ``hooks``, the first outermost; built once, run per scope."""
     wrapped = core
@@ -120,13 +174,19 @@ def _wrap(hook: Callable[..., Any], inner: Callable[[_S], _R]) -> Callable[[_S],
 
 @dataclass(frozen=True, slots=True)
 class Consuming:
-    """What every message of one consume loop shares: its queue and its settings."""
+    """What every message of one consume loop shares: its queue and its settings.
+
+    ``dispatcher`` is the dispatcher running the loop (the sender of
+    ``melange.signals``); ``messaging_system`` names its broker as
+    OpenTelemetry's ``messaging.system`` does.
+    """
 
     queue: str
-    dispatcher: Any = None
+    dispatcher: object = None
     visibility_timeout: float = 30.0
     on_exception: ExceptionHook | None = None
     stopping: Callable[[], bool] = lambda: False
+    messaging_system: str = "melange"
 
 
 class Handling:
@@ -163,7 +223,7 @@ class Handling:
         return self.consuming.queue
 
     @property
-    def dispatcher(self) -> Any:
+    def dispatcher(self) -> object:
         """Return the dispatcher handling it."""
         return self.consuming.dispatcher
 

@@ -22,6 +22,7 @@ __all__ = [
     "QueueWrapper",
     "TopicWrapper",
     "new_message_id",
+    "unchecked_message",
     "utc_now_iso",
 ]
 
@@ -102,7 +103,7 @@ class Message:
         Headers under ``x-melange-`` it was published with come out as
         ``x-foreign-`` ones (``melange._own_headers``): only melange sets its own.
         """
-        return _unchecked(
+        return unchecked_message(
             self.content,
             self.message_id,
             disowned(self.metadata) if self.metadata else self.metadata,
@@ -144,7 +145,7 @@ class TopicWrapper:
         return self.obj
 
 
-def _unchecked(  # noqa: PLR0917 - positional for speed on the hot path
+def unchecked_message(  # noqa: PLR0917 - positional for speed on the hot path
     content: str,
     message_id: str,
     metadata: Mapping[str, str | bytes],

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from melange.dead_letters import Stage
 
-__all__ = ["CallResult", "Outcome", "OutcomeKind"]
+__all__ = ["SUCCEEDED", "CallResult", "Outcome", "OutcomeKind"]
 
 
 class OutcomeKind(enum.Enum):
@@ -108,7 +108,7 @@ class CallResult:
     @classmethod
     def success(cls) -> CallResult:
         """Return "the consumer handled it"."""
-        return _SUCCESS
+        return SUCCEEDED
 
     @classmethod
     def failure(cls, error: Exception, attempts: int = 1) -> CallResult:
@@ -156,4 +156,5 @@ class CallResult:
         return self.kind is _CallKind.REJECTED
 
 
-_SUCCESS = CallResult(_CallKind.SUCCEEDED)
+#: The result of a consumer call that succeeded (one shared value: compare with ``is``).
+SUCCEEDED = CallResult(_CallKind.SUCCEEDED)

@@ -29,8 +29,8 @@ from melange.models import (
     Message,
     QueueWrapper,
     TopicWrapper,
-    _unchecked,
     new_message_id,
+    unchecked_message,
     utc_now_iso,
 )
 from melange.serializers import SerializerRegistry
@@ -172,7 +172,7 @@ class MessagePublisher:
                     )
                 if key != PUBLISHED_AT:
                     metadata[key] = str(value)
-        return _unchecked(content, message_id, metadata, serializer_id, manifest)
+        return unchecked_message(content, message_id, metadata, serializer_id, manifest)
 
     def send(
         self,

@@ -172,7 +172,7 @@ class TelemetryMiddleware(Middleware):
             f"process {handling.queue}", context=parent, kind=SpanKind.CONSUMER
         ) as span:
             if span.is_recording():
-                system = _system_of(getattr(handling.dispatcher, "backend", None))
+                system = handling.consuming.messaging_system
                 span.set_attributes(
                     {
                         **_message_attributes(message, system, handling.queue),
@@ -186,7 +186,7 @@ class TelemetryMiddleware(Middleware):
 
     def _measured(self, handling: Handling, outcome: Outcome, started: float) -> Outcome:
         """Count the handled message and its outcome, and record how long it took."""
-        labels = _metric(_system_of(getattr(handling.dispatcher, "backend", None)), handling.queue)
+        labels = _metric(handling.consuming.messaging_system, handling.queue)
         if outcome.error is not None:
             labels["error.type"] = _type(outcome.error)
         self.consumed.add(1, labels)

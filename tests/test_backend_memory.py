@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from melange.aio import AsyncMessagingBackend
 from melange.backends import from_url
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.models import Message
-from melange.testing import AsyncBackendContract, BackendContract, receive
+from melange.testing import AsyncBackendContract, AsyncInMemoryBackend, BackendContract, receive
 
 
 class TestInMemoryBackend(BackendContract, AsyncBackendContract):
@@ -77,3 +79,15 @@ def test_link_synchronously_at_its_old_path_is_the_same_function(old_path: str) 
     module = importlib.import_module(old_path)
     with pytest.warns(DeprecationWarning, match="melange.testing"):
         assert module.link_synchronously is link_synchronously
+
+
+class TestNativeAsyncInMemoryBackend(AsyncBackendContract):
+    """``melange.testing.AsyncInMemoryBackend``: an async backend with no bridge."""
+
+    @pytest.fixture
+    def backend(self) -> Iterator[InMemoryMessagingBackend]:
+        with InMemoryMessagingBackend() as backend:
+            yield backend
+
+    def async_backend(self, backend: Any) -> AsyncMessagingBackend:
+        return AsyncInMemoryBackend(backend)

@@ -308,7 +308,7 @@ class Counting(InMemoryMessagingBackend):
 
 
 def test_no_extension_runs_after_a_message_is_released() -> None:
-    from melange.holding import HeldMessages
+    from melange.consuming.holding import HeldMessages
 
     backend = Counting()
     queue, _ = backend.declare_queue("q", visibility_timeout=0.6)

@@ -9,12 +9,20 @@ from pathlib import Path
 import pytest
 
 from melange import Message, MessagePublisher
+from melange.aio import AsyncMessagingBackend
 from melange.backends.decoding import text_of
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.backends.sqlite import SQLiteBackend
 from melange.idempotency.redis import RedisIdempotencyStore
-from melange.testing import ContractEvent, DispatcherContract, Inject, RestartableStore, unique_name
+from melange.testing import (
+    AsyncInMemoryBackend,
+    ContractEvent,
+    DispatcherContract,
+    Inject,
+    RestartableStore,
+    unique_name,
+)
 from tests.servers.redis import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -179,3 +187,35 @@ class TestOnSQS(OnOurStores):
             return body
 
         return inject
+
+
+# -- the same scenarios under melange.aio's consume loop ------------------------------------
+
+
+class TestOnMemoryAsyncio(TestOnMemory):
+    loop = "asyncio"
+
+
+class TestOnMemoryNativeAsync(TestOnMemory):
+    """The asyncio loop on a native async backend: no bridge, no backend threads."""
+
+    loop = "asyncio"
+
+    def async_backend(self, backend: MessagingBackend) -> AsyncMessagingBackend:
+        assert isinstance(backend, InMemoryMessagingBackend)
+        return AsyncInMemoryBackend(backend)
+
+
+@pytest.mark.sqlite
+class TestOnSQLiteAsyncio(TestOnSQLite):
+    loop = "asyncio"
+
+
+@pytest.mark.rabbitmq
+class TestOnRabbitMQAsyncio(TestOnRabbitMQ):
+    loop = "asyncio"
+
+
+@pytest.mark.sqs
+class TestOnSQSAsyncio(TestOnSQS):
+    loop = "asyncio"

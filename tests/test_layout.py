@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from melange.models import Message, _unchecked
+from melange.models import Message, unchecked_message
 
 PACKAGE = Path(__file__).resolve().parent.parent / "melange"
 
@@ -121,7 +121,7 @@ def test_each_backend_is_a_package_whose_helpers_are_private() -> None:
 
 def test_the_fast_message_constructor_sets_every_field_of_message() -> None:
     fields = [field.name for field in dataclasses.fields(Message)]
-    assert list(inspect.signature(_unchecked).parameters) == fields
+    assert list(inspect.signature(unchecked_message).parameters) == fields
     values = {
         "content": "body",
         "message_id": "m-1",
@@ -131,6 +131,129 @@ def test_the_fast_message_constructor_sets_every_field_of_message() -> None:
         "receive_count": 3,
         "receipt": object(),
     }
-    built = _unchecked(*(values[name] for name in fields))
+    built = unchecked_message(*(values[name] for name in fields))
     assert built == Message(**values)
     assert all(getattr(built, name) is values[name] for name in fields)
+
+
+# -- one engine, one contract ------------------------------------------------------------
+
+
+def underscore_names_defined(tree: ast.AST) -> set[str]:
+    """The private names a file defines: functions, classes, attributes and variables it sets."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)  # __slots__ entries
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def cross_module_private_uses() -> list[str]:
+    """Each use of a melange private name outside the file that defines it.
+
+    A private module may be imported within its own package (a backend's
+    helpers); a private name may not be imported from another module, nor
+    reached as an attribute (``other._thing``) from a file that does not define it.
+    """
+    trees = {path: ast.parse(path.read_text()) for path in sorted(PACKAGE.rglob("*.py"))}
+    defined = {path: underscore_names_defined(tree) for path, tree in trees.items()}
+    everywhere = set().union(*defined.values())
+    found = []
+    for path, tree in trees.items():
+        source = module_name(path)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("melange")
+            ):
+                package = (
+                    node.module.rsplit(".", 1)[0]
+                    if private(node.module.rsplit(".", 1)[-1])
+                    else node.module
+                )
+                for alias in node.names:
+                    if private(alias.name) and not source.startswith(package):
+                        found.append(f"{source} imports {node.module}.{alias.name}")
+            elif isinstance(node, ast.Attribute) and private(node.attr):
+                if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                    continue
+                if node.attr in everywhere and node.attr not in defined[path]:
+                    found.append(f"{source}:{node.lineno} uses .{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    assert cross_module_private_uses() == []
+
+
+def test_the_scan_sees_a_private_name_used_across_files(tmp_path: Path) -> None:
+    tree = ast.parse("def f(dispatcher):\n    return dispatcher._queue_state('q')\n")
+    assert "_queue_state" not in underscore_names_defined(tree)
+    assert underscore_names_defined(ast.parse("class A:\n    def _queue_state(self): ...\n")) == {
+        "_queue_state"
+    }
+
+
+def test_the_async_backend_contract_is_the_sync_one_method_by_method() -> None:
+    from melange.aio import AsyncMessagingBackend
+    from melange.backends.interfaces import MessagingBackend
+
+    def public_methods(cls: type) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(member)
+            for name, member in inspect.getmembers(cls, inspect.isfunction)
+            if not name.startswith("_")
+        }
+
+    sync, aio = public_methods(MessagingBackend), public_methods(AsyncMessagingBackend)
+    assert sorted(sync) == sorted(aio)
+    for name, signature in sync.items():
+        twin = aio[name]
+        assert list(twin.parameters.values()) == list(signature.parameters.values()), name
+        member = getattr(AsyncMessagingBackend, name)
+        assert inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member), name
+    abstract = set(MessagingBackend.__abstractmethods__)
+    assert abstract <= set(AsyncMessagingBackend.__abstractmethods__)
+    for attribute in (
+        "default_visibility_timeout",
+        "default_max_receive_count",
+        "max_message_size",
+    ):
+        assert getattr(AsyncMessagingBackend, attribute) == getattr(MessagingBackend, attribute)
+
+
+def test_the_consume_engine_is_one_package_both_loops_import() -> None:
+    modules = sorted(p.stem for p in (PACKAGE / "consuming").glob("*.py"))
+    assert modules == [
+        "__init__",
+        "async_decisions",
+        "calls",
+        "decisions",
+        "engine",
+        "holding",
+        "pacing",
+        "queues",
+        "routing",
+        "settling",
+    ]
+    for loop in (PACKAGE / "dispatcher.py", PACKAGE / "aio" / "_dispatcher.py"):
+        imported = imports_of(loop)
+        assert "melange.consuming.engine.EngineOwner" in imported, loop
+        assert "melange.consuming.holding.HeldMessages" in imported, loop
+    assert not (PACKAGE / "pipeline.py").exists()
+    assert not (PACKAGE / "aio" / "_pipeline.py").exists()

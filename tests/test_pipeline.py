@@ -9,11 +9,11 @@ import pytest
 
 from melange import AckPolicy, Consumer, Message, RetryPolicy, listener
 from melange.backends.memory import InMemoryMessagingBackend
+from melange.consuming.decisions import MessagePipeline
 from melange.dead_letters import Stage
 from melange.middleware import Consuming, Handling, Middleware
 from melange.models import DECODE_ERROR
 from melange.outcomes import CallResult, Outcome, OutcomeKind
-from melange.pipeline import MessagePipeline
 from melange.publishers import MessagePublisher
 from melange.serializers import SerializerRegistry
 from tests.events import InvoiceSent, OrderCreated, OrderPaid

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from melange._bridge import in_thread
 from melange.aio._interface import AsyncMessagingBackend
-from melange.aio._threads import in_thread
 from melange.backends import from_url as sync_from_url
 from melange.backends.interfaces import MessagingBackend, QueueStats
 from melange.exceptions import InvalidArgumentError
@@ -34,6 +34,8 @@ class BridgedBackend(AsyncMessagingBackend):
             raise InvalidArgumentError(f"threads must be at least 1, not {threads!r}")
         self.sync = sync
         self.default_visibility_timeout = sync.default_visibility_timeout
+        self.default_max_receive_count = sync.default_max_receive_count
+        self.max_message_size = sync.max_message_size
         self.messaging_system = sync.messaging_system
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="melange-aio")
         self._closed = False
@@ -111,6 +113,9 @@ class BridgedBackend(AsyncMessagingBackend):
 
     async def extend_visibility(self, message: Message, seconds: float) -> None:
         await self.run(self.sync.extend_visibility, message, seconds)
+
+    async def extend_visibility_batch(self, messages: Sequence[Message], seconds: float) -> None:
+        await self.run(self.sync.extend_visibility_batch, messages, seconds)
 
     async def visibility_timeout_of(self, queue: QueueWrapper) -> float | None:
         return await self.run(self.sync.visibility_timeout_of, queue)

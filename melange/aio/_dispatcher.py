@@ -1,12 +1,10 @@
 """``AsyncMessageDispatcher``: the consume loop on asyncio, with handlers in flight together.
 
-The loop receives on the backend's threads and starts each message as soon
-as a slot is free (``max_concurrency``). A message is decided by the same
-pipeline as in ``MessageDispatcher`` (middleware, idempotency, retries,
-dead letters), run on a worker thread of the loop's own; an ``async def``
-handler runs on the event loop meanwhile (see ``melange._bridge``), a plain
-one on that worker thread. The event loop itself never waits on a broker,
-a store or a handler.
+The loop receives from any ``AsyncMessagingBackend`` and starts each message
+as soon as a slot is free (``max_concurrency``). Messages are decided and
+settled by the same engine as ``MessageDispatcher``'s (``melange.consuming``):
+decisions awaited on the loop, an ``async def`` listener awaited with no
+thread in between, a plain one run on a worker thread of the loop's own.
 """
 
 from __future__ import annotations
@@ -15,21 +13,24 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from melange.aio._bridged import BridgedBackend
 from melange.aio._idempotency import AsyncIdempotencyMiddleware
-from melange.aio._pipeline import AsyncPipeline
-from melange.aio._publisher import bridged
-from melange.aio._stores import AsyncIdempotencyStore
-from melange.aio._threads import in_thread
+from melange.aio._interface import AsyncMessagingBackend, require_async_backend
+from melange.aio._stores import AsyncIdempotencyStore, BridgedIdempotencyStore
 from melange.consumers import Consumer
-from melange.dispatcher import MessageDispatcher, OutcomeCounts
+from melange.consuming.async_decisions import AsyncDecisions
+from melange.consuming.calls import run_calls_async
+from melange.consuming.engine import EngineOwner
+from melange.consuming.holding import HeldMessages, LoopCalls, acknowledging
+from melange.consuming.pacing import ReceivePacing
+from melange.consuming.queues import QueueBinding
+from melange.dispatcher import MessageDispatcher
 from melange.exceptions import BackendError, InvalidArgumentError, QueueNotFoundError
-from melange.holding import HeldMessages
 from melange.idempotency.base import IdempotencyStore
 from melange.middleware import Consuming, ExceptionHook, Handling, Middleware
 from melange.models import Message, QueueWrapper
@@ -40,30 +41,26 @@ __all__ = ["AsyncMessageDispatcher"]
 
 _log = logging.getLogger("melange.dispatcher")
 
-_POLL_SECONDS = 1.0
-_MAX_OUTAGE_PAUSE = 30.0
+#: How long the keeper thread waits for one call it makes through the loop.
+_KEEPER_CALL_TIMEOUT = 30.0
 
 
-class _ThreadedDispatcher(MessageDispatcher):
-    """The synchronous dispatcher the async one decides and settles messages with."""
-
-    _runs_async_handlers = True
-
-
-class AsyncMessageDispatcher:
+class AsyncMessageDispatcher(EngineOwner):
     """Pulls messages from a queue and hands each event to the consumers that accept it.
 
     Everything ``MessageDispatcher`` promises holds (see its docstring); in
     addition up to ``max_concurrency`` messages are handled at once, and
     listeners may be ``async def``, and ``idempotency`` may be an
     ``AsyncIdempotencyStore`` (awaited on the loop) as well as a sync store
-    (used from worker threads). ``sync`` is the synchronous dispatcher
-    doing the deciding; ``outcomes`` counts what became of each message.
+    (used from worker threads). ``backend`` is any ``AsyncMessagingBackend``:
+    ``melange.aio.from_url``'s bridge over a sync backend, or a native one.
     """
+
+    async_listeners = True
 
     def __init__(
         self,
-        backend: BridgedBackend,
+        backend: AsyncMessagingBackend,
         consumers: Iterable[Consumer] | None = None,
         *,
         serializers: SerializerRegistry | None = None,
@@ -77,48 +74,66 @@ class AsyncMessageDispatcher:
     ) -> None:
         if max_concurrency < 1:
             raise InvalidArgumentError(f"max_concurrency must be at least 1, not {max_concurrency}")
-        self.backend = bridged(backend)
-        self.max_concurrency = max_concurrency
-        if isinstance(idempotency, AsyncIdempotencyStore):
-            middleware = [*middleware, AsyncIdempotencyMiddleware(idempotency)]
-            idempotency = None
-        self.sync = _ThreadedDispatcher(
-            backend.sync,
-            consumers,
+        backend = require_async_backend(backend)
+        chain = list(middleware)
+        if idempotency is not None:
+            if not isinstance(idempotency, AsyncIdempotencyStore):
+                # Its calls on the store's own threads; the rules on the loop.
+                idempotency = BridgedIdempotencyStore(idempotency)
+            chain.append(AsyncIdempotencyMiddleware(idempotency))
+        super().__init__(
             serializers=serializers,
-            idempotency=idempotency,
-            middleware=middleware,
+            middleware=chain,
             ack_policy=ack_policy,
             retry=retry,
             batch_size=batch_size,
             visibility_timeout=visibility_timeout,
+            default_visibility_timeout=backend.default_visibility_timeout,
+            default_max_receive_count=backend.default_max_receive_count,
+        )
+        self.backend = backend
+        self.idempotency = idempotency
+        self.max_concurrency = max_concurrency
+        for consumer in consumers or ():
+            self.attach_consumer(consumer)
+
+    @property
+    def sync(self) -> MessageDispatcher:
+        """Deprecated: a synchronous dispatcher with the same consumers (bridged backends only).
+
+        The async dispatcher no longer decides through a sync one; use its own
+        ``engine``, ``outcomes``, ``topics()`` and ``declare()``.
+        """
+        warnings.warn(
+            "AsyncMessageDispatcher.sync is deprecated: the async dispatcher has its own engine",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if not isinstance(self.backend, BridgedBackend):
+            raise AttributeError("sync: only a dispatcher on a BridgedBackend has a sync twin")
+        return MessageDispatcher(
+            self.backend.sync,
+            self.consumers,
+            serializers=self.serializers,
+            ack_policy=self.ack_policy,
+            retry=self.retry,
+            batch_size=self.batch_size,
+            visibility_timeout=self.visibility_timeout,
         )
 
-    @property
-    def outcomes(self) -> OutcomeCounts:
-        """Return how many handled messages came to each outcome."""
-        return self.sync.outcomes
-
-    @property
-    def consumers(self) -> tuple[Consumer, ...]:
-        """Return the attached consumers."""
-        return self.sync.consumers
-
-    def attach_consumer(self, consumer: Consumer) -> None:
-        """Add a consumer (its listeners may be ``async def``)."""
-        self.sync.attach_consumer(consumer)
-
-    def unattach_consumer(self, consumer: Consumer) -> None:
-        """Remove a consumer."""
-        self.sync.unattach_consumer(consumer)
-
-    def topics(self) -> list[str]:
-        """Return the manifest topics a queue of this dispatcher subscribes to."""
-        return self.sync.topics()
-
-    async def declare(self, queue: str, **options: Any) -> tuple[QueueWrapper, QueueWrapper | None]:
-        """Create the queue, its dead-letter queue and subscriptions, as the sync one does."""
-        return await self.backend.run(self.sync.declare, queue, **options)
+    async def declare(
+        self,
+        queue: str,
+        *,
+        topics: Iterable[str] = (),
+        dead_letter_queue_name: str | None = None,
+        **queue_options: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Create the queue, its dead-letter queue and subscriptions (see ``MessageDispatcher``)."""
+        steps = self.engine.declaring(
+            queue, topics=topics, dead_letter_queue_name=dead_letter_queue_name, **queue_options
+        )
+        return await run_calls_async(self.backend, steps)
 
     async def consume_loop(
         self,
@@ -147,16 +162,19 @@ class AsyncMessageDispatcher:
         limit = max_concurrency if max_concurrency is not None else self.max_concurrency
         if limit < 1:
             raise InvalidArgumentError(f"max_concurrency must be at least 1, not {limit}")
-        state = await self.backend.run(self.sync._queue_state, queue)
+        bound = self.queues.get(queue)
+        if bound is None:
+            bound = await run_calls_async(self.backend, self.queues.binding(queue))
+        pacing = ReceivePacing(queue, self.batch_size, max_messages, idle_timeout)
         run = _Run(
             self,
-            state,
+            bound,
             limit,
             stop_event or asyncio.Event(),
             on_exception=on_exception,
             shutdown_timeout=shutdown_timeout,
         )
-        return await run.until_done(max_messages, idle_timeout)
+        return await run.until_done(pacing)
 
 
 class _Run:
@@ -165,46 +183,55 @@ class _Run:
     def __init__(
         self,
         dispatcher: AsyncMessageDispatcher,
-        state: Any,
+        bound: QueueBinding,
         limit: int,
         stop: asyncio.Event,
         *,
         on_exception: ExceptionHook | None,
         shutdown_timeout: float,
     ) -> None:
-        self.dispatcher = dispatcher
         self.backend = dispatcher.backend
-        self.sync = dispatcher.sync
-        self.state = state
+        self.settler = dispatcher.settler
+        self.bound = bound
         self.limit = limit
         self.stop = stop
         self.stopping = threading.Event()  # what the pipeline's retries look at
         self.consuming = Consuming(
-            state.name, dispatcher, state.visibility_timeout, on_exception, self.stopping.is_set
+            bound.name,
+            dispatcher,
+            bound.visibility_timeout,
+            on_exception,
+            self.stopping.is_set,
+            self.backend.messaging_system,
         )
-        self.held = HeldMessages(self.backend.sync, state.visibility_timeout)
-        self.in_flight: set[asyncio.Task[None]] = set()
-        self.handled = 0
-        self.finished_at = time.monotonic()
-        self.flushing = False
-        self.shutdown_timeout = shutdown_timeout
-        self.pool = ThreadPoolExecutor(limit, thread_name_prefix=f"melange-{state.name}")
-        self.pipeline = AsyncPipeline(self.sync.pipeline, self.pool)
-
-    async def until_done(self, max_messages: int | None, idle_timeout: float | None) -> int:
         loop = asyncio.get_running_loop()
-        pool = self.pool
-        self.held.__enter__()
-        try:
-            await self._receive_until_done(loop, pool, max_messages, idle_timeout)
-        finally:
-            self.stopping.set()
+        self.held = HeldMessages(
+            LoopCalls(self.backend, loop, _KEEPER_CALL_TIMEOUT), bound.visibility_timeout
+        )
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.acks_sending: set[asyncio.Task[None]] = set()
+        self.handled = 0
+        self.shutdown_timeout = shutdown_timeout
+        # Each message in flight may hold a thread per sync-only middleware hook, and one more
+        # for a plain handler: fewer, and hooks waiting on handlers would starve them.
+        threads = limit * (1 + AsyncDecisions.hooks_on_threads(dispatcher.pipeline))
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"melange-{bound.name}")
+        self.decisions = AsyncDecisions(dispatcher.pipeline, self.pool)
+        self.pacing: ReceivePacing | None = None
+
+    async def until_done(self, pacing: ReceivePacing) -> int:
+        self.pacing = pacing
+        async with self.held:
             try:
-                await self._finish_in_flight()
+                await self._receive_until_done(pacing)
             finally:
-                # What did not finish (or was never started) goes back to the queue.
-                await asyncio.shield(self.backend.run(self._close_held))
-                pool.shutdown(wait=False)
+                self.stopping.set()
+                try:
+                    await self._finish_in_flight()
+                finally:
+                    # What did not finish (or was never started) goes back to the queue.
+                    await asyncio.shield(self._hand_back_unstarted())
+                    self.pool.shutdown(wait=False)
         return self.handled
 
     async def _finish_in_flight(self) -> None:
@@ -224,108 +251,81 @@ class _Run:
                 " go back to %s (one on a worker thread may still finish its work)",
                 len(late),
                 self.shutdown_timeout,
-                self.state.name,
+                self.bound.name,
             )
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
 
-    async def _receive_until_done(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        pool: ThreadPoolExecutor,
-        max_messages: int | None,
-        idle_timeout: float | None,
-    ) -> None:
-        outage_pause = 0.0
+    async def _receive_until_done(self, pacing: ReceivePacing) -> None:
         while not self.stop.is_set():
             started = self.handled + len(self.in_flight)
-            if max_messages is not None and started >= max_messages:
-                if not self.in_flight:
-                    return
-                await self._one_finishing()
-                continue
             free = self.limit - len(self.in_flight)
-            if free == 0:
+            wanted = pacing.wanted(started, free)
+            if wanted == 0:
+                if not self.in_flight:
+                    return  # max_messages handled
                 await self._one_finishing()
                 continue
-            wanted = min(self.sync.batch_size, free)
-            if max_messages is not None:
-                wanted = min(wanted, max_messages - started)
-            wait = _POLL_SECONDS
-            if idle_timeout is not None and not self.in_flight:
-                idle = time.monotonic() - self.finished_at
-                if idle >= idle_timeout:
-                    return
-                wait = min(wait, idle_timeout - idle)
+            if not self.in_flight and pacing.idle_over():
+                return
+            wait = pacing.wait_seconds() if not self.in_flight else 1.0
             if self.held.acks_waiting():  # before waiting: the broker may hold back deliveries
-                await self.backend.run(self.held.flush)
+                await self._send_acks()
             try:
                 batch = await self.backend.retrieve_messages(
-                    self.state.wrapper, max_messages=wanted, wait_seconds=wait
+                    self.bound.wrapper, max_messages=wanted, wait_seconds=wait
                 )
             except QueueNotFoundError:
                 raise
             except BackendError as e:
-                outage_pause = min(max(outage_pause * 2, 0.5), _MAX_OUTAGE_PAUSE)
-                _log.warning(
-                    "receive from %s failed (%s); retrying in %.1fs",
-                    self.state.name,
-                    e,
-                    outage_pause,
-                )
-                await _wait(self.stop, outage_pause)
+                await _wait(self.stop, pacing.receive_failed(e))
                 continue
-            outage_pause = 0.0
+            pacing.receive_worked()
             if batch:
-                self.finished_at = time.monotonic()
-                await self._start(batch, loop, pool)
+                pacing.received()
+                await self._start(batch)
 
-    async def _start(
-        self, batch: list[Message], loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
-    ) -> None:
-        if self.sync.ack_policy is AckPolicy.BEFORE_HANDLE:
+    async def _start(self, batch: list[Message]) -> None:
+        if self.settler.acks_on_receipt:
             await self.backend.acknowledge_batch(batch)
         else:
             self.held.hold(batch)
         if self.stop.is_set():  # told to stop while receiving: they go back untouched
             return
         for message in batch:
-            task = asyncio.create_task(self._handle(message, loop, pool))
+            task = asyncio.create_task(self._handle(message))
             self.in_flight.add(task)
             task.add_done_callback(self._finished)
 
-    async def _handle(
-        self, message: Message, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
-    ) -> None:
-        held, sync = self.held, self.sync
-        if self.state.dead_letters.leaves_any_to_broker and await in_thread(
-            pool, sync._handed_back, message, self.state, held
+    async def _handle(self, message: Message) -> None:
+        held, settler, bound, backend = self.held, self.settler, self.bound, self.backend
+        if bound.dead_letters.leaves_any_to_broker and await run_calls_async(
+            backend, settler.handing_back(message, bound, held)
         ):
             return
         handling = Handling(message, self.consuming)
         held.handling(handling)
         try:
-            outcome = await self.pipeline.handle(handling)
+            outcome = await self.decisions.handle(handling)
         finally:
             held.finish(handling)
-        if not sync._settled_at_once(outcome, message, held):
-            acked_on_receipt = sync.ack_policy is AckPolicy.BEFORE_HANDLE
-            await in_thread(pool, sync._apply, outcome, message, self.state, held, acked_on_receipt)
-        sync.outcomes.add(outcome.kind)
-        if held.acks_due() and not self.flushing:
-            self.flushing = True
-            loop.run_in_executor(pool, self._flush)
+        if not settler.settled_at_once(outcome, message, held):
+            await run_calls_async(backend, settler.settling(outcome, message, bound, held))
+        if held.acks_due() and not self.acks_sending:
+            sending = asyncio.create_task(self._send_acks())
+            self.acks_sending.add(sending)
+            sending.add_done_callback(self.acks_sending.discard)
 
-    def _flush(self) -> None:
-        try:
-            self.held.flush()
-        finally:
-            self.flushing = False
+    async def _send_acks(self) -> None:
+        acks = self.held.take_acks()
+        if acks:
+            await run_calls_async(self.backend, acknowledging(acks))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
-        self.finished_at = time.monotonic()
+        if self.pacing is not None:
+            self.pacing.received()
         if task.cancelled():
             return  # not handled: its message goes back
         self.handled += 1
@@ -339,11 +339,12 @@ class _Run:
         finally:
             stopping.cancel()
 
-    def _close_held(self) -> None:
-        """Release what was received and not started, send the waiting acknowledgements."""
-        for message in self.held.unstarted():
-            self.sync._release(message, 0.0)
-        self.held.__exit__(None, None, None)
+    async def _hand_back_unstarted(self) -> None:
+        """Release what was received and not started; send the acknowledgements waiting."""
+        await run_calls_async(self.backend, self.settler.releasing_unstarted(self.held))
+        if self.acks_sending:
+            await asyncio.gather(*self.acks_sending, return_exceptions=True)
+        await self._send_acks()
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -8,9 +8,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from melange.backends.interfaces import QueueStats
+from melange.exceptions import ConfigurationError
 from melange.models import Message, QueueWrapper, TopicWrapper
 
-__all__ = ["AsyncMessagingBackend"]
+__all__ = ["AsyncMessagingBackend", "require_async_backend"]
 
 
 class AsyncMessagingBackend(abc.ABC):
@@ -23,6 +24,10 @@ class AsyncMessagingBackend(abc.ABC):
 
     #: Seconds a received message stays hidden when ``declare_queue`` is not told.
     default_visibility_timeout: float = 30.0
+    #: Receives after which a message moves to the dead-letter queue, by default.
+    default_max_receive_count: int = 5
+    #: The largest message (content and headers, in bytes) the broker takes; ``None``: no limit.
+    max_message_size: int | None = None
     #: The broker, as OpenTelemetry's ``messaging.system`` attribute names it.
     messaging_system: str = "melange"
 
@@ -104,6 +109,20 @@ class AsyncMessagingBackend(abc.ABC):
     async def extend_visibility(self, message: Message, seconds: float) -> None:
         """Keep a received message hidden for ``seconds`` from now."""
 
+    async def extend_visibility_batch(self, messages: Sequence[Message], seconds: float) -> None:
+        """Keep several received messages hidden for ``seconds`` from now.
+
+        The default extends each, going on past a failure and raising the first one.
+        """
+        first_error: Exception | None = None
+        for message in messages:
+            try:
+                await self.extend_visibility(message, seconds)
+            except Exception as e:  # the others must still be extended
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error
+
     async def visibility_timeout_of(self, queue: QueueWrapper) -> float | None:
         """Return the queue's visibility timeout as the broker has it; ``None``: cannot tell."""
         return None
@@ -139,3 +158,17 @@ class AsyncMessagingBackend(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close_connection()
+
+
+def require_async_backend(backend: object) -> AsyncMessagingBackend:
+    """Return ``backend`` if it is an ``AsyncMessagingBackend``.
+
+    Raises:
+        ConfigurationError: any other object (a sync backend, say).
+    """
+    if not isinstance(backend, AsyncMessagingBackend):
+        raise ConfigurationError(
+            "expected an AsyncMessagingBackend (melange.aio.from_url(...), BridgedBackend(...)"
+            f" or a native one), not {type(backend).__qualname__}"
+        )
+    return backend

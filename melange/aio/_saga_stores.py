@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from melange.aio._threads import in_thread
+from melange._bridge import in_thread
 from melange.saga import PendingMessage, SagaRecord, SagaStatus, SagaStore
 from melange.saga import saga_store_from_url as sync_saga_store_from_url
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from melange.aio._threads import in_thread
+from melange._bridge import in_thread
 from melange.exceptions import IdempotencyError, InvalidArgumentError, MissingExtraError
 from melange.idempotency import store_from_url as sync_store_from_url
 from melange.idempotency._redis_scripts import IF_OURS_DELETE, IF_OURS_EXPIRE, IF_OURS_SET, ms

@@ -19,10 +19,12 @@ def consume_until_stopped(
     *,
     max_messages: int | None,
     idle_timeout: float | None,
+    close_backend: bool = True,
 ) -> int:
     """Run the async consume loop on a new event loop until done or ``stop`` is set.
 
-    ``stop`` is what the command's signal handlers set (from the main thread).
+    ``stop`` is what the command's signal handlers set (from the main thread);
+    the backend is closed at the end unless ``close_backend`` is false.
     """
 
     async def consume() -> int:
@@ -40,6 +42,7 @@ def consume_until_stopped(
             )
         finally:
             watching.cancel()
-            await dispatcher.backend.close_connection()
+            if close_backend:
+                await dispatcher.backend.close_connection()
 
     return asyncio.run(consume())

@@ -28,7 +28,7 @@ from melange._own_headers import (
     warn_foreign_once,
 )
 from melange.exceptions import UndecodableMessageError
-from melange.models import DECODE_ERROR, Message, _unchecked, new_message_id
+from melange.models import DECODE_ERROR, Message, new_message_id, unchecked_message
 
 __all__ = [
     "FOREIGN_PREFIX",
@@ -136,7 +136,7 @@ def undecodable(  # noqa: PLR0917 - mirrors Message's fields
     """Return a message the dispatcher will dead-letter for ``reason``, headers as text."""
     headers = {header_text(k): header_text(v) for k, v in metadata.items()}
     headers[DECODE_ERROR] = reason
-    return _unchecked(
+    return unchecked_message(
         content, message_id or new_message_id(), headers, None, manifest, receive_count, receipt
     )
 

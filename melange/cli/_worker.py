@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from melange._secrets import masked
 from melange.backends.interfaces import MessagingBackend
@@ -15,6 +16,9 @@ from melange.dispatcher import MessageDispatcher
 from melange.exceptions import ConfigurationError
 from melange.idempotency import store_from_url
 from melange.manifests import manifest_of
+
+if TYPE_CHECKING:
+    from melange.aio import AsyncMessageDispatcher
 
 __all__ = ["add_worker_command"]
 
@@ -140,21 +144,8 @@ def _run(args: argparse.Namespace, backend: MessagingBackend) -> int:
         "visibility_timeout": args.visibility_timeout,
         "batch_size": args.prefetch or (10 if args.threads == 1 else 1),
     }
-    async_dispatcher = None
-    if use_async:
-        from melange.aio import AsyncMessageDispatcher, BridgedBackend
-
-        async_dispatcher = AsyncMessageDispatcher(
-            BridgedBackend(backend), max_concurrency=args.concurrency, **options
-        )
-        dispatcher: MessageDispatcher = async_dispatcher.sync
-    else:
-        dispatcher = MessageDispatcher(backend, **options)
-    if not args.no_declare:
-        queue_options = {}
-        if args.visibility_timeout is not None:
-            queue_options["visibility_timeout"] = args.visibility_timeout
-        dispatcher.declare(args.queue, **queue_options)
+    dispatcher = _dispatcher(args, backend, options, use_async=use_async)
+    async_dispatcher = None if isinstance(dispatcher, MessageDispatcher) else dispatcher
     concurrency = (
         f"asyncio, {args.concurrency} in flight" if use_async else f"{args.threads} thread(s)"
     )
@@ -188,6 +179,7 @@ def _run(args: argparse.Namespace, backend: MessagingBackend) -> int:
                 idle_timeout=args.idle_timeout,
             )
         else:
+            assert isinstance(dispatcher, MessageDispatcher)
             handled = dispatcher.run(
                 args.queue,
                 threads=args.threads,
@@ -204,6 +196,32 @@ def _run(args: argparse.Namespace, backend: MessagingBackend) -> int:
     _log.info("stopped: %d message(s) from %s: %s", handled, args.queue, summary)
     print(f"handled {handled} message(s) from {args.queue}: {summary}", flush=True)
     return 0
+
+
+def _dispatcher(
+    args: argparse.Namespace,
+    backend: MessagingBackend,
+    options: dict[str, Any],
+    *,
+    use_async: bool,
+) -> MessageDispatcher | AsyncMessageDispatcher:
+    """Return the worker's dispatcher, its queue declared unless ``--no-declare``."""
+    queue_options = {}
+    if args.visibility_timeout is not None:
+        queue_options["visibility_timeout"] = args.visibility_timeout
+    if use_async:
+        from melange.aio import AsyncMessageDispatcher, BridgedBackend
+
+        aio = AsyncMessageDispatcher(
+            BridgedBackend(backend), max_concurrency=args.concurrency, **options
+        )
+        if not args.no_declare:
+            asyncio.run(aio.declare(args.queue, **queue_options))
+        return aio
+    dispatcher = MessageDispatcher(backend, **options)
+    if not args.no_declare:
+        dispatcher.declare(args.queue, **queue_options)
+    return dispatcher
 
 
 def _name(signum: int) -> str:

@@ -23,6 +23,7 @@ from melange.testing._waiting import drain, receive, unique_name, wait_until
 
 if TYPE_CHECKING:
     from melange.testing._async_backend_contract import AsyncBackendContract
+    from melange.testing._async_memory import AsyncInMemoryBackend
     from melange.testing._backend_contract import BackendContract
     from melange.testing._dispatcher_contract import (
         DispatcherContract,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncBackendContract",
+    "AsyncInMemoryBackend",
     "BackendContract",
     "ContractEvent",
     "DispatcherContract",
@@ -52,8 +54,9 @@ __all__ = [
     "wait_until",
 ]
 
-# The contracts import pytest: load them on first use only.
+# The contracts import pytest, the async backend melange.aio: load them on first use only.
 _CONTRACTS = {
+    "AsyncInMemoryBackend": "melange.testing._async_memory",
     "AsyncBackendContract": "melange.testing._async_backend_contract",
     "BackendContract": "melange.testing._backend_contract",
     "DispatcherContract": "melange.testing._dispatcher_contract",

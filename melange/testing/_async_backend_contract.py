@@ -3,7 +3,8 @@
 Mix ``AsyncBackendContract`` into a test class that provides the ``backend``
 fixture (the synchronous backend, as for ``BackendContract``); its tests
 bridge it with ``melange.aio.BridgedBackend`` and drive it from an event
-loop, checking each call's result and that none blocks the loop.
+loop, checking each call's result and that none blocks the loop. A native
+async backend overrides ``async_backend`` to build itself instead.
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ class AsyncBackendContract:
     #: Whether ``visibility_timeout_of`` tells (``False``: it returns ``None``, the default).
     tells_visibility_timeout: bool = True
 
-    def run_async(self, backend: MessagingBackend, scenario: Scenario) -> None:
-        async def bridged() -> None:
-            await scenario(BridgedBackend(backend, threads=4))
+    def async_backend(self, backend: Any) -> AsyncMessagingBackend:
+        """Return the async backend under test, made from the ``backend`` fixture (bridged)."""
+        return BridgedBackend(backend, threads=4)
 
-        asyncio.run(bridged())
+    def run_async(self, backend: Any, scenario: Scenario) -> None:
+        async def run() -> None:
+            await scenario(self.async_backend(backend))
+
+        asyncio.run(run())
 
     async def declare_async(
         self, backend: AsyncMessagingBackend, *topics: str, dlq: bool = False, receives: int = 3
@@ -122,6 +127,11 @@ class AsyncBackendContract:
             await aio.extend_visibility(again, 3 * self.visibility_timeout)
             quiet = await aio.retrieve_messages(queue, wait_seconds=1.5 * self.visibility_timeout)
             assert quiet == []  # its own timeout would have shown it by now
+            await aio.publish_to_queue(Message(content="kept"), queue)
+            [kept] = await received(aio, queue, 1)
+            await aio.extend_visibility_batch([again, kept], 3 * self.visibility_timeout)
+            quiet = await aio.retrieve_messages(queue, wait_seconds=1.5 * self.visibility_timeout)
+            assert quiet == []  # both extended together
 
         self.run_async(backend, scenario)
 

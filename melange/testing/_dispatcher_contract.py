@@ -9,7 +9,10 @@ A subclass provides three fixtures:
   the broker's raw client, one message melange cannot read and returns its
   original content as the backend will show it.
 
-Two more have defaults: ``worker_store_url`` (the idempotency store worker
+``loop`` says which consume loop the scenarios drive: ``"sync"``
+(``MessageDispatcher``) or ``"asyncio"`` (``AsyncMessageDispatcher`` on
+``async_backend(backend)``: the sync backend bridged, unless overridden
+with a native async one). Two more have defaults: ``worker_store_url`` (the idempotency store worker
 processes share: a SQLite file) and ``restartable_store`` (a
 ``RestartableStore`` whose server the outage scenario stops and starts;
 without one that scenario is skipped). Class attributes tune timings for
@@ -18,6 +21,7 @@ brokers that only take whole seconds.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -40,6 +44,8 @@ from melange import (
     listener,
 )
 from melange._own_headers import is_own_header
+from melange.aio import AsyncMessageDispatcher, AsyncMessagingBackend, BridgedBackend
+from melange.aio._worker import consume_until_stopped
 from melange.backends.decoding import bytes_of
 from melange.backends.interfaces import MessagingBackend
 from melange.dead_letters import dead_letter_queue_name
@@ -67,6 +73,48 @@ class RestartableStore(Protocol):
 
     def start(self) -> None:
         """Start the server again, on the same address."""
+
+
+class ConsumeLoop(Protocol):
+    """What the scenarios drive: a dispatcher's ``declare`` and ``consume_loop``, blocking."""
+
+    def declare(self, queue: str, **options: Any) -> object: ...
+
+    def consume_loop(
+        self,
+        queue: str,
+        *,
+        max_messages: int | None = None,
+        idle_timeout: float | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> int: ...
+
+
+class OnAsyncio:
+    """An ``AsyncMessageDispatcher`` driven from blocking test code, one event loop per call."""
+
+    def __init__(self, dispatcher: AsyncMessageDispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def declare(self, queue: str, **options: Any) -> object:
+        return asyncio.run(self.dispatcher.declare(queue, **options))
+
+    def consume_loop(
+        self,
+        queue: str,
+        *,
+        max_messages: int | None = None,
+        idle_timeout: float | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> int:
+        return consume_until_stopped(
+            self.dispatcher,
+            queue,
+            stop_event or threading.Event(),
+            max_messages=max_messages,
+            idle_timeout=idle_timeout,
+            close_backend=False,
+        )
 
 
 def queue_name(prefix: str = "contract") -> str:
@@ -104,14 +152,29 @@ class DispatcherContract:
 
     #: The shortest visibility timeout the broker takes (seconds).
     visibility_timeout: float = 1.0
+    #: The consume loop the scenarios run: ``"sync"`` or ``"asyncio"``.
+    loop: str = "sync"
+
+    def async_backend(self, backend: MessagingBackend) -> AsyncMessagingBackend:
+        """Return the async backend the asyncio loop consumes (the sync one, bridged)."""
+        return BridgedBackend(backend)
 
     # -- in this process --------------------------------------------------------------
 
+    def undeclared_dispatcher(
+        self, backend: MessagingBackend, consumers: list[Consumer], **options: Any
+    ) -> ConsumeLoop:
+        """Return a dispatcher of ``loop``'s kind for ``consumers``; it declares nothing."""
+        if self.loop == "asyncio":
+            aio = AsyncMessageDispatcher(self.async_backend(backend), consumers, **options)
+            return OnAsyncio(aio)
+        return MessageDispatcher(backend, consumers=consumers, **options)
+
     def dispatcher(
         self, backend: MessagingBackend, queue: str, consumer: Consumer, **options: Any
-    ) -> MessageDispatcher:
+    ) -> ConsumeLoop:
         visibility = options.pop("visibility_timeout", self.visibility_timeout)
-        dispatcher = MessageDispatcher(backend, consumers=[consumer], **options)
+        dispatcher = self.undeclared_dispatcher(backend, [consumer], **options)
         dispatcher.declare(queue, visibility_timeout=visibility)
         return dispatcher
 
@@ -135,14 +198,14 @@ class DispatcherContract:
         )
         effects = Effects(seconds=3 * self.visibility_timeout)
         # Told nothing, they would assume the backend's default (30 s) and renew too late.
-        workers = [MessageDispatcher(backend, consumers=[effects]) for _ in range(2)]
+        workers = [self.undeclared_dispatcher(backend, [effects]) for _ in range(2)]
         self.assert_handled_once(backend, queue, workers, effects)
 
     def assert_handled_once(
         self,
         backend: MessagingBackend,
         queue: str,
-        workers: list[MessageDispatcher],
+        workers: list[ConsumeLoop],
         effects: Effects,
     ) -> None:
         """Publish one event, let ``workers`` consume it together, and check it ran once."""
@@ -297,6 +360,8 @@ class DispatcherContract:
                 command += ["--visibility-timeout", str(self.visibility_timeout)]
             if store is not None:
                 command += ["--idempotency", store]
+            if self.loop == "asyncio":
+                command += ["--async"]
             log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115
             process = subprocess.Popen(
                 command,

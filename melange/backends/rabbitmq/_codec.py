@@ -40,7 +40,7 @@ from melange.backends.decoding import (
 )
 from melange.backends.rabbitmq._confirms import OnReturn, Outgoing
 from melange.exceptions import MissingExtraError, UndecodableMessageError
-from melange.models import Message, _unchecked
+from melange.models import Message, unchecked_message
 
 try:
     import pika
@@ -187,7 +187,9 @@ def _decoded(receipt: Receipt, delivery: Delivery) -> Message:
     if problems:
         reason = "; ".join(problems)
         return undecodable(content, message_id, owned, reason, receive_count, receipt, manifest)
-    return _unchecked(content, message_id, owned, serializer_id, manifest, receive_count, receipt)
+    return unchecked_message(
+        content, message_id, owned, serializer_id, manifest, receive_count, receipt
+    )
 
 
 def carried_receives(receives: int, queue: str) -> str:

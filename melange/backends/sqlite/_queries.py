@@ -29,7 +29,7 @@ from melange.backends.decoding import (
     undecodable,
 )
 from melange.exceptions import PublishError, QueueNotFoundError, UndecodableMessageError
-from melange.models import Message, _unchecked
+from melange.models import Message, unchecked_message
 
 __all__ = [
     "ACKNOWLEDGE_CLAIM",
@@ -259,7 +259,7 @@ def received(queue: str, token: bytes, claimed: Claimed) -> list[Message]:
     metadata = _batch_headers(texts)
     if metadata is not None and _plain(message_ids, contents, serializer_ids, manifests):
         return [
-            _unchecked(
+            unchecked_message(
                 content,
                 message_id,
                 disowned(meta),
@@ -340,7 +340,9 @@ def _decoded(row: tuple[Any, ...], receipt: Receipt) -> Message:
         except UndecodableMessageError as e:
             problems.append(str(e))
     if not problems:
-        return _unchecked(content, message_id, headers, serializer_id, manifest, count, receipt)
+        return unchecked_message(
+            content, message_id, headers, serializer_id, manifest, count, receipt
+        )
     return undecodable(content, message_id, headers, "; ".join(problems), count, receipt, manifest)
 
 

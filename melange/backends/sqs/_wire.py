@@ -19,7 +19,7 @@ from melange.backends.decoding import (
 )
 from melange.backends.naming import sqs_name
 from melange.exceptions import MessageTooLargeError, UndecodableMessageError
-from melange.models import Message, _unchecked, new_message_id
+from melange.models import Message, new_message_id, unchecked_message
 
 __all__ = [
     "MANIFEST",
@@ -273,4 +273,6 @@ def _decoded(received: Mapping[str, Any], queue_url: str) -> Message:
     if problems:
         reason = "; ".join(problems)
         return undecodable(body, message_id, owned, reason, receive_count, receipt, manifest)
-    return _unchecked(body, message_id, owned, serializer_id, manifest, receive_count, receipt)
+    return unchecked_message(
+        body, message_id, owned, serializer_id, manifest, receive_count, receipt
+    )

@@ -5,24 +5,29 @@ leases of those being handled) before it can expire, so a long handler is
 never handed to a second worker. Finished messages are acknowledged in small
 groups by the loop itself, and by that thread too when the next handler runs
 long, so none waits more than about ``_KEEPER_TICK`` seconds.
+
+The keeper thread calls a synchronous backend; under asyncio it calls the
+async backend through ``LoopCalls``, on the loop, while the loop itself sends
+its acknowledgements with ``take_acks`` and ``acknowledging``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Protocol, Self
 
-from melange.backends.interfaces import MessagingBackend
+from melange.consuming.calls import BrokerCall, BrokerSteps, run_calls
 from melange.exceptions import MelangeError
 from melange.middleware import Handling
 from melange.models import Message
 
-__all__ = ["HeldMessages"]
+__all__ = ["HeldMessages", "KeeperCalls", "LoopCalls", "acknowledging"]
 
 _log = logging.getLogger("melange.dispatcher")
 
@@ -31,15 +36,50 @@ _MIN_EXTEND_INTERVAL = 0.2
 _KEEPER_TICK = 0.25
 
 
+class KeeperCalls(Protocol):
+    """The two backend calls the keeper thread makes (a ``MessagingBackend`` has both)."""
+
+    def extend_visibility_batch(self, messages: Sequence[Message], seconds: float) -> None: ...
+
+    def acknowledge_batch(self, messages: Sequence[Message]) -> None: ...
+
+
+class LoopCalls:
+    """``KeeperCalls`` on an async backend: each call runs on ``loop``, the thread waits."""
+
+    def __init__(self, backend: Any, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.backend = backend
+        self.loop = loop
+        self.timeout = timeout
+
+    def extend_visibility_batch(self, messages: Sequence[Message], seconds: float) -> None:
+        self._wait(self.backend.extend_visibility_batch(messages, seconds))
+
+    def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        self._wait(self.backend.acknowledge_batch(messages))
+
+    def _wait(self, call: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(call, self.loop).result(self.timeout)
+
+
+def acknowledging(messages: Sequence[Message]) -> BrokerSteps[None]:
+    """Acknowledge finished messages; a failure is logged (they come back, idempotency skips)."""
+    try:
+        yield BrokerCall("acknowledge_batch", (messages,))
+    except MelangeError as e:
+        _log.warning("could not acknowledge %d messages: %s", len(messages), e)
+
+
 class HeldMessages:
     """Received messages not yet settled, and the acknowledgements waiting to be sent.
 
-    Use as a context manager: the keeper thread runs inside the block, and
-    leaving it sends the acknowledgements still waiting.
+    Use as a context manager (``with``, or ``async with`` on an event loop):
+    the keeper thread runs inside the block, and leaving it sends the
+    acknowledgements still waiting.
     """
 
     def __init__(
-        self, backend: MessagingBackend, visibility_timeout: float, *, ack_delay: float = 0.05
+        self, backend: KeeperCalls, visibility_timeout: float, *, ack_delay: float = 0.05
     ) -> None:
         self.backend = backend
         self.visibility_timeout = visibility_timeout
@@ -109,17 +149,20 @@ class HeldMessages:
             self._held.clear()
         return messages
 
+    def take_acks(self) -> list[Message]:
+        """Return (and stop waiting on) the acknowledgements waiting: the caller sends them."""
+        return _drain(self._acks)
+
     def flush(self) -> None:
-        """Send the waiting acknowledgements now (from either thread)."""
+        """Send the waiting acknowledgements now, on the backend given (from any thread)."""
         acks = _drain(self._acks)
         if acks:
-            self._acknowledge(acks)
+            run_calls(self.backend, acknowledging(acks))
 
     # -- the keeper thread ------------------------------------------------------------
 
     def __enter__(self) -> Self:
-        self._thread = threading.Thread(target=self._keep, name="melange-keeper", daemon=True)
-        self._thread.start()
+        self._start_keeper()
         return self
 
     def __exit__(
@@ -128,6 +171,26 @@ class HeldMessages:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._close()
+
+    async def __aenter__(self) -> Self:
+        self._start_keeper()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # On a thread: the keeper is joined, and the last acknowledgements go through the loop.
+        await asyncio.to_thread(self._close)
+
+    def _start_keeper(self) -> None:
+        self._thread = threading.Thread(target=self._keep, name="melange-keeper", daemon=True)
+        self._thread.start()
+
+    def _close(self) -> None:
         with self._lock:
             self._closing = True
             self._wake.notify_all()
@@ -183,13 +246,6 @@ class HeldMessages:
                 one.renew_leases(now)
             except Exception as e:  # the keeper must outlive any one store failure
                 _log.warning("could not renew a lease on %s: %s", one.message.message_id, e)
-
-    def _acknowledge(self, messages: list[Message]) -> None:
-        try:
-            self.backend.acknowledge_batch(messages)
-        except MelangeError as e:
-            # They come back after their visibility timeout; an idempotency store skips them.
-            _log.warning("could not acknowledge %d messages: %s", len(messages), e)
 
 
 def _drain(queue: deque[Message]) -> list[Message]:

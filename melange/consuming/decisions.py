@@ -3,7 +3,8 @@
 The pipeline deserializes a message, finds the consumers that accept its
 event, runs them through the middleware and decides an outcome (ack, release
 after a delay, dead-letter, skip, keep). It does no broker I/O: the consume
-loop (sync now, asyncio later) fetches messages and applies outcomes.
+loops (``MessageDispatcher``, ``AsyncMessageDispatcher``) fetch messages and
+``melange.consuming.settling`` applies outcomes.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ from melange.middleware import (
     hooks_of,
 )
 from melange.models import DECODE_ERROR, Message
-from melange.outcomes import _SUCCESS, CallResult, Outcome
+from melange.outcomes import SUCCEEDED, CallResult, Outcome
 from melange.policies import AckPolicy, RetryPolicy
 from melange.serializers import SerializerRegistry
 
-__all__ = ["MessagePipeline"]
+__all__ = ["MessagePipeline", "Plan"]
 
 _log = logging.getLogger("melange.pipeline")
 
@@ -83,7 +84,12 @@ def _trim(entries: OrderedDict[str, Any]) -> None:
 
 
 class MessagePipeline:
-    """Decides the outcome of each received message; shared by every consume loop."""
+    """Decides the outcome of each received message; shared by every consume loop.
+
+    ``handle`` decides on the calling thread. The asyncio loop decides with
+    ``AsyncDecisions`` over the same pipeline: both take the same steps
+    (``plan``, then each ``ConsumerCall`` of the plan, then its ``outcome``).
+    """
 
     def __init__(
         self,
@@ -104,7 +110,8 @@ class MessagePipeline:
         self._handle = compose(hooks_of(self.middleware, "handle_message"), self._decide)
         self._call = compose(hooks_of(self.middleware, "call_consumer"), self._attempt)
         self._memory = _Memory()
-        self._success = (
+        #: The outcome of a message handled well (ack, or keep with ``AckPolicy.MANUAL``).
+        self.success = (
             Outcome.keep("the handler acknowledges (AckPolicy.MANUAL)")
             if ack_policy is AckPolicy.MANUAL
             else Outcome.ack()
@@ -120,31 +127,36 @@ class MessagePipeline:
             return self._handle(handling)
         except Exception as e:
             handling.report(e)
-            return self._after_failure(handling.message, CallResult.failure(e))
-
-    # -- the decision -------------------------------------------------------------
+            return self.after_failure(handling.message, CallResult.failure(e))
 
     def _decide(self, handling: Handling) -> Outcome:
-        prepared = self.prepare(handling)
-        if isinstance(prepared, Outcome):
-            return prepared
-        consumers, done_before = prepared
-        if done_before is None and len(consumers) == 1:  # the common case, kept short
-            result = self._call(ConsumerCall(handling, consumers[0]))
-            if result is _SUCCESS:
-                return self._success
-            handling.unsuccessful = ((consumers[0], result),)
-            return self._combine(handling.message, [result])
-        return self._combine(
-            handling.message, self._run_consumers(handling, consumers, done_before)
-        )
+        plan = self.plan(handling)
+        if isinstance(plan, Outcome):
+            return plan
+        for call in plan.calls:
+            plan.note(call, self._call(call))
+        return plan.outcome()
 
-    def prepare(self, handling: Handling) -> Outcome | tuple[Sequence[Consumer], set[str] | None]:
-        """Deserialize the message; return its outcome already, or who must handle it.
+    def _attempt(self, call: ConsumerCall) -> CallResult:
+        """Call the consumer up to ``immediate_attempts`` times; the innermost step."""
+        handling = call.handling
+        for attempt in range(1, self.retry.immediate_attempts + 1):
+            try:
+                result: Any = call.consumer.handle(handling.event, handling.message)  # type: ignore[func-returns-value]
+                if result is not None and inspect.isawaitable(result):  # an async ``handle``
+                    run_on_loop(result, f"{type(call.consumer).__qualname__}.handle")
+            except Exception as e:
+                final = self.failed_attempt(call, e, attempt)
+                if final is not None:
+                    return final
+            else:
+                return SUCCEEDED
+        raise AssertionError("unreachable: the last attempt returns")
 
-        The consumers come with those that handled it in an earlier delivery
-        (``None``: nobody did). Shared by the sync and the async pipeline.
-        """
+    # -- the steps both loops take ----------------------------------------------------
+
+    def plan(self, handling: Handling) -> Outcome | Plan:
+        """Deserialize the message; return its outcome already, or the plan of who handles it."""
         message = handling.message
         reason = message.text_header(DECODE_ERROR)  # only melange's decoders set it
         if reason is not None:
@@ -169,61 +181,7 @@ class MessagePipeline:
         consumers = self._consumers_for(type(event), message.manifest)
         if not consumers:
             return _skipped(message, f"no listener accepts {type(event).__qualname__}")
-        return consumers, self._memory.successes_before(message.message_id)
-
-    def _run_consumers(
-        self, handling: Handling, consumers: Sequence[Consumer], done_before: set[str] | None
-    ) -> list[CallResult]:
-        """Run each consumer; remember who succeeded if another must run again."""
-        results: list[CallResult] = []
-        succeeded = set(done_before or ())
-        for consumer in consumers:
-            if consumer.consumer_id in succeeded:
-                results.append(CallResult.skip("handled by an earlier delivery"))
-                continue
-            result = self._call(ConsumerCall(handling, consumer))
-            self.note(handling, consumer, result, succeeded, results)
-        self.remember(handling, succeeded, results)
-        return results
-
-    def note(
-        self,
-        handling: Handling,
-        consumer: Consumer,
-        result: CallResult,
-        succeeded: set[str],
-        results: list[CallResult],
-    ) -> None:
-        """Record one consumer's result on the way through ``consumers``."""
-        if result.succeeded:
-            succeeded.add(consumer.consumer_id)
-        else:
-            handling.unsuccessful = (*handling.unsuccessful, (consumer, result))
-        results.append(result)
-
-    def remember(
-        self, handling: Handling, succeeded: set[str], results: Sequence[CallResult]
-    ) -> None:
-        """Remember who succeeded when another consumer must run again."""
-        if succeeded and any(r.failed or r.deferred for r in results):
-            self._memory.remember_successes(handling.message.message_id, succeeded)
-
-    def _attempt(self, call: ConsumerCall) -> CallResult:
-        """Call the consumer up to ``immediate_attempts`` times; the innermost step."""
-        handling = call.handling
-        attempts = self.retry.immediate_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                result: Any = call.consumer.handle(handling.event, handling.message)  # type: ignore[func-returns-value]
-                if result is not None and inspect.isawaitable(result):  # an async ``handle``
-                    run_on_loop(result, f"{type(call.consumer).__qualname__}.handle")
-            except Exception as e:
-                final = self.failed_attempt(call, e, attempt)
-                if final is not None:
-                    return final
-            else:
-                return _SUCCESS
-        raise AssertionError("unreachable: the last attempt returns")
+        return Plan(self, handling, consumers, self._memory.successes_before(message.message_id))
 
     def failed_attempt(
         self, call: ConsumerCall, error: Exception, attempt: int
@@ -257,34 +215,23 @@ class MessagePipeline:
 
     def combine(self, message: Message, results: Sequence[CallResult]) -> Outcome:
         """Return the outcome of a message from its consumers' results."""
-        return self._combine(message, results)
-
-    def after_failure(self, message: Message, failure: CallResult) -> Outcome:
-        """Return the outcome of a message whose handling failed (retry or dead-letter)."""
-        return self._after_failure(message, failure)
-
-    @property
-    def success(self) -> Outcome:
-        """Return the outcome of a message handled well (ack, or keep with MANUAL)."""
-        return self._success
-
-    def _combine(self, message: Message, results: Sequence[CallResult]) -> Outcome:
         rejected = [r for r in results if r.rejected]
         if rejected:
             first = rejected[0]
             return Outcome.dead_letter(Stage.HANDLE, first.reason, error=first.error, attempts=1)
         failed = [r for r in results if r.failed]
         if failed:
-            return self._after_failure(message, failed[-1])
+            return self.after_failure(message, failed[-1])
         deferred = [r for r in results if r.deferred]
         if deferred:
             longest = max(deferred, key=lambda r: r.delay)
             return Outcome.release(longest.delay, longest.reason)
         if not any(r.succeeded for r in results):
             return Outcome.skip("; ".join(sorted({r.reason for r in results})))
-        return self._success
+        return self.success
 
-    def _after_failure(self, message: Message, failure: CallResult) -> Outcome:
+    def after_failure(self, message: Message, failure: CallResult) -> Outcome:
+        """Return the outcome of a message whose handling failed (retry or dead-letter)."""
         policy = self.ack_policy
         error = failure.error
         assert error is not None
@@ -297,6 +244,60 @@ class MessagePipeline:
                 self.retry.delay_for(delivery), f"failed: {error!r}", error=error
             )
         return Outcome.dead_letter(Stage.HANDLE, str(error), error=error, attempts=attempts)
+
+    def remember_successes(self, message_id: str, consumer_ids: set[str]) -> None:
+        """Remember which consumers handled a message that must come again for another."""
+        self._memory.remember_successes(message_id, consumer_ids)
+
+
+class Plan:
+    """Who handles one deserialized message, and what their results come to.
+
+    Made by ``MessagePipeline.plan``. The loop runs each of ``calls`` (through
+    the ``call_consumer`` middleware) and hands its result to ``note``; then
+    ``outcome`` says what to do with the message. A consumer that handled it
+    in an earlier delivery (when another had failed) is not called again.
+    """
+
+    __slots__ = ("_pipeline", "_results", "_succeeded", "calls", "handling")
+
+    def __init__(
+        self,
+        pipeline: MessagePipeline,
+        handling: Handling,
+        consumers: Sequence[Consumer],
+        done_before: set[str] | None,
+    ) -> None:
+        self._pipeline = pipeline
+        self.handling = handling
+        self._results: list[CallResult] = []
+        self._succeeded: set[str] = set(done_before or ())
+        if done_before:
+            self._results.extend(
+                CallResult.skip("handled by an earlier delivery")
+                for c in consumers
+                if c.consumer_id in done_before
+            )
+            consumers = [c for c in consumers if c.consumer_id not in done_before]
+        #: The consumer calls to make, in order.
+        self.calls: list[ConsumerCall] = [ConsumerCall(handling, c) for c in consumers]
+
+    def note(self, call: ConsumerCall, result: CallResult) -> None:
+        """Record how one of ``calls`` went."""
+        if result is SUCCEEDED or result.succeeded:
+            self._succeeded.add(call.consumer.consumer_id)
+        else:
+            self.handling.unsuccessful = (*self.handling.unsuccessful, (call.consumer, result))
+        self._results.append(result)
+
+    def outcome(self) -> Outcome:
+        """Return what to do with the message now that every call was noted."""
+        pipeline, results = self._pipeline, self._results
+        if len(results) == 1 and results[0] is SUCCEEDED:  # the common case, kept short
+            return pipeline.success
+        if self._succeeded and any(r.failed or r.deferred for r in results):
+            pipeline.remember_successes(self.handling.message.message_id, self._succeeded)
+        return pipeline.combine(self.handling.message, results)
 
 
 def _skipped(message: Message, reason: str) -> Outcome:
