@@ -56,12 +56,12 @@ def is_async_callable(func: Any) -> bool:
 
 
 async def in_thread(
-    executor: Executor, function: Callable[..., _T], /, *args: Any, **kwargs: Any
+    executor: Executor | None, function: Callable[..., _T], /, *args: Any, **kwargs: Any
 ) -> _T:
-    """Await ``function(*args, **kwargs)`` run on ``executor``, in a copy of this context.
+    """Await ``function(*args, **kwargs)`` run on ``executor`` (``None``: the loop's default).
 
-    In that copy ``bridged_loop`` is this loop, so an ``async def`` handler the
-    call reaches runs here, not nowhere.
+    It runs in a copy of this context, in which ``bridged_loop`` is this loop,
+    so an ``async def`` handler the call reaches runs here, not nowhere.
     """
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()

@@ -8,13 +8,13 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from melange._bridge import is_async_callable, run_on_loop
 from melange.exceptions import ListenerDefinitionError
 from melange.models import Message
 
-__all__ = ["Consumer", "Handler", "listener"]
+__all__ = ["Consumer", "ConsumerRuntime", "Handler", "listener"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 Handler = Callable[[Any, Message], None]
@@ -118,6 +118,16 @@ class _Style(enum.Enum):
     ORIGINAL = "original"
 
 
+class ConsumerRuntime(Protocol):
+    """What a consumer runs besides its handlers (a saga's runner): the dispatcher owns it."""
+
+    def start(self) -> None:
+        """Start it (called again for each dispatcher it is attached to: once is enough)."""
+
+    def close(self) -> None:
+        """Stop it; safe to call more than once."""
+
+
 class Consumer:
     """Handles the events its ``@listener`` methods accept.
 
@@ -125,8 +135,11 @@ class Consumer:
     ``on_message=callable`` (its first parameter's annotation, if any, says
     what it accepts; without one it accepts every event). ``consumer_id``
     names the consumer in idempotency keys; it defaults to the class path.
+    ``runtime``, if set, is started when a dispatcher attaches the consumer
+    and closed when it is unattached.
     """
 
+    runtime: ConsumerRuntime | None = None
     _listeners: ClassVar[dict[str, _Listener]] = {}
     _style: ClassVar[_Style] = _Style.LISTENERS
 

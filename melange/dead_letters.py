@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import threading
@@ -12,12 +13,13 @@ from datetime import UTC, datetime
 from melange import signals
 from melange.backends.decoding import is_own_header
 from melange.backends.interfaces import MessagingBackend
-from melange.consuming.calls import BrokerCall, BrokerSteps, run_calls
+from melange.broker_calls import BrokerCall, BrokerSteps, run_calls
 from melange.exceptions import (
     BackendError,
     BatchPublishError,
     ConfigurationError,
     MessageTooLargeError,
+    UnsupportedOperationError,
 )
 from melange.models import Message, QueueWrapper
 
@@ -275,10 +277,8 @@ def peek(
         QueueNotFoundError: the dead-letter queue does not exist.
     """
     source = backend.get_queue(dead_letter_queue or dead_letter_queue_name(queue))
-    browse = getattr(backend, "browse_messages", None)
-    if browse is not None:
-        browsed: list[Message] = browse(source, limit)
-        return browsed
+    with contextlib.suppress(UnsupportedOperationError):
+        return backend.browse_messages(source, limit)
     messages = backend.retrieve_messages(source, max_messages=limit)
     for message in messages:
         backend.release(message)

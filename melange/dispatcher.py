@@ -7,9 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from melange.backends.interfaces import MessagingBackend
-from melange.builtin_middleware import IdempotencyMiddleware
+from melange.broker_calls import run_calls
 from melange.consumers import Consumer
-from melange.consuming.calls import run_calls
 from melange.consuming.engine import EngineOwner
 from melange.consuming.holding import HeldMessages
 from melange.consuming.pacing import ReceivePacing
@@ -18,6 +17,7 @@ from melange.consuming.settling import OutcomeCounts
 from melange.exceptions import BackendError, InvalidArgumentError, QueueNotFoundError
 from melange.idempotency.base import IdempotencyStore
 from melange.middleware import Consuming, ExceptionHook, Handling, Middleware
+from melange.middleware.idempotency import IdempotencyMiddleware
 from melange.models import Message, QueueWrapper
 from melange.outcomes import OutcomeKind
 from melange.policies import AckPolicy, RetryPolicy

@@ -34,9 +34,9 @@ from melange.exceptions import IdempotencyError
 from melange.idempotency import InMemoryIdempotencyStore, SQLiteIdempotencyStore
 from melange.idempotency.base import Claim, IdempotencyStore
 from melange.outcomes import OutcomeKind
+from melange.outgoing import Outgoing
 from melange.saga import (
     InMemorySagaStore,
-    PendingMessage,
     PostgresSagaStore,
     SagaRecord,
     SagaStatus,
@@ -244,10 +244,10 @@ class SagaStoreOnLoop(SagaStore):
         self.store, self.loop = store, loop
         self.closed = False
 
-    def create(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+    def create(self, record: SagaRecord, outgoing: Sequence[Outgoing] = ()) -> None:
         self.loop.run(self.store.create(record, outgoing))
 
-    def save(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+    def save(self, record: SagaRecord, outgoing: Sequence[Outgoing] = ()) -> None:
         self.loop.run(self.store.save(record, outgoing))
 
     def load(self, saga_type: str, saga_id: str) -> SagaRecord | None:
@@ -256,13 +256,13 @@ class SagaStoreOnLoop(SagaStore):
     def find(self, saga_type: str, key: str) -> SagaRecord | None:
         return self.loop.run(self.store.find(saga_type, key))
 
-    def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[PendingMessage]:
+    def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[Outgoing]:
         return self.loop.run(self.store.pending(saga_type, saga_id, due_by=due_by))
 
     def sent(self, saga_type: str, saga_id: str, message_ids: Iterable[str]) -> None:
         self.loop.run(self.store.sent(saga_type, saga_id, message_ids))
 
-    def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, PendingMessage]]:
+    def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, Outgoing]]:
         return self.loop.run(self.store.due(saga_type, now, limit))
 
     def instances(

@@ -211,7 +211,7 @@ def test_the_scan_sees_a_private_name_used_across_files(tmp_path: Path) -> None:
 
 def test_the_async_backend_contract_is_the_sync_one_method_by_method() -> None:
     from melange.aio import AsyncMessagingBackend
-    from melange.backends.interfaces import MessagingBackend
+    from melange.backends.interfaces import BackendCapabilities, MessagingBackend
 
     def public_methods(cls: type) -> dict[str, inspect.Signature]:
         return {
@@ -229,12 +229,21 @@ def test_the_async_backend_contract_is_the_sync_one_method_by_method() -> None:
         assert inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member), name
     abstract = set(MessagingBackend.__abstractmethods__)
     assert abstract <= set(AsyncMessagingBackend.__abstractmethods__)
-    for attribute in (
+    for interface in (MessagingBackend, AsyncMessagingBackend):
+        built = inspect.getattr_static(interface, "from_url")
+        assert isinstance(built, classmethod), interface
+        assert list(inspect.signature(built.__func__).parameters) == ["cls", "url"]
+        assert issubclass(interface, BackendCapabilities)
+    declared = inspect.get_annotations(BackendCapabilities)
+    assert {
         "default_visibility_timeout",
         "default_max_receive_count",
         "max_message_size",
-    ):
-        assert getattr(AsyncMessagingBackend, attribute) == getattr(MessagingBackend, attribute)
+        "messaging_system",
+        "max_delay_seconds",
+    } <= set(declared)
+    for attribute in declared:
+        assert attribute not in vars(AsyncMessagingBackend), attribute  # one copy, shared
 
 
 def test_the_consume_engine_is_one_package_both_loops_import() -> None:
@@ -242,7 +251,6 @@ def test_the_consume_engine_is_one_package_both_loops_import() -> None:
     assert modules == [
         "__init__",
         "async_decisions",
-        "calls",
         "decisions",
         "engine",
         "holding",
@@ -257,3 +265,50 @@ def test_the_consume_engine_is_one_package_both_loops_import() -> None:
         assert "melange.consuming.holding.HeldMessages" in imported, loop
     assert not (PACKAGE / "pipeline.py").exists()
     assert not (PACKAGE / "aio" / "_pipeline.py").exists()
+
+
+def test_one_outgoing_type_and_one_publish_path() -> None:
+    for publisher in (PACKAGE / "publishers.py", PACKAGE / "aio" / "_publisher.py"):
+        source = publisher.read_text()
+        assert "type: ignore" not in source, publisher
+        assert "melange.sending.Sending" in imports_of(publisher), publisher
+    defined = {
+        node.name
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+    }
+    assert {"Outgoing", "Destination"} <= defined
+    assert not defined & {"PendingMessage", "HeldPublish", "_Target"}
+
+
+def test_middleware_is_a_package_with_one_module_per_built_in() -> None:
+    modules = sorted(p.stem for p in (PACKAGE / "middleware").glob("*.py"))
+    assert modules == [
+        "__init__",
+        "base",
+        "consume_scopes",
+        "held_publishes",
+        "idempotency",
+        "idempotency_async",
+        "publish_scopes",
+        "recording",
+        "scope",
+        "telemetry",
+    ]
+    assert not (PACKAGE / "middleware.py").exists()
+    assert not (PACKAGE / "aio" / "_idempotency.py").exists()
+    assert not (PACKAGE / "testing" / "_recording.py").exists()
+    # The old homes only re-export; none defines a class of its own.
+    for old in (PACKAGE / "builtin_middleware.py", PACKAGE / "telemetry.py"):
+        tree = ast.parse(old.read_text())
+        assert not [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef)]
+
+
+def test_the_scopes_type_their_owners() -> None:
+    from melange.middleware import Consuming, Publishing
+
+    assert inspect.get_annotations(Consuming)["dispatcher"] == "object"
+    assert inspect.get_annotations(Publishing)["publisher"] == "object"
+    assert inspect.get_annotations(Publishing)["messaging_system"] == "str"
+    assert "getattr(" not in (PACKAGE / "middleware" / "telemetry.py").read_text()

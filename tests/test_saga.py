@@ -435,8 +435,9 @@ class ShortDelays(InMemoryMessagingBackend):
 
 
 class NoDelays(InMemoryMessagingBackend):
-    """A backend with the interface's default: it cannot delay a message at all."""
+    """A backend with the interface's defaults: it cannot delay a message at all."""
 
+    max_delay_seconds = MessagingBackend.max_delay_seconds
     publish_delayed_to_queue = MessagingBackend.publish_delayed_to_queue
 
 
@@ -654,3 +655,46 @@ def test_a_plain_publish_in_a_saga_handler_joins_the_outbox() -> None:
     [(_, _, saga_id)] = [r for r in world.commands.received if r[0] == "ReleaseStock"]
     assert saga_id == record.saga_id
     assert '"notes":1' in record.state
+
+
+def test_pending_message_is_a_deprecated_name_of_outgoing() -> None:
+    import melange.saga
+    from melange.outgoing import Outgoing
+
+    with pytest.warns(DeprecationWarning, match="Outgoing"):
+        assert melange.saga.PendingMessage is Outgoing
+
+
+@pytest.mark.parametrize("name", ["send", "state", "store", "stats", "runner", "handle"])
+def test_a_saga_that_redefines_a_reserved_name_fails_at_class_definition(name: str) -> None:
+    with pytest.raises(SagaError, match=f"defines {name}: reserved"):
+        type("Clashing", (OrderSaga,), {name: lambda self: None})
+
+
+def test_a_listener_named_like_a_verb_fails_at_class_definition() -> None:
+    with pytest.raises(SagaError, match="complete"):
+
+        class Clashing(Saga[OrderState]):
+            correlation = {OrderPlaced: "order_id"}  # noqa: RUF012 - a saga's declaration
+
+            @starts
+            def complete(self, event: OrderPlaced) -> None:  # type: ignore[override]
+                """Would hide Saga.complete."""
+
+
+def test_the_runner_holds_the_runtime_and_the_dispatcher_starts_and_stops_it() -> None:
+    backend = InMemoryMessagingBackend()
+    saga = OrderSaga(InMemorySagaStore(), MessagePublisher(backend), queue="orders")
+    runner = saga.runner
+    assert (saga.store, saga.publisher, saga.queue) == (runner.store, runner.publisher, "orders")
+    assert "store" not in vars(saga)  # the user's instance keeps no runtime of its own
+    pollers = lambda: [t for t in threading.enumerate() if t.name == "melange-saga-OrderSaga"]  # noqa: E731
+    before = len(pollers())
+    dispatcher = MessageDispatcher(backend, [saga])
+    assert len(pollers()) == before + 1  # attached: the runner's poller runs
+    dispatcher.unattach_consumer(saga)
+    assert wait_until(lambda: len(pollers()) == before)
+    dispatcher.attach_consumer(saga)
+    assert len(pollers()) == before + 1  # attached again: started again
+    saga.close()
+    assert wait_until(lambda: len(pollers()) == before)

@@ -8,7 +8,6 @@ middleware. Listeners may be ``async def``. See docs/asyncio.md.
 
 from melange.aio._bridged import BridgedBackend, from_url
 from melange.aio._dispatcher import AsyncMessageDispatcher
-from melange.aio._idempotency import AsyncIdempotencyMiddleware
 from melange.aio._interface import AsyncMessagingBackend
 from melange.aio._publisher import AsyncMessagePublisher
 from melange.aio._saga_stores import BridgedSagaStore, saga_store_from_url
@@ -18,6 +17,7 @@ from melange.aio._stores import (
     BridgedIdempotencyStore,
     store_from_url,
 )
+from melange.middleware.idempotency_async import AsyncIdempotencyMiddleware
 
 __all__ = [
     "AsyncIdempotencyMiddleware",

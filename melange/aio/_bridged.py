@@ -9,21 +9,43 @@ async drivers, with figures.
 
 from __future__ import annotations
 
+import inspect
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from melange._bridge import in_thread
 from melange.aio._interface import AsyncMessagingBackend
 from melange.backends import from_url as sync_from_url
-from melange.backends.interfaces import MessagingBackend, QueueStats
+from melange.backends.interfaces import MessagingBackend
 from melange.exceptions import InvalidArgumentError
-from melange.models import Message, QueueWrapper, TopicWrapper
 
 __all__ = ["BridgedBackend", "from_url"]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+def _on_sync(
+    method: Callable[_P, Coroutine[Any, Any, _T]],
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """Return ``method`` of the async interface, run as the sync backend's namesake in a thread.
+
+    The signature is the interface's, so the bridge is never a third copy of it.
+    """
+    name = method.__name__
+
+    async def bridged(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        bridge = cast(BridgedBackend, args[0])
+        result: _T = await bridge.run(getattr(bridge.sync, name), *args[1:], **kwargs)
+        return result
+
+    bridged.__name__ = name
+    bridged.__qualname__ = f"BridgedBackend.{name}"
+    bridged.__doc__ = method.__doc__
+    bridged.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
+    return bridged
 
 
 class BridgedBackend(AsyncMessagingBackend):
@@ -37,6 +59,7 @@ class BridgedBackend(AsyncMessagingBackend):
         self.default_max_receive_count = sync.default_max_receive_count
         self.max_message_size = sync.max_message_size
         self.messaging_system = sync.messaging_system
+        self.max_delay_seconds = sync.max_delay_seconds
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="melange-aio")
         self._closed = False
         self._close_lock = threading.Lock()
@@ -48,86 +71,26 @@ class BridgedBackend(AsyncMessagingBackend):
         """Run ``function(*args, **kwargs)`` on this backend's threads, in the caller's context."""
         return await in_thread(self._pool, function, *args, **kwargs)
 
-    async def declare_topic(self, topic_name: str) -> TopicWrapper:
-        return await self.run(self.sync.declare_topic, topic_name)
-
-    async def get_queue(self, queue_name: str) -> QueueWrapper:
-        return await self.run(self.sync.get_queue, queue_name)
-
-    async def declare_queue(
-        self,
-        queue_name: str,
-        *topics_to_bind: TopicWrapper,
-        dead_letter_queue_name: str | None = None,
-        visibility_timeout: float | None = None,
-        max_receive_count: int | None = None,
-        **kwargs: Any,
-    ) -> tuple[QueueWrapper, QueueWrapper | None]:
-        return await self.run(
-            self.sync.declare_queue,
-            queue_name,
-            *topics_to_bind,
-            dead_letter_queue_name=dead_letter_queue_name,
-            visibility_timeout=visibility_timeout,
-            max_receive_count=max_receive_count,
-            **kwargs,
-        )
-
-    async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
-        return await self.run(self.sync.retrieve_messages, queue, **kwargs)
-
-    async def publish_to_topic(
-        self,
-        message: Message,
-        topic: TopicWrapper,
-        extra_attributes: dict[str, Any] | None = None,
-    ) -> None:
-        await self.run(self.sync.publish_to_topic, message, topic, extra_attributes)
-
-    async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        await self.run(self.sync.publish_to_queue, message, queue, **kwargs)
-
-    async def publish_batch_to_queue(
-        self, messages: Sequence[Message], queue: QueueWrapper
-    ) -> None:
-        await self.run(self.sync.publish_batch_to_queue, messages, queue)
-
-    async def publish_batch_to_topic(
-        self, messages: Sequence[Message], topic: TopicWrapper
-    ) -> None:
-        await self.run(self.sync.publish_batch_to_topic, messages, topic)
-
-    async def publish_delayed_to_queue(
-        self, message: Message, queue: QueueWrapper, delay: float
-    ) -> None:
-        await self.run(self.sync.publish_delayed_to_queue, message, queue, delay)
-
-    async def acknowledge(self, message: Message) -> None:
-        await self.run(self.sync.acknowledge, message)
-
-    async def acknowledge_batch(self, messages: Sequence[Message]) -> None:
-        await self.run(self.sync.acknowledge_batch, messages)
-
-    async def release(self, message: Message, delay: float = 0.0) -> None:
-        await self.run(self.sync.release, message, delay)
-
-    async def extend_visibility(self, message: Message, seconds: float) -> None:
-        await self.run(self.sync.extend_visibility, message, seconds)
-
-    async def extend_visibility_batch(self, messages: Sequence[Message], seconds: float) -> None:
-        await self.run(self.sync.extend_visibility_batch, messages, seconds)
-
-    async def visibility_timeout_of(self, queue: QueueWrapper) -> float | None:
-        return await self.run(self.sync.visibility_timeout_of, queue)
-
-    async def queue_stats(self, queue: QueueWrapper) -> QueueStats:
-        return await self.run(self.sync.queue_stats, queue)
-
-    async def delete_queue(self, queue: QueueWrapper) -> None:
-        await self.run(self.sync.delete_queue, queue)
-
-    async def delete_topic(self, topic: TopicWrapper) -> None:
-        await self.run(self.sync.delete_topic, topic)
+    declare_topic = _on_sync(AsyncMessagingBackend.declare_topic)
+    get_queue = _on_sync(AsyncMessagingBackend.get_queue)
+    declare_queue = _on_sync(AsyncMessagingBackend.declare_queue)
+    retrieve_messages = _on_sync(AsyncMessagingBackend.retrieve_messages)
+    publish_to_topic = _on_sync(AsyncMessagingBackend.publish_to_topic)
+    publish_to_queue = _on_sync(AsyncMessagingBackend.publish_to_queue)
+    publish_batch_to_queue = _on_sync(AsyncMessagingBackend.publish_batch_to_queue)
+    publish_batch_to_topic = _on_sync(AsyncMessagingBackend.publish_batch_to_topic)
+    publish_delayed_to_queue = _on_sync(AsyncMessagingBackend.publish_delayed_to_queue)
+    acknowledge = _on_sync(AsyncMessagingBackend.acknowledge)
+    acknowledge_batch = _on_sync(AsyncMessagingBackend.acknowledge_batch)
+    release = _on_sync(AsyncMessagingBackend.release)
+    extend_visibility = _on_sync(AsyncMessagingBackend.extend_visibility)
+    extend_visibility_batch = _on_sync(AsyncMessagingBackend.extend_visibility_batch)
+    visibility_timeout_of = _on_sync(AsyncMessagingBackend.visibility_timeout_of)
+    queue_stats = _on_sync(AsyncMessagingBackend.queue_stats)
+    queue_depth = _on_sync(AsyncMessagingBackend.queue_depth)
+    browse_messages = _on_sync(AsyncMessagingBackend.browse_messages)
+    delete_queue = _on_sync(AsyncMessagingBackend.delete_queue)
+    delete_topic = _on_sync(AsyncMessagingBackend.delete_topic)
 
     @property
     def closed(self) -> bool:

@@ -19,20 +19,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from melange.aio._bridged import BridgedBackend
-from melange.aio._idempotency import AsyncIdempotencyMiddleware
 from melange.aio._interface import AsyncMessagingBackend, require_async_backend
-from melange.aio._stores import AsyncIdempotencyStore, BridgedIdempotencyStore
+from melange.aio._stores import BridgedIdempotencyStore
+from melange.broker_calls import run_calls_async
 from melange.consumers import Consumer
 from melange.consuming.async_decisions import AsyncDecisions
-from melange.consuming.calls import run_calls_async
 from melange.consuming.engine import EngineOwner
 from melange.consuming.holding import HeldMessages, LoopCalls, acknowledging
 from melange.consuming.pacing import ReceivePacing
 from melange.consuming.queues import QueueBinding
 from melange.dispatcher import MessageDispatcher
 from melange.exceptions import BackendError, InvalidArgumentError, QueueNotFoundError
-from melange.idempotency.base import IdempotencyStore
+from melange.idempotency.base import AsyncIdempotencyStore, IdempotencyStore
 from melange.middleware import Consuming, ExceptionHook, Handling, Middleware
+from melange.middleware.idempotency_async import AsyncIdempotencyMiddleware
 from melange.models import Message, QueueWrapper
 from melange.policies import AckPolicy, RetryPolicy
 from melange.serializers import SerializerRegistry

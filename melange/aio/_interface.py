@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from melange.backends.interfaces import QueueStats
-from melange.exceptions import ConfigurationError
+from melange.backends.interfaces import BackendCapabilities, QueueStats
+from melange.exceptions import ConfigurationError, UnsupportedOperationError
 from melange.models import Message, QueueWrapper, TopicWrapper
 
 __all__ = ["AsyncMessagingBackend", "require_async_backend"]
 
 
-class AsyncMessagingBackend(abc.ABC):
+class AsyncMessagingBackend(BackendCapabilities, abc.ABC):
     """The methods of ``melange.backends.interfaces.MessagingBackend``, as coroutines.
 
     Names, arguments and meaning are those of the synchronous interface (see
@@ -22,14 +22,14 @@ class AsyncMessagingBackend(abc.ABC):
     event loop. An async backend is an async context manager.
     """
 
-    #: Seconds a received message stays hidden when ``declare_queue`` is not told.
-    default_visibility_timeout: float = 30.0
-    #: Receives after which a message moves to the dead-letter queue, by default.
-    default_max_receive_count: int = 5
-    #: The largest message (content and headers, in bytes) the broker takes; ``None``: no limit.
-    max_message_size: int | None = None
-    #: The broker, as OpenTelemetry's ``messaging.system`` attribute names it.
-    messaging_system: str = "melange"
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """Build the backend from a URL (``melange.aio.from_url`` bridges any sync one).
+
+        Raises:
+            ConfigurationError: a bad URL or option; the default: no URL form.
+        """
+        raise ConfigurationError(f"{cls.__qualname__} cannot be built from a URL ({url!r})")
 
     @abc.abstractmethod
     async def declare_topic(self, topic_name: str) -> TopicWrapper:
@@ -52,14 +52,36 @@ class AsyncMessagingBackend(abc.ABC):
         """Get or create a queue, subscribe it to topics, and attach a dead-letter queue."""
 
     @abc.abstractmethod
-    async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
-        """Receive the messages available now (``max_messages``, ``wait_seconds``)."""
+    async def retrieve_messages(
+        self,
+        queue: QueueWrapper,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[Message]:
+        """Receive the messages available now (possibly none).
 
-    async def yield_messages(self, queue: QueueWrapper, **kwargs: Any) -> AsyncIterator[Message]:
+        At most ``max_messages``, waiting up to ``wait_seconds`` for one, hidden
+        ``visibility_timeout`` seconds (``None``: the queue's).
+        """
+
+    async def yield_messages(
+        self,
+        queue: QueueWrapper,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 1.0,
+        visibility_timeout: float | None = None,
+    ) -> AsyncIterator[Message]:
         """Yield messages as they arrive, until the backend is closed."""
-        kwargs.setdefault("wait_seconds", 1.0)
         while not self.closed:
-            for message in await self.retrieve_messages(queue, **kwargs):
+            for message in await self.retrieve_messages(
+                queue,
+                max_messages=max_messages,
+                wait_seconds=wait_seconds,
+                visibility_timeout=visibility_timeout,
+            ):
                 yield message
 
     @abc.abstractmethod
@@ -130,6 +152,15 @@ class AsyncMessagingBackend(abc.ABC):
     @abc.abstractmethod
     async def queue_stats(self, queue: QueueWrapper) -> QueueStats:
         """Return how many messages the queue holds ready, in flight and delayed."""
+
+    async def queue_depth(self, queue: QueueWrapper) -> int:
+        """Return how many messages the queue holds, not yet acknowledged (from ``queue_stats``)."""
+        stats = await self.queue_stats(queue)
+        return sum(n for n in (stats.ready, stats.in_flight, stats.delayed) if n is not None)
+
+    async def browse_messages(self, queue: QueueWrapper, limit: int = 10) -> list[Message]:
+        """Return up to ``limit`` messages without receiving them (the default cannot)."""
+        raise UnsupportedOperationError(f"{type(self).__name__} cannot browse a queue")
 
     @abc.abstractmethod
     async def delete_queue(self, queue: QueueWrapper) -> None:

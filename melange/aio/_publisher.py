@@ -2,53 +2,61 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
+from melange import signals
+from melange._bridge import in_thread
 from melange.aio._bridged import BridgedBackend
-from melange.exceptions import ConfigurationError
-from melange.middleware import Middleware
+from melange.aio._interface import AsyncMessagingBackend, require_async_backend
+from melange.broker_calls import run_calls_async
+from melange.middleware import (
+    Middleware,
+    Publishing,
+    async_hooks_of,
+    compose,
+    current_hold,
+    hooks_of,
+)
 from melange.models import Message, QueueWrapper, TopicWrapper
+from melange.outgoing import Destination, Outgoing
 from melange.publishers import MessagePublisher
+from melange.sending import Sending
 from melange.serializers import SerializerRegistry
 
-__all__ = ["AsyncMessagePublisher", "bridged"]
-
-
-def bridged(backend: Any) -> BridgedBackend:
-    """Return ``backend`` if it is a ``BridgedBackend``.
-
-    Raises:
-        ConfigurationError: any other object (a sync backend, say).
-    """
-    if not isinstance(backend, BridgedBackend):
-        raise ConfigurationError(
-            f"expected an async backend from melange.aio.from_url(...) or BridgedBackend(...),"
-            f" not {type(backend).__qualname__}"
-        )
-    return backend
+__all__ = ["AsyncMessagePublisher"]
 
 
 class AsyncMessagePublisher:
-    """Publishes typed events without blocking the event loop.
+    """Publishes typed events on any ``AsyncMessagingBackend`` without blocking the loop.
 
     The same as ``MessagePublisher`` in every rule (routing by manifest,
     ``correlation_id``/``causation_id`` from the message being handled,
-    ``hold_publishes``, middleware); the publishing runs on the backend's
-    threads, in a copy of the caller's context.
+    ``hold_publishes``, middleware), from the same ``melange.sending.Sending``:
+    the broker calls are awaited. A ``send_message`` middleware hook with no
+    ``send_message_async`` twin runs on a worker thread.
     """
 
     def __init__(
         self,
-        backend: BridgedBackend,
+        backend: AsyncMessagingBackend,
         serializers: SerializerRegistry | None = None,
         *,
         middleware: Sequence[Middleware] = (),
     ) -> None:
-        self.backend = bridged(backend)
-        #: The synchronous publisher doing the work (usable from sync code too).
-        self.sync = MessagePublisher(backend.sync, serializers, middleware=middleware)
-        self.serializers = self.sync.serializers
+        self.backend = require_async_backend(backend)
+        self.sending = Sending(
+            serializers, publisher=self, messaging_system=self.backend.messaging_system
+        )
+        self.serializers = self.sending.serializers
+        self.middleware = tuple(middleware)
+        build_hooks = hooks_of(self.middleware, "build_message")
+        send_hooks = async_hooks_of(self.middleware, "send_message", partial(in_thread, None))
+        self._one_by_one = bool(build_hooks or send_hooks)
+        self._build = compose(build_hooks, self.sending.build)
+        self._send = compose(send_hooks, self._send_core)
 
     async def publish(
         self,
@@ -60,9 +68,13 @@ class AsyncMessagePublisher:
         delay: float = 0.0,
     ) -> Message:
         """Publish one event and return the message sent (see ``MessagePublisher.publish``)."""
-        return await self.backend.run(
-            self.sync.publish, event, topic=topic, queue=queue, headers=headers, delay=delay
-        )
+        outgoing = self.sending.outgoing(event, Destination.requested(topic, queue), headers, delay)
+        outgoing.message = self._build(outgoing)
+        await self._send(outgoing)
+        message = outgoing.built
+        if signals.message_published.receivers:
+            signals.message_published.send(self, message=message, event=event)
+        return message
 
     async def publish_batch(
         self,
@@ -73,9 +85,24 @@ class AsyncMessagePublisher:
         headers: Mapping[str, Any] | None = None,
     ) -> list[Message]:
         """Publish several events in as few broker calls as the backend allows."""
-        return await self.backend.run(
-            self.sync.publish_batch, list(events), topic=topic, queue=queue, headers=headers
-        )
+        destination = Destination.requested(topic, queue)
+        if self._one_by_one or current_hold() is not None:
+            return [
+                await self.publish(e, topic=topic, queue=queue, headers=headers) for e in events
+            ]
+        batch = [self.sending.outgoing(event, destination, headers) for event in events]
+        for outgoing in batch:
+            outgoing.message = self.sending.build(outgoing)
+        await run_calls_async(self.backend, self.sending.batch_sent(batch))
+        messages = [outgoing.built for outgoing in batch]
+        if signals.message_published.receivers:
+            for message in messages:
+                signals.message_published.send(self, message=message, event=None)
+        return messages
+
+    def build_message(self, event: Any, headers: Mapping[str, Any] | None = None) -> Message:
+        """Serialize an event into a message with melange's headers (no middleware)."""
+        return self.sending.build_message(event, headers)
 
     async def send(
         self,
@@ -86,4 +113,36 @@ class AsyncMessagePublisher:
         delay: float = 0.0,
     ) -> None:
         """Send a message built earlier as it is (see ``MessagePublisher.send``)."""
-        await self.backend.run(self.sync.send, message, topic=topic, queue=queue, delay=delay)
+        where = Destination.requested(topic, queue)
+        await self.deliver(
+            Outgoing(destination=where, delay=delay, publisher=self, message=message)
+        )
+
+    async def deliver(self, outgoing: Outgoing) -> None:
+        """Send a built ``Outgoing`` now, as it is (see ``MessagePublisher.deliver``)."""
+        call = self.sending.call(outgoing)
+        if call is None:  # its topic or queue is looked up first, once
+            await run_calls_async(self.backend, self.sending.sent(outgoing))
+        else:
+            await getattr(self.backend, call.method)(*call.args)
+
+    @property
+    def sync(self) -> MessagePublisher:
+        """Deprecated: a synchronous publisher on the same broker (bridged backends only)."""
+        warnings.warn(
+            "AsyncMessagePublisher.sync is deprecated: the async publisher sends on its own",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if not isinstance(self.backend, BridgedBackend):
+            raise AttributeError("sync: only a publisher on a BridgedBackend has a sync twin")
+        return MessagePublisher(self.backend.sync, self.serializers, middleware=self.middleware)
+
+    # -- the core of the middleware chain -----------------------------------------------
+
+    async def _send_core(self, publishing: Publishing) -> None:
+        held = current_hold()
+        if held is None:
+            await self.deliver(publishing)
+        else:
+            held.hold(publishing, partial(self.deliver, publishing))

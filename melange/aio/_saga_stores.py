@@ -14,7 +14,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from melange._bridge import in_thread
-from melange.saga import PendingMessage, SagaRecord, SagaStatus, SagaStore
+from melange.outgoing import Outgoing
+from melange.saga import SagaRecord, SagaStatus, SagaStore
 from melange.saga import saga_store_from_url as sync_saga_store_from_url
 
 __all__ = ["BridgedSagaStore", "saga_store_from_url"]
@@ -35,11 +36,11 @@ class BridgedSagaStore:
     async def _run(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         return await in_thread(self._pool, function, *args, **kwargs)
 
-    async def create(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+    async def create(self, record: SagaRecord, outgoing: Sequence[Outgoing] = ()) -> None:
         """See ``SagaStore.create``."""
         await self._run(self.sync.create, record, outgoing)
 
-    async def save(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+    async def save(self, record: SagaRecord, outgoing: Sequence[Outgoing] = ()) -> None:
         """See ``SagaStore.save``."""
         await self._run(self.sync.save, record, outgoing)
 
@@ -51,7 +52,7 @@ class BridgedSagaStore:
         """See ``SagaStore.find``."""
         return await self._run(self.sync.find, saga_type, key)
 
-    async def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[PendingMessage]:
+    async def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[Outgoing]:
         """See ``SagaStore.pending``."""
         return await self._run(self.sync.pending, saga_type, saga_id, due_by=due_by)
 
@@ -59,9 +60,7 @@ class BridgedSagaStore:
         """See ``SagaStore.sent``."""
         await self._run(self.sync.sent, saga_type, saga_id, list(message_ids))
 
-    async def due(
-        self, saga_type: str, now: float, limit: int = 100
-    ) -> list[tuple[str, PendingMessage]]:
+    async def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, Outgoing]]:
         """See ``SagaStore.due``."""
         return await self._run(self.sync.due, saga_type, now, limit)
 

@@ -8,7 +8,6 @@ made by either is honoured by the other. ``store_from_url`` picks.
 
 from __future__ import annotations
 
-import abc
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from melange._bridge import in_thread
 from melange.exceptions import IdempotencyError, InvalidArgumentError, MissingExtraError
 from melange.idempotency import store_from_url as sync_store_from_url
 from melange.idempotency._redis_scripts import IF_OURS_DELETE, IF_OURS_EXPIRE, IF_OURS_SET, ms
-from melange.idempotency.base import Claim, IdempotencyStore
+from melange.idempotency.base import AsyncIdempotencyStore, Claim, IdempotencyStore
 
 __all__ = [
     "AsyncIdempotencyStore",
@@ -29,36 +28,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-
-
-class AsyncIdempotencyStore(abc.ABC):
-    """``IdempotencyStore``'s methods as coroutines, with the same meaning."""
-
-    ttl_seconds: float = 86_400.0
-    lease_seconds: float = 10.0
-
-    key = staticmethod(IdempotencyStore.key)
-
-    @abc.abstractmethod
-    async def claim(
-        self, consumer_id: str, message_id: str, lease_seconds: float | None = None
-    ) -> Claim:
-        """Try to take the message for this consumer (``IdempotencyError`` if unreachable)."""
-
-    @abc.abstractmethod
-    async def renew(self, consumer_id: str, message_id: str, lease_seconds: float) -> None:
-        """Extend this worker's live claim to end ``lease_seconds`` from now."""
-
-    @abc.abstractmethod
-    async def complete(self, consumer_id: str, message_id: str) -> None:
-        """Mark the message done for this consumer, for ``ttl_seconds``."""
-
-    @abc.abstractmethod
-    async def release(self, consumer_id: str, message_id: str) -> None:
-        """Drop this worker's claim so the message may run again."""
-
-    async def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
-        """Release the store's resources; safe to call more than once."""
 
 
 class BridgedIdempotencyStore(AsyncIdempotencyStore):

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from melange.exceptions import UnsupportedOperationError
+from melange.exceptions import ConfigurationError, UnsupportedOperationError
 from melange.models import Message, QueueWrapper, TopicWrapper
 
-__all__ = ["MessagingBackend", "QueueStats"]
+__all__ = ["BackendCapabilities", "MessagingBackend", "QueueStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,14 +28,8 @@ class QueueStats:
     delayed: int | None = None
 
 
-class MessagingBackend(abc.ABC):
-    """A wrapper over one broker: topics fan out to queues; queues hold messages.
-
-    Subclasses implement the abstract methods. The batch, delay and release
-    methods have working defaults built on them; a backend that can do better
-    overrides them. A backend is a context manager and ``close_connection()``
-    may be called any number of times.
-    """
+class BackendCapabilities:
+    """What a backend tells about its broker; the sync and async interfaces share it."""
 
     #: Seconds a received message stays hidden when ``declare_queue`` is not told.
     default_visibility_timeout: float = 30.0
@@ -45,8 +39,32 @@ class MessagingBackend(abc.ABC):
     max_message_size: int | None = None
     #: The broker, as OpenTelemetry's ``messaging.system`` attribute names it.
     messaging_system: str = "melange"
+    #: The longest delay (seconds) ``publish_delayed_to_queue`` takes: ``None``, any;
+    #: ``0`` (the default, as the default method refuses delays), none at all. Sagas
+    #: keep longer timeouts in their store and publish them when due.
+    max_delay_seconds: float | None = 0.0
+
+
+class MessagingBackend(BackendCapabilities, abc.ABC):
+    """A wrapper over one broker: topics fan out to queues; queues hold messages.
+
+    Subclasses implement the abstract methods. The batch, delay and release
+    methods have working defaults built on them; a backend that can do better
+    overrides them. A backend is a context manager and ``close_connection()``
+    may be called any number of times.
+    """
 
     _closed: bool = False
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """Build the backend from a URL (``melange.backends.from_url`` picks the class by scheme).
+
+        Raises:
+            ConfigurationError: a bad URL or option; the default: the backend
+                has no URL form (register a factory with ``register_backend``).
+        """
+        raise ConfigurationError(f"{cls.__qualname__} cannot be built from a URL ({url!r})")
 
     # -- the spec's interface ---------------------------------------------
 
@@ -81,19 +99,45 @@ class MessagingBackend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+    def retrieve_messages(
+        self,
+        queue: QueueWrapper,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[Message]:
         """Receive the messages available now (possibly none).
 
-        Accepts ``max_messages`` (int) and ``wait_seconds`` (float; wait up to
-        that long when the queue is empty).
+        ``max_messages``: at most this many (a broker may cap it, SQS at 10);
+        ``wait_seconds``: wait up to that long when the queue is empty;
+        ``visibility_timeout``: hide these messages that long (seconds)
+        rather than the queue's visibility timeout.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            InvalidArgumentError: ``max_messages`` below 1.
         """
 
-    def yield_messages(self, queue: QueueWrapper, **kwargs: Any) -> Iterable[Message]:
-        """Yield messages as they arrive, forever; waits without busy-spinning.
+    def yield_messages(
+        self,
+        queue: QueueWrapper,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 1.0,
+        visibility_timeout: float | None = None,
+    ) -> Iterable[Message]:
+        """Yield messages as they arrive until the backend is closed; waits without busy-spinning.
 
-        Accepts the options of ``retrieve_messages``.
+        Takes the options of ``retrieve_messages``; each receive waits up to ``wait_seconds``.
         """
-        return self._poll(queue, **kwargs)
+        while not self._closed:
+            yield from self.retrieve_messages(
+                queue,
+                max_messages=max_messages,
+                wait_seconds=wait_seconds,
+                visibility_timeout=visibility_timeout,
+            )
 
     @abc.abstractmethod
     def publish_to_topic(
@@ -151,7 +195,7 @@ class MessagingBackend(abc.ABC):
             return
         raise UnsupportedOperationError(f"{type(self).__name__} cannot delay a message")
 
-    def release(self, message: Message, delay: float = 0.0) -> None:  # noqa: B027
+    def release(self, message: Message, delay: float = 0.0) -> None:
         """Hand a received message back, to be delivered again after ``delay`` seconds.
 
         The default does nothing to the broker: the message comes back when
@@ -159,7 +203,7 @@ class MessagingBackend(abc.ABC):
         message does on every backend.
         """
 
-    def extend_visibility(self, message: Message, seconds: float) -> None:  # noqa: B027
+    def extend_visibility(self, message: Message, seconds: float) -> None:
         """Keep a received message hidden for ``seconds`` from now, while its handler runs.
 
         The dispatcher calls it periodically for every message it holds, so a
@@ -213,17 +257,38 @@ class MessagingBackend(abc.ABC):
         """
         raise UnsupportedOperationError(f"{type(self).__name__} cannot count a queue's messages")
 
+    def queue_depth(self, queue: QueueWrapper) -> int:
+        """Return how many messages the queue holds, not yet acknowledged.
+
+        The default adds up what ``queue_stats`` tells: ready, in flight and
+        delayed (a broker that counts only ready ones, such as RabbitMQ, says so).
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            UnsupportedOperationError: the backend cannot tell.
+        """
+        stats = self.queue_stats(queue)
+        return sum(n for n in (stats.ready, stats.in_flight, stats.delayed) if n is not None)
+
+    def browse_messages(self, queue: QueueWrapper, limit: int = 10) -> list[Message]:
+        """Return up to ``limit`` of the queue's messages without receiving them.
+
+        No delivery is counted.
+
+        ``melange.dead_letters.peek`` uses it where a receive would wear a
+        message away (RabbitMQ's quorum queues count returns).
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            UnsupportedOperationError: the backend cannot browse (the default);
+                ``peek`` then receives and releases.
+        """
+        raise UnsupportedOperationError(f"{type(self).__name__} cannot browse a queue")
+
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
         """Acknowledge several received messages."""
         for message in messages:
             self.acknowledge(message)
-
-    # -- helpers ------------------------------------------------------------
-
-    def _poll(self, queue: QueueWrapper, **kwargs: Any) -> Iterator[Message]:
-        kwargs.setdefault("wait_seconds", 1.0)
-        while not self._closed:
-            yield from self.retrieve_messages(queue, **kwargs)
 
     def __enter__(self) -> Self:
         return self

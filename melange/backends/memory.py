@@ -17,6 +17,7 @@ from melange.backends.naming import check_plain_name
 from melange.backends.routing import report_unrouted
 from melange.exceptions import (
     ForeignMessageError,
+    InvalidArgumentError,
     QueueNotFoundError,
     TopicNotFoundError,
 )
@@ -59,6 +60,7 @@ class InMemoryMessagingBackend(MessagingBackend):
     """
 
     messaging_system = "melange_memory"
+    max_delay_seconds = None
 
     default_visibility_timeout = 30.0
 
@@ -218,9 +220,16 @@ class InMemoryMessagingBackend(MessagingBackend):
 
     # -- receiving ------------------------------------------------------------
 
-    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
-        max_messages: int = kwargs.get("max_messages", 10)
-        wait_seconds: float = kwargs.get("wait_seconds", 0.0)
+    def retrieve_messages(
+        self,
+        queue: QueueWrapper,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[Message]:
+        if max_messages < 1:
+            raise InvalidArgumentError(f"max_messages must be at least 1, not {max_messages!r}")
         deadline = _monotonic() + wait_seconds
         with self._lock:
             while True:
@@ -228,7 +237,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                 now = _monotonic()
                 next_due = self._make_due_visible(target, now)
                 if target.ready:
-                    return self._take(target, max_messages, now)
+                    return self._take(target, max_messages, now, visibility_timeout)
                 remaining = deadline - now
                 if remaining <= 0:
                     return []
@@ -238,10 +247,13 @@ class InMemoryMessagingBackend(MessagingBackend):
                 finally:
                     self._waiting -= 1
 
-    def _take(self, queue: _Queue, max_messages: int, now: float) -> list[Message]:
+    def _take(
+        self, queue: _Queue, max_messages: int, now: float, visibility_timeout: float | None
+    ) -> list[Message]:
         taken = []
         ready, in_flight = queue.ready, queue.in_flight
-        deadline = now + queue.visibility_timeout
+        hidden_for = queue.visibility_timeout if visibility_timeout is None else visibility_timeout
+        deadline = now + hidden_for
         name = queue.name
         for _ in range(min(max_messages, len(ready))):
             message, count = ready.popleft()

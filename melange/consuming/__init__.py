@@ -9,9 +9,10 @@ a module with a typed interface:
 - ``queues``: the queues consumed, their dead-letter queue and visibility;
 - ``holding``: the messages held while handled, kept hidden, acknowledged in groups;
 - ``settling``: applying an outcome to the broker (``Settler``);
-- ``pacing``: when to receive, how many, and the backoff during an outage;
-- ``calls``: broker calls as values, so each step is written once and run by
-  either loop (``run_calls``, ``run_calls_async``).
+- ``pacing``: when to receive, how many, and the backoff during an outage.
+
+Each step that needs the broker yields ``melange.broker_calls.BrokerCall``s,
+so it is written once and run by either loop (``run_calls``, ``run_calls_async``).
 
 docs/architecture.md walks one message through them.
 """

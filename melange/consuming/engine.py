@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from melange.builtin_middleware import MessageScopeMiddleware
+from melange.broker_calls import BrokerSteps
 from melange.consumers import Consumer
-from melange.consuming.calls import BrokerSteps
 from melange.consuming.decisions import MessagePipeline
 from melange.consuming.queues import QueueBindings
 from melange.consuming.routing import Routes
 from melange.consuming.settling import OutcomeCounts, Settler
 from melange.middleware import Middleware
+from melange.middleware.scope import MessageScopeMiddleware
 from melange.models import QueueWrapper
 from melange.policies import AckPolicy, RetryPolicy
 from melange.serializers import SerializerRegistry
@@ -130,10 +130,14 @@ class EngineOwner:
             ConfigurationError: it has ``async def`` listeners this loop cannot await.
         """
         self.routes.attach(consumer)
+        if consumer.runtime is not None:
+            consumer.runtime.start()
 
     def unattach_consumer(self, consumer: Consumer) -> None:
-        """Remove a consumer; its events are skipped from now on unless another accepts them."""
+        """Remove a consumer (closing its runtime); its events are skipped from now on."""
         self.routes.unattach(consumer)
+        if consumer.runtime is not None:
+            consumer.runtime.close()
 
     @property
     def consumers(self) -> tuple[Consumer, ...]:

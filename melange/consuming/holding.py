@@ -22,7 +22,7 @@ from collections.abc import Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from melange.consuming.calls import BrokerCall, BrokerSteps, run_calls
+from melange.broker_calls import BrokerCall, BrokerSteps, run_calls
 from melange.exceptions import MelangeError
 from melange.middleware import Handling
 from melange.models import Message

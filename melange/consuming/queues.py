@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from melange import dead_letters
-from melange.consuming.calls import BrokerCall, BrokerSteps
+from melange.broker_calls import BrokerCall, BrokerSteps
 from melange.dead_letters import DeadLetterer
 from melange.exceptions import BackendError, QueueNotFoundError
 from melange.models import QueueWrapper

@@ -1,7 +1,7 @@
 """Settling a decided message: acknowledge, release for later, dead-letter, or leave it.
 
 The ``Settler`` turns an ``Outcome`` into broker calls (see
-``melange.consuming.calls``); the consume loop runs them on its backend. A
+``melange.broker_calls``); the consume loop runs them on its backend. A
 success needs none: its acknowledgement waits in ``HeldMessages`` and goes
 out with others.
 """
@@ -12,7 +12,7 @@ import logging
 import threading
 from collections import Counter
 
-from melange.consuming.calls import BrokerCall, BrokerSteps
+from melange.broker_calls import BrokerCall, BrokerSteps
 from melange.consuming.holding import HeldMessages
 from melange.consuming.queues import QueueBinding
 from melange.exceptions import BackendError

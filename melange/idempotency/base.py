@@ -7,7 +7,7 @@ import enum
 
 from melange.exceptions import InvalidArgumentError
 
-__all__ = ["Claim", "IdempotencyStore"]
+__all__ = ["AsyncIdempotencyStore", "Claim", "IdempotencyStore"]
 
 
 class Claim(enum.Enum):
@@ -81,4 +81,34 @@ class IdempotencyStore(abc.ABC):
         """
 
     def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
+        """Release the store's resources; safe to call more than once."""
+
+
+class AsyncIdempotencyStore(abc.ABC):
+    """``IdempotencyStore``'s methods as coroutines, with the same meaning."""
+
+    ttl_seconds: float = 86_400.0
+    lease_seconds: float = 10.0
+
+    key = staticmethod(IdempotencyStore.key)
+
+    @abc.abstractmethod
+    async def claim(
+        self, consumer_id: str, message_id: str, lease_seconds: float | None = None
+    ) -> Claim:
+        """Try to take the message for this consumer (``IdempotencyError`` if unreachable)."""
+
+    @abc.abstractmethod
+    async def renew(self, consumer_id: str, message_id: str, lease_seconds: float) -> None:
+        """Extend this worker's live claim to end ``lease_seconds`` from now."""
+
+    @abc.abstractmethod
+    async def complete(self, consumer_id: str, message_id: str) -> None:
+        """Mark the message done for this consumer, for ``ttl_seconds``."""
+
+    @abc.abstractmethod
+    async def release(self, consumer_id: str, message_id: str) -> None:
+        """Drop this worker's claim so the message may run again."""
+
+    async def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
         """Release the store's resources; safe to call more than once."""

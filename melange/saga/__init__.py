@@ -9,12 +9,15 @@ builds one. See docs/sagas.md.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import warnings
+from typing import TYPE_CHECKING, Any
 
 from melange._lazy import lazy_names
+from melange.outgoing import Outgoing
 from melange.saga._memory import InMemorySagaStore
-from melange.saga._records import PendingMessage, SagaRecord, SagaStatus, Step
-from melange.saga._saga import REPLY_TO, SAGA_TIMEOUT, NotFound, Saga, starts
+from melange.saga._records import SagaRecord, SagaStatus, Step
+from melange.saga._runner import SagaRunner
+from melange.saga._saga import REPLY_TO, RESERVED_NAMES, SAGA_TIMEOUT, NotFound, Saga, starts
 from melange.saga._signals import (
     saga_finished,
     saga_message_ignored,
@@ -31,14 +34,15 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SAGA_STORE_URL",
     "REPLY_TO",
+    "RESERVED_NAMES",
     "SAGA_TIMEOUT",
     "InMemorySagaStore",
     "NotFound",
-    "PendingMessage",
     "PostgresSagaStore",
     "SQLiteSagaStore",
     "Saga",
     "SagaRecord",
+    "SagaRunner",
     "SagaStatus",
     "SagaStore",
     "Step",
@@ -55,4 +59,17 @@ __all__ = [
 _LAZY = {"PostgresSagaStore": "melange.saga._postgres"}
 
 
-__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)
+_lazy_getattr, __dir__ = lazy_names(__name__, globals(), _LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PendingMessage":
+        warnings.warn(
+            "melange.saga.PendingMessage is deprecated: a saga's outgoing message is a"
+            " melange.outgoing.Outgoing (keyword arguments: message=, destination=, delay=,"
+            " due_at=)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Outgoing
+    return _lazy_getattr(name)

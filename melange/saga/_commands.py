@@ -75,9 +75,9 @@ def _saga_show(args: argparse.Namespace) -> int:
             {"at": datetime.fromtimestamp(s.at, UTC).isoformat(), "what": s.what}
             for s in record.timeline
         ],
-        "compensations": [c.message.manifest for c in record.compensations],
+        "compensations": [c.built.manifest for c in record.compensations],
         "timeouts": sorted(record.timeouts.values()),
-        "outbox": [f"{p.message.manifest} to {p.destination}" for p in pending],
+        "outbox": [f"{p.built.manifest} to {p.where.name}" for p in pending],
     }
     if args.json:
         print(json.dumps(shown, ensure_ascii=False))

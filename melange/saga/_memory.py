@@ -6,7 +6,8 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from melange.exceptions import SagaConflictError, SagaExistsError
-from melange.saga._records import PendingMessage, SagaRecord, SagaStatus
+from melange.outgoing import Outgoing
+from melange.saga._records import SagaRecord, SagaStatus
 from melange.saga._store import SagaStore
 
 __all__ = ["InMemorySagaStore"]
@@ -19,9 +20,9 @@ class InMemorySagaStore(SagaStore):
         self._lock = threading.Lock()
         self._records: dict[tuple[str, str], SagaRecord] = {}
         self._keys: dict[tuple[str, str], str] = {}  # (type, key) -> saga id
-        self._outbox: dict[tuple[str, str], dict[str, PendingMessage]] = {}
+        self._outbox: dict[tuple[str, str], dict[str, Outgoing]] = {}
 
-    def create(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+    def create(self, record: SagaRecord, outgoing: Sequence[Outgoing] = ()) -> None:
         """Store a new instance with its outgoing messages.
 
         Raises:
@@ -35,7 +36,7 @@ class InMemorySagaStore(SagaStore):
             self._keys[key] = record.saga_id
             self._add(ident, outgoing)
 
-    def save(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+    def save(self, record: SagaRecord, outgoing: Sequence[Outgoing] = ()) -> None:
         """Replace the instance saved at ``record.version - 1``.
 
         Raises:
@@ -51,10 +52,10 @@ class InMemorySagaStore(SagaStore):
             self._records[ident] = record
             self._add(ident, outgoing)
 
-    def _add(self, ident: tuple[str, str], outgoing: Sequence[PendingMessage]) -> None:
+    def _add(self, ident: tuple[str, str], outgoing: Sequence[Outgoing]) -> None:
         box = self._outbox.setdefault(ident, {})
         for pending in outgoing:
-            box[pending.message.message_id] = pending
+            box[pending.built.message_id] = pending
 
     def load(self, saga_type: str, saga_id: str) -> SagaRecord | None:
         """Return the instance with this id, or ``None``."""
@@ -67,7 +68,7 @@ class InMemorySagaStore(SagaStore):
             saga_id = self._keys.get((saga_type, key))
             return None if saga_id is None else self._records.get((saga_type, saga_id))
 
-    def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[PendingMessage]:
+    def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[Outgoing]:
         """Return the instance's outgoing messages due by ``due_by``, oldest first."""
         with self._lock:
             box = self._outbox.get((saga_type, saga_id), {})
@@ -80,7 +81,7 @@ class InMemorySagaStore(SagaStore):
             for message_id in message_ids:
                 box.pop(message_id, None)
 
-    def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, PendingMessage]]:
+    def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, Outgoing]]:
         """Return ``(saga_id, message)`` for outgoing messages of any instance due by ``now``."""
         with self._lock:
             found = [

@@ -8,11 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from melange.backends.decoding import binary_in_json, binary_of_json
-from melange.middleware import DestinationKind
-from melange.models import Message
+from melange.outgoing import Outgoing
 
-__all__ = ["PendingMessage", "SagaRecord", "SagaStatus", "Step"]
+__all__ = ["SagaRecord", "SagaStatus", "Step"]
 
 
 class SagaStatus(enum.Enum):
@@ -27,65 +25,6 @@ class SagaStatus(enum.Enum):
     def finished(self) -> bool:
         """Return whether the instance takes no more events."""
         return self in (SagaStatus.COMPLETED, SagaStatus.FAILED)
-
-
-@dataclass(frozen=True, slots=True)
-class PendingMessage:
-    """A message a saga decided to send, stored with its state until it has left.
-
-    ``due_at`` (wall clock) is when it may leave: now for commands and events,
-    later for a timeout longer than the backend can delay (the store's
-    due-time table); ``delay`` is what the backend is asked to delay it by.
-    """
-
-    message: Message
-    kind: DestinationKind
-    destination: str
-    delay: float = 0.0
-    due_at: float = 0.0
-
-    def to_json(self) -> str:
-        """Return the pending message as one JSON text."""
-        message = self.message
-        return json.dumps(
-            {
-                "content": message.content,
-                "message_id": message.message_id,
-                "metadata": {
-                    k: binary_in_json(v) if isinstance(v, bytes) else v
-                    for k, v in message.metadata.items()
-                },
-                "serializer_id": message.serializer_id,
-                "manifest": message.manifest,
-                "kind": self.kind.value,
-                "destination": self.destination,
-                "delay": self.delay,
-                "due_at": self.due_at,
-            },
-            ensure_ascii=False,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> PendingMessage:
-        """Read what ``to_json`` wrote."""
-        data = json.loads(text)
-        message = Message(
-            content=data["content"],
-            message_id=data["message_id"],
-            metadata={
-                k: v if type(v) is str else binary_of_json(v) or b""
-                for k, v in data["metadata"].items()
-            },
-            serializer_id=data["serializer_id"],
-            manifest=data["manifest"],
-        )
-        return cls(
-            message,
-            DestinationKind(data["kind"]),
-            data["destination"],
-            float(data["delay"]),
-            float(data["due_at"]),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +55,7 @@ class SagaRecord:
     status: SagaStatus = SagaStatus.RUNNING
     version: int = 0
     handled: tuple[str, ...] = ()
-    compensations: tuple[PendingMessage, ...] = ()
+    compensations: tuple[Outgoing, ...] = ()
     timeouts: dict[str, str] = field(default_factory=dict)
     timeline: tuple[Step, ...] = ()
     created_at: float = 0.0
@@ -151,10 +90,10 @@ class SagaRecord:
             self.version - 1,
         )
 
-    def outbox_rows(self, outgoing: Sequence[PendingMessage]) -> list[tuple[object, ...]]:
+    def outbox_rows(self, outgoing: Sequence[Outgoing]) -> list[tuple[object, ...]]:
         """Return the stores' outbox values: type, id, message id, due time, body."""
         return [
-            (self.saga_type, self.saga_id, p.message.message_id, p.due_at, p.to_json())
+            (self.saga_type, self.saga_id, p.built.message_id, p.due_at, p.to_json())
             for p in outgoing
         ]
 
@@ -203,7 +142,7 @@ class SagaRecord:
             status=SagaStatus(status),
             version=int(version),
             handled=tuple(data["handled"]),
-            compensations=tuple(PendingMessage.from_json(c) for c in data["compensations"]),
+            compensations=tuple(Outgoing.from_json(c) for c in data["compensations"]),
             timeouts=dict(data["timeouts"]),
             timeline=tuple(Step(float(at), what) for at, what in data["timeline"]),
             created_at=float(data["created_at"]),

@@ -14,7 +14,8 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from melange.exceptions import SagaConflictError, SagaExistsError, SagaStoreError
-from melange.saga._records import PendingMessage, SagaRecord, SagaStatus
+from melange.outgoing import Outgoing
+from melange.saga._records import SagaRecord, SagaStatus
 from melange.saga._store import SagaStore
 
 __all__ = ["SQLSagaStore", "Writer"]
@@ -95,7 +96,7 @@ class SQLSagaStore(SagaStore):
 
     # -- the interface -------------------------------------------------------------
 
-    def create(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+    def create(self, record: SagaRecord, outgoing: Sequence[Outgoing] = ()) -> None:
         """Store a new instance with its outgoing messages, in one transaction.
 
         Raises:
@@ -111,7 +112,7 @@ class SQLSagaStore(SagaStore):
                 raise SagaExistsError(f"{record.saga_type} {record.key!r} exists already") from e
             raise
 
-    def save(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+    def save(self, record: SagaRecord, outgoing: Sequence[Outgoing] = ()) -> None:
         """Replace the instance saved at ``record.version - 1``, in one transaction.
 
         Raises:
@@ -125,7 +126,7 @@ class SQLSagaStore(SagaStore):
                 )
             self._add(db, record, outgoing)
 
-    def _add(self, db: Writer, record: SagaRecord, outgoing: Sequence[PendingMessage]) -> None:
+    def _add(self, db: Writer, record: SagaRecord, outgoing: Sequence[Outgoing]) -> None:
         if outgoing:
             db.execute_many(self._insert_outgoing, record.outbox_rows(outgoing))
 
@@ -139,10 +140,10 @@ class SQLSagaStore(SagaStore):
         rows = self._read(self._by_key, (saga_type, key))
         return SagaRecord.from_row(rows[0]) if rows else None
 
-    def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[PendingMessage]:
+    def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[Outgoing]:
         """Return the instance's outgoing messages due by ``due_by``, oldest first."""
         rows = self._read(self._pending, (saga_type, saga_id, due_by))
-        return [PendingMessage.from_json(str(body)) for (body,) in rows]
+        return [Outgoing.from_json(str(body)) for (body,) in rows]
 
     def sent(self, saga_type: str, saga_id: str, message_ids: Iterable[str]) -> None:
         """Forget outgoing messages that have left."""
@@ -151,10 +152,10 @@ class SQLSagaStore(SagaStore):
             with self._transaction() as db:
                 db.execute_many(self._sent, rows)
 
-    def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, PendingMessage]]:
+    def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, Outgoing]]:
         """Return ``(saga_id, message)`` for outgoing messages of any instance due by ``now``."""
         rows = self._read(self._due, (saga_type, now, limit))
-        return [(str(saga_id), PendingMessage.from_json(str(body))) for saga_id, body in rows]
+        return [(str(saga_id), Outgoing.from_json(str(body))) for saga_id, body in rows]
 
     def instances(
         self, saga_type: str, *, status: SagaStatus | None = None, limit: int = 1000

@@ -7,7 +7,8 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
-from melange.saga._records import PendingMessage, SagaRecord, SagaStatus
+from melange.outgoing import Outgoing
+from melange.saga._records import SagaRecord, SagaStatus
 
 __all__ = ["SagaStore"]
 
@@ -23,7 +24,7 @@ class SagaStore(abc.ABC):
     """
 
     @abc.abstractmethod
-    def create(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+    def create(self, record: SagaRecord, outgoing: Sequence[Outgoing] = ()) -> None:
         """Store a new instance (``record.version`` is 1) with its outgoing messages.
 
         Raises:
@@ -32,7 +33,7 @@ class SagaStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def save(self, record: SagaRecord, outgoing: Sequence[PendingMessage] = ()) -> None:
+    def save(self, record: SagaRecord, outgoing: Sequence[Outgoing] = ()) -> None:
         """Replace the instance saved at ``record.version - 1``; add the outgoing messages.
 
         Raises:
@@ -49,7 +50,7 @@ class SagaStore(abc.ABC):
         """Return the instance with this correlation key, or ``None``."""
 
     @abc.abstractmethod
-    def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[PendingMessage]:
+    def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[Outgoing]:
         """Return the instance's outgoing messages due by ``due_by`` (wall clock), oldest first."""
 
     @abc.abstractmethod
@@ -57,7 +58,7 @@ class SagaStore(abc.ABC):
         """Forget outgoing messages that have left."""
 
     @abc.abstractmethod
-    def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, PendingMessage]]:
+    def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, Outgoing]]:
         """Return ``(saga_id, message)`` for outgoing messages of any instance due by ``now``."""
 
     @abc.abstractmethod

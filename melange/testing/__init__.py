@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from melange._lazy import lazy_names
+from melange.middleware.recording import PublishRecorder, RecordedPublish
 from melange.testing._contract_workers import ContractEvent
 from melange.testing._linking import link_synchronously
-from melange.testing._recording import PublishRecorder, RecordedPublish
 from melange.testing._waiting import drain, receive, unique_name, wait_until
 
 if TYPE_CHECKING:

@@ -18,7 +18,11 @@ import pytest
 
 from melange.aio import AsyncMessagingBackend, BridgedBackend
 from melange.backends.interfaces import MessagingBackend
-from melange.exceptions import QueueNotFoundError
+from melange.exceptions import (
+    InvalidArgumentError,
+    QueueNotFoundError,
+    UnsupportedOperationError,
+)
 from melange.models import Message, QueueWrapper
 from melange.testing._waiting import unique_name
 
@@ -209,5 +213,33 @@ class AsyncBackendContract:
             assert await aio.retrieve_messages(queue, wait_seconds=1.0) == []  # a long poll
             await beating
             assert max(gaps) < 0.25  # waiting on the loop would have stopped it for 1 s
+
+        self.run_async(backend, scenario)
+
+    def test_async_receive_options_are_named(self, backend: MessagingBackend) -> None:
+        async def scenario(aio: AsyncMessagingBackend) -> None:
+            queue, _ = await aio.declare_queue(unique_name("q"), visibility_timeout=120)
+            with pytest.raises(InvalidArgumentError):
+                await aio.retrieve_messages(queue, max_messages=0)
+            await aio.publish_to_queue(Message(content="short"), queue)
+            [first] = await aio.retrieve_messages(
+                queue, max_messages=1, wait_seconds=5, visibility_timeout=self.visibility_timeout
+            )
+            [again] = await received(aio, queue, 1, timeout=self.visibility_timeout + 10)
+            assert (again.message_id, again.receive_count) == (first.message_id, 2)
+            await aio.acknowledge(again)
+
+        self.run_async(backend, scenario)
+
+    def test_async_queue_depth_and_longest_delay(self, backend: MessagingBackend) -> None:
+        async def scenario(aio: AsyncMessagingBackend) -> None:
+            queue, _ = await self.declare_async(aio)
+            await aio.publish_batch_to_queue([Message(content=str(n)) for n in range(2)], queue)
+            assert await aio.queue_depth(queue) == 2
+            assert aio.max_delay_seconds == backend.max_delay_seconds
+            longest = aio.max_delay_seconds
+            if longest is not None and longest > 0:
+                with pytest.raises(UnsupportedOperationError):
+                    await aio.publish_delayed_to_queue(Message(content="far"), queue, longest + 1)
 
         self.run_async(backend, scenario)

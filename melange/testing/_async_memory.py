@@ -29,6 +29,7 @@ class AsyncInMemoryBackend(AsyncMessagingBackend):
     """The in-memory broker's semantics (SQS-like), as a native ``AsyncMessagingBackend``."""
 
     messaging_system = "melange_memory"
+    max_delay_seconds = None
 
     def __init__(self, broker: InMemoryMessagingBackend | None = None) -> None:
         self.broker = broker if broker is not None else InMemoryMessagingBackend()
@@ -67,15 +68,22 @@ class AsyncInMemoryBackend(AsyncMessagingBackend):
             **kwargs,
         )
 
-    async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
-        max_messages: int = kwargs.get("max_messages", 10)
-        wait_seconds: float = kwargs.get("wait_seconds", 0.0)
+    async def retrieve_messages(
+        self,
+        queue: QueueWrapper,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[Message]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         arrived = self._arrival_of(queue, loop)
         while True:
             arrived.clear()
-            got = self.broker.retrieve_messages(queue, max_messages=max_messages)
+            got = self.broker.retrieve_messages(
+                queue, max_messages=max_messages, visibility_timeout=visibility_timeout
+            )
             remaining = deadline - loop.time()
             if got or remaining <= 0 or self._closed:
                 return got
@@ -142,6 +150,9 @@ class AsyncInMemoryBackend(AsyncMessagingBackend):
 
     async def queue_stats(self, queue: QueueWrapper) -> QueueStats:
         return self.broker.queue_stats(queue)
+
+    async def queue_depth(self, queue: QueueWrapper) -> int:
+        return self.broker.queue_depth(queue)
 
     async def delete_queue(self, queue: QueueWrapper) -> None:
         self.broker.delete_queue(queue)

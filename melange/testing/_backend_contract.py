@@ -10,7 +10,12 @@ import time
 import pytest
 
 from melange.backends.interfaces import MessagingBackend
-from melange.exceptions import ForeignMessageError, QueueNotFoundError, UnsupportedOperationError
+from melange.exceptions import (
+    ForeignMessageError,
+    InvalidArgumentError,
+    QueueNotFoundError,
+    UnsupportedOperationError,
+)
 from melange.models import DECODE_ERROR, Message, QueueWrapper
 from melange.testing._waiting import receive, unique_name
 
@@ -297,6 +302,57 @@ class BackendContract:
         backend.acknowledge(message)
         with pytest.raises(QueueNotFoundError):
             backend.queue_stats(QueueWrapper(self.missing_queue(backend)))
+
+    def test_a_receive_may_set_its_own_visibility_timeout(self, backend: MessagingBackend) -> None:
+        name = unique_name("q")
+        queue, _ = backend.declare_queue(name, visibility_timeout=120)
+        backend.publish_to_queue(Message(content="short"), queue)
+        [first] = backend.retrieve_messages(
+            queue, wait_seconds=5, visibility_timeout=self.visibility_timeout
+        )
+        [again] = receive(backend, queue, 1, timeout=self.visibility_timeout + 10)
+        assert again.message_id == first.message_id
+        assert again.receive_count == 2
+        backend.acknowledge(again)
+
+    def test_fewer_than_one_message_is_refused(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        with pytest.raises(InvalidArgumentError):
+            backend.retrieve_messages(queue, max_messages=0)
+
+    def test_queue_depth_counts_what_was_published(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        try:
+            assert backend.queue_depth(queue) == 0
+        except UnsupportedOperationError:
+            pytest.skip("an optional capability this backend does not have")
+        backend.publish_batch_to_queue([Message(content=str(i)) for i in range(2)], queue)
+        assert backend.queue_depth(queue) == 2
+
+    def test_delays_up_to_max_delay_seconds_and_no_further(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        longest = backend.max_delay_seconds
+        if longest == 0:
+            with pytest.raises(UnsupportedOperationError):
+                backend.publish_delayed_to_queue(Message(content="x"), queue, 1)
+            return
+        backend.publish_delayed_to_queue(Message(content="in reach"), queue, 60)
+        if longest is not None:
+            with pytest.raises(UnsupportedOperationError):
+                backend.publish_delayed_to_queue(Message(content="too far"), queue, longest + 1)
+        assert backend.retrieve_messages(queue, wait_seconds=0) == []
+
+    def test_browsing_adds_no_delivery(self, backend: MessagingBackend) -> None:
+        queue, _ = self.declare(backend)
+        backend.publish_to_queue(Message(content="look"), queue)
+        try:
+            browsed = backend.browse_messages(queue, 5)
+        except UnsupportedOperationError:
+            return  # the documented default: peek receives and releases instead
+        assert [m.content for m in browsed] == ["look"]
+        [message] = receive(backend, queue, 1)
+        assert message.receive_count == 1
+        backend.acknowledge(message)
 
     def missing_queue(self, backend: MessagingBackend) -> object:
         """Return what a wrapper of a queue that does not exist holds on this backend."""

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pytest
 
 from melange.exceptions import SagaConflictError, SagaExistsError
-from melange.middleware import DestinationKind
 from melange.models import Message
-from melange.saga import PendingMessage, SagaRecord, SagaStatus, SagaStore, Step
+from melange.outgoing import Destination, DestinationKind, Outgoing
+from melange.saga import SagaRecord, SagaStatus, SagaStore, Step
 
 __all__ = ["SagaStoreContract", "SagaStoreFactory"]
 
@@ -40,9 +40,10 @@ def record(key: str | None = None, **changes: object) -> SagaRecord:
     return base.with_changes(**changes)
 
 
-def pending(content: str, *, due_in: float = 0.0, delay: float = 0.0) -> PendingMessage:
+def pending(content: str, *, due_in: float = 0.0, delay: float = 0.0) -> Outgoing:
     message = Message(content=content, metadata={"saga_id": "x"}, manifest="M", serializer_id=1)
-    return PendingMessage(message, DestinationKind.QUEUE, "q", delay, time.time() + due_in)
+    where = Destination(DestinationKind.QUEUE, "q")
+    return Outgoing(destination=where, delay=delay, message=message, due_at=time.time() + due_in)
 
 
 class SagaStoreContract:
@@ -149,7 +150,7 @@ class SagaStoreContract:
             second,
             later,
         ]
-        store.sent("Orders", created.saga_id, [first.message.message_id])
+        store.sent("Orders", created.saga_id, [first.built.message_id])
         assert make_store().pending("Orders", created.saga_id, due_by=now) == [second]
 
     def test_a_refused_save_stores_none_of_its_outgoing_messages(
@@ -176,7 +177,7 @@ class SagaStoreContract:
         now = time.time()
         assert store.due(saga_type, now) == []
         found = store.due(saga_type, now + 30)
-        assert [(saga_id, p.message.content) for saga_id, p in found] == [
+        assert [(saga_id, p.built.content) for saga_id, p in found] == [
             (early.saga_id, "early"),
             (late.saga_id, "late"),
         ]

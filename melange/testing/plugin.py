@@ -16,8 +16,8 @@ import pytest
 
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.backends.sqlite import SQLiteBackend
+from melange.middleware.recording import PublishRecorder
 from melange.publishers import MessagePublisher
-from melange.testing._recording import PublishRecorder
 
 __all__ = [
     "melange_backend",

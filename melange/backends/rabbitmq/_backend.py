@@ -29,6 +29,7 @@ from melange.backends.rabbitmq._subscription import (
     receipt_of,
 )
 from melange.backends.rabbitmq._topology import (
+    MAX_DELAY_SECONDS,
     QUORUM,
     bind,
     declare_exchange,
@@ -45,7 +46,9 @@ from melange.exceptions import (
     BackendError,
     BatchPublishError,
     ConfigurationError,
+    InvalidArgumentError,
     MissingExtraError,
+    UnsupportedOperationError,
 )
 from melange.models import Message, QueueWrapper, TopicWrapper
 
@@ -81,6 +84,7 @@ class RabbitMQBackend(MessagingBackend):
     """
 
     messaging_system = "rabbitmq"
+    max_delay_seconds = float(MAX_DELAY_SECONDS)
 
     def __init__(
         self,
@@ -426,7 +430,12 @@ class RabbitMQBackend(MessagingBackend):
         Raises:
             QueueNotFoundError: the queue does not exist.
             PublishError: the broker did not confirm the message.
+            UnsupportedOperationError: over ``max_delay_seconds`` (a TTL's limit, ~49.7 days).
         """
+        if delay > self.max_delay_seconds:
+            raise UnsupportedOperationError(
+                f"RabbitMQ delays a message at most {self.max_delay_seconds:.0f} s, not {delay} s"
+            )
         name = queue.unwrap()
         self._check_queue(name)
         if delay <= 0:
@@ -477,18 +486,28 @@ class RabbitMQBackend(MessagingBackend):
             self._io.observers.remove(subscription)
         subscription.discard()
 
-    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+    def retrieve_messages(
+        self,
+        queue: QueueWrapper,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[Message]:
         """Receive up to ``max_messages`` (10), waiting up to ``wait_seconds`` (0) for the first.
 
         Each delivery is decoded on its own: one that cannot be read comes back
         undecodable (its ``DECODE_ERROR`` header says why), never as an error.
+        ``visibility_timeout`` requeues these that many seconds from now
+        instead of after the queue's emulated visibility timeout.
 
         Raises:
             QueueNotFoundError: the queue does not exist.
+            InvalidArgumentError: ``max_messages`` below 1.
             BackendConnectionError: RabbitMQ cannot be reached.
         """
-        max_messages: int = kwargs.get("max_messages", 10)
-        wait_seconds: float = kwargs.get("wait_seconds", 0.0)
+        if max_messages < 1:
+            raise InvalidArgumentError(f"max_messages must be at least 1, not {max_messages!r}")
         name = queue.unwrap()
         subscription = self._subscription(name)
         if not subscription.active:
@@ -498,7 +517,7 @@ class RabbitMQBackend(MessagingBackend):
                 raise translate(e, queue=name) from e
         messages = []
         limit = subscription.max_receive_count if subscription.dead_letters else None
-        for receipt, delivery in subscription.take(max_messages, wait_seconds):
+        for receipt, delivery in subscription.take(max_messages, wait_seconds, visibility_timeout):
             message = to_message(receipt, delivery)
             if limit is not None and message.receive_count > limit:
                 # Counted across releases: the broker's own limit restarts on each new copy.

@@ -141,8 +141,14 @@ class QueueSubscription:
         self.io.when_open(lambda: self._open(future), fail)
         self.io.wait(future, timeout)
 
-    def take(self, max_messages: int, wait_seconds: float) -> list[tuple[Receipt, Delivery]]:
-        """Hand out up to ``max_messages`` buffered deliveries, waiting up to ``wait_seconds``."""
+    def take(
+        self, max_messages: int, wait_seconds: float, visibility_timeout: float | None = None
+    ) -> list[tuple[Receipt, Delivery]]:
+        """Hand out up to ``max_messages`` buffered deliveries, waiting up to ``wait_seconds``.
+
+        They are requeued ``visibility_timeout`` seconds from now unless settled
+        (the queue's own when ``None``).
+        """
         now = time.monotonic()
         with self.cond:
             self.last_used = now
@@ -162,7 +168,10 @@ class QueueSubscription:
             if not ready:
                 return []
             generation = self.generation
-            visible_again = now + self.visibility_timeout
+            hidden_for = (
+                self.visibility_timeout if visibility_timeout is None else visibility_timeout
+            )
+            visible_again = now + hidden_for
             self.next_expiry = min(self.next_expiry, visible_again)
             in_flight = self.in_flight
             taken = []

@@ -27,6 +27,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise MissingExtraError("pika", "rabbitmq") from e
 
 __all__ = [
+    "MAX_DELAY_SECONDS",
     "QUORUM",
     "bind",
     "declare_exchange",
@@ -47,6 +48,8 @@ _R20 = (1.0, 1.12, 1.25, 1.4, 1.6, 1.8, 2.0, 2.24, 2.5, 2.8, 3.15, 3.55, 4.0, 4.
 _R20_REST = (6.3, 7.1, 8.0, 9.0)
 _DELAY_STEPS = sorted({max(1, round(m * 10**e)) for e in range(9) for m in _R20 + _R20_REST})
 _MAX_TTL_MS = 2**32 - 1
+#: The longest holding time a TTL allows (about 49.7 days).
+MAX_DELAY_SECONDS = _MAX_TTL_MS // 1000
 _FLOAT_OPTIONS = frozenset(
     {"confirm_timeout", "operation_timeout", "visibility_timeout", "idle_release"}
 )

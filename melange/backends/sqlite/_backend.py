@@ -77,6 +77,7 @@ class SQLiteBackend(MessagingBackend):
     """
 
     messaging_system = "melange_sqlite"
+    max_delay_seconds = None
 
     def __init__(
         self,
@@ -278,21 +279,28 @@ class SQLiteBackend(MessagingBackend):
 
     # -- receiving ----------------------------------------------------------------------
 
-    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+    def retrieve_messages(
+        self,
+        queue: QueueWrapper,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[Message]:
         """Receive up to ``max_messages`` (10), waiting up to ``wait_seconds`` (0) for one.
+
+        ``visibility_timeout`` (seconds) hides them that long instead of the queue's.
 
         Raises:
             QueueNotFoundError: the queue does not exist.
             InvalidArgumentError: ``max_messages`` is below 1.
         """
-        max_messages: int = kwargs.get("max_messages", 10)
-        wait_seconds: float = kwargs.get("wait_seconds", 0.0)
         if max_messages < 1:
             raise InvalidArgumentError(f"max_messages must be at least 1, not {max_messages!r}")
         deadline = time.monotonic() + wait_seconds
         pause = min(0.002, self.poll_interval)
         while True:
-            messages = self._receive(queue.obj, max_messages)
+            messages = self._receive(queue.obj, max_messages, visibility_timeout)
             remaining = deadline - time.monotonic()
             if messages or remaining <= 0 or self._closed:
                 return messages
@@ -304,23 +312,25 @@ class SQLiteBackend(MessagingBackend):
                     self._waiting -= 1
             pause = min(pause * 2, self.poll_interval)
 
-    def _receive(self, queue: str, limit: int) -> list[Message]:
+    def _receive(self, queue: str, limit: int, visibility_timeout: float | None) -> list[Message]:
         # A read first, so that idle consumers never take the write lock.
         if queue not in self._busy and not self._file.read(queries.PEEK, (queue, _now())):
             self.get_queue(queue)  # only to raise QueueNotFoundError
             return []
-        messages = self._claim(queue, limit)
+        messages = self._claim(queue, limit, visibility_timeout)
         if messages:
             self._busy.add(queue)
         else:
             self._busy.discard(queue)
         return messages
 
-    def _claim(self, queue: str, limit: int) -> list[Message]:
+    def _claim(self, queue: str, limit: int, visibility_timeout: float | None) -> list[Message]:
         token = os.urandom(8)
         try:
             with self._file.transaction() as db:
-                claimed = queries.claim(db, queue, limit, token, _now())
+                claimed = queries.claim(
+                    db, queue, limit, token, _now(), visibility_timeout=visibility_timeout
+                )
         except QueueNotFoundError as e:
             raise QueueNotFoundError(f"{e} in {self.path}") from None
         return queries.received(queue, token, claimed)
@@ -395,7 +405,7 @@ class SQLiteBackend(MessagingBackend):
     # -- inspection and lifecycle ---------------------------------------------------------
 
     def queue_depth(self, queue: QueueWrapper) -> int:
-        """Return how many messages the queue holds, visible or not."""
+        """Return how many messages the queue holds, visible or not (one count, no stats)."""
         [(count,)] = self._file.read(
             "SELECT count(*) FROM melange_deliveries WHERE queue = ?", (queue.obj,)
         )

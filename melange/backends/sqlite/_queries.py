@@ -202,8 +202,18 @@ def insert(
     db.executemany(_INSERT_DELIVERY, [(queue, visible_at, first + n) for n in range(len(messages))])
 
 
-def claim(db: sqlite3.Connection, queue: str, limit: int, token: bytes, now: float) -> Claimed:
+def claim(
+    db: sqlite3.Connection,
+    queue: str,
+    limit: int,
+    token: bytes,
+    now: float,
+    *,
+    visibility_timeout: float | None = None,
+) -> Claimed:
     """Claim up to ``limit`` visible messages of a queue, dead-lettering the spent ones.
+
+    They stay hidden for ``visibility_timeout`` seconds, or the queue's when ``None``.
 
     Raises:
         QueueNotFoundError: the queue does not exist.
@@ -211,8 +221,8 @@ def claim(db: sqlite3.Connection, queue: str, limit: int, token: bytes, now: flo
     settings = db.execute(_SETTINGS, (queue,)).fetchone()
     if settings is None:
         raise QueueNotFoundError(f"queue {queue!r} does not exist")
-    visibility_timeout, max_receive_count, dead_letter = settings
-    deadline = now + visibility_timeout
+    queue_visibility, max_receive_count, dead_letter = settings
+    deadline = now + (queue_visibility if visibility_timeout is None else visibility_timeout)
     claimed = 0
     one_by_one: list[tuple[Any, ...]] = []
     after: tuple[float, int] = (-1.0, 0)

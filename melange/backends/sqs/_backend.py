@@ -13,6 +13,7 @@ from melange.exceptions import (
     BatchPublishError,
     ConfigurationError,
     ForeignMessageError,
+    InvalidArgumentError,
     MissingExtraError,
     UnexpectedOptionError,
     UnsupportedOperationError,
@@ -413,42 +414,64 @@ class AWSBackend(MessagingBackend):
 
     # -- receiving ---------------------------------------------------------------------
 
-    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+    def retrieve_messages(
+        self,
+        queue: QueueWrapper,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[Message]:
         """Receive up to ``max_messages`` (at most 10), long-polling ``wait_seconds``.
 
-        ``wait_seconds`` is rounded up to whole seconds, at most 20.
+        ``wait_seconds`` is rounded up to whole seconds, at most 20;
+        ``visibility_timeout`` up to whole seconds (``VisibilityTimeout``).
 
         Raises:
             QueueNotFoundError: the queue does not exist.
+            InvalidArgumentError: ``max_messages`` below 1.
             BackendError: SQS refused.
         """
-        wanted = max(1, min(10, int(kwargs.pop("max_messages", 10))))
-        wait = max(0, min(self.max_wait_seconds, math.ceil(float(kwargs.pop("wait_seconds", 0)))))
-        if kwargs:
-            raise UnexpectedOptionError(
-                f"retrieve_messages() got unexpected options {sorted(kwargs)}"
-            )
+        if max_messages < 1:
+            raise InvalidArgumentError(f"max_messages must be at least 1, not {max_messages!r}")
         url = queue.unwrap()
-        with translated(f"receive from SQS queue {url}"):
-            response = self._sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=wanted,
-                WaitTimeSeconds=wait,
-                MessageAttributeNames=["All"],
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        request: dict[str, Any] = {
+            "QueueUrl": url,
+            "MaxNumberOfMessages": min(10, int(max_messages)),
+            "WaitTimeSeconds": max(0, min(self.max_wait_seconds, math.ceil(wait_seconds))),
+            "MessageAttributeNames": ["All"],
+            "MessageSystemAttributeNames": ["ApproximateReceiveCount"],
+        }
+        if visibility_timeout is not None:
+            request["VisibilityTimeout"] = max(
+                0, min(MAX_VISIBILITY_SECONDS, math.ceil(visibility_timeout))
             )
+        with translated(f"receive from SQS queue {url}"):
+            response = self._sqs.receive_message(**request)
         return [wire.message_from(m, url) for m in response.get("Messages", [])]
 
-    def yield_messages(self, queue: QueueWrapper, **kwargs: Any) -> Iterator[Message]:
+    def yield_messages(
+        self,
+        queue: QueueWrapper,
+        *,
+        max_messages: int = 10,
+        wait_seconds: float | None = None,
+        visibility_timeout: float | None = None,
+    ) -> Iterator[Message]:
         """Long-poll until closed: 10 per request, ``wait_seconds`` (default 20) per request.
 
         Raises:
             QueueNotFoundError: the queue does not exist.
             BackendError: SQS refused.
         """
-        kwargs.setdefault("wait_seconds", self.max_wait_seconds)
+        wait = self.max_wait_seconds if wait_seconds is None else wait_seconds
         while not self._closed:
-            yield from self.retrieve_messages(queue, **kwargs)
+            yield from self.retrieve_messages(
+                queue,
+                max_messages=max_messages,
+                wait_seconds=wait,
+                visibility_timeout=visibility_timeout,
+            )
 
     def acknowledge(self, message: Message) -> None:
         """Delete a received message (``DeleteMessage``).

@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from melange.aio._stores import AsyncIdempotencyStore
-from melange.builtin_middleware import UNAVAILABLE, StoreRetry, claim_refusal, report_settling
 from melange.exceptions import IdempotencyError
-from melange.middleware import ConsumerCall, Handling, Middleware
+from melange.idempotency.base import AsyncIdempotencyStore
+from melange.middleware.base import Middleware
+from melange.middleware.consume_scopes import ConsumerCall, Handling
+from melange.middleware.idempotency import UNAVAILABLE, StoreRetry, claim_refusal, report_settling
 from melange.outcomes import CallResult
 
 __all__ = ["AsyncIdempotencyMiddleware"]

@@ -1,24 +1,21 @@
-"""Capture what a publisher sent, to assert on in tests."""
+"""``PublishRecorder``: capture what a publisher sent, to assert on in tests."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from melange.middleware import (
-    Destination,
-    DestinationKind,
-    Middleware,
-    Publishing,
-    current_hold,
-)
+from melange.middleware.base import Middleware
+from melange.middleware.held_publishes import current_hold
+from melange.middleware.publish_scopes import Publishing
 from melange.models import Message
+from melange.outgoing import Destination, DestinationKind
 
 __all__ = ["PublishRecorder", "RecordedPublish"]
 
-E = TypeVar("E")
+_E = TypeVar("_E")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +54,18 @@ class PublishRecorder(Middleware):
     def send_message(self, publishing: Publishing, call_next: Callable[[], None]) -> None:
         """Send, then record (once released, when inside ``hold_publishes``)."""
         call_next()
-        message = publishing.message
-        assert message is not None  # set by the publisher before sending
-        destination = publishing.destination or Destination(
-            DestinationKind.TOPIC, message.manifest or ""
-        )
-        record = RecordedPublish(publishing.event, message, destination, publishing.delay)
+        self._sent(publishing)
+
+    async def send_message_async(
+        self, publishing: Publishing, call_next: Callable[[], Awaitable[None]]
+    ) -> None:
+        """``send_message`` under ``AsyncMessagePublisher``."""
+        await call_next()
+        self._sent(publishing)
+
+    def _sent(self, publishing: Publishing) -> None:
+        where = publishing.where
+        record = RecordedPublish(publishing.event, publishing.built, where, publishing.delay)
         held = current_hold()
         if held is None:
             self._add(record)
@@ -81,11 +84,11 @@ class PublishRecorder(Middleware):
 
     def published(
         self,
-        event_type: type[E] | None = None,
+        event_type: type[_E] | None = None,
         *,
         topic: str | None = None,
         queue: str | None = None,
-    ) -> list[E]:
+    ) -> list[_E]:
         """Return the events sent, oldest first: of a type (subclasses too), to a topic or queue."""
         return [record.event for record in self.matching(event_type, topic=topic, queue=queue)]
 

@@ -1,7 +1,7 @@
-"""Broker calls as values: engine logic written once, run by a sync or an asyncio loop.
+"""Broker calls as values: logic written once, run by a sync or an asyncio loop.
 
-A step of the engine that talks to the broker (settling a message, sending a
-dead letter, declaring a queue) is a generator: it yields each ``BrokerCall``
+A step that talks to the broker (settling a message, sending a dead letter,
+declaring a queue, publishing) is a generator: it yields each ``BrokerCall``
 it needs and gets the call's result back, or the call's exception raised
 inside it. ``run_calls`` makes the calls on a ``MessagingBackend``;
 ``run_calls_async`` awaits them on an ``AsyncMessagingBackend``.
@@ -10,17 +10,18 @@ inside it. ``run_calls`` makes the calls on a ``MessagingBackend``;
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 __all__ = ["BrokerCall", "BrokerSteps", "run_calls", "run_calls_async"]
 
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerCall:
-    """One call to make on the backend: ``backend.<method>(*args, **kwargs)``."""
+class BrokerCall(NamedTuple):
+    """One call to make on the backend: ``backend.<method>(*args, **kwargs)``.
+
+    A tuple, as one is made per publish and per settled message.
+    """
 
     method: str
     args: tuple[Any, ...] = ()
