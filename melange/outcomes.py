@@ -24,6 +24,9 @@ class OutcomeKind(enum.Enum):
     #: Leave it alone: someone else settles it (``AckPolicy.MANUAL``) or its timeout does.
     KEEP = "keep"
 
+    # Members are singletons compared by identity: hash them so too, in C (counted per message).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:

@@ -69,7 +69,8 @@ class MessagePublisher:
             QueueNotFoundError: ``queue`` does not exist.
             BackendError: the backend refused the message.
         """
-        outgoing = self.sending.outgoing(event, Destination.requested(topic, queue), headers, delay)
+        destination = None if topic is queue is None else Destination.requested(topic, queue)
+        outgoing = self.sending.outgoing(event, destination, headers, delay)
         outgoing.message = self._build(outgoing)
         self._send(outgoing)
         message = outgoing.built  # a send hook may have added headers

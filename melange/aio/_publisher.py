@@ -68,7 +68,8 @@ class AsyncMessagePublisher:
         delay: float = 0.0,
     ) -> Message:
         """Publish one event and return the message sent (see ``MessagePublisher.publish``)."""
-        outgoing = self.sending.outgoing(event, Destination.requested(topic, queue), headers, delay)
+        destination = None if topic is queue is None else Destination.requested(topic, queue)
+        outgoing = self.sending.outgoing(event, destination, headers, delay)
         outgoing.message = self._build(outgoing)
         await self._send(outgoing)
         message = outgoing.built
