@@ -98,15 +98,9 @@ class MessagePublisher:
         destination = Destination.requested(topic, queue)
         if self._one_by_one or current_hold() is not None:
             return [self.publish(e, topic=topic, queue=queue, headers=headers) for e in events]
-        batch = [self.sending.outgoing(event, destination, headers) for event in events]
-        for outgoing in batch:
-            outgoing.message = self.sending.build(outgoing)
+        batch = self.sending.built_batch(events, destination, headers)
         run_calls(self.backend, self.sending.batch_sent(batch))
-        messages = [outgoing.built for outgoing in batch]
-        if signals.message_published.receivers:
-            for message in messages:
-                signals.message_published.send(self, message=message, event=None)
-        return messages
+        return self.sending.announce(batch)
 
     def build_message(self, event: Any, headers: Mapping[str, Any] | None = None) -> Message:
         """Serialize an event into a message with melange's headers (no middleware)."""

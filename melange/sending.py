@@ -10,9 +10,10 @@ runs the steps with ``run_calls``, ``AsyncMessagePublisher`` awaits them with
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from melange import signals
 from melange._trace_headers import inherited_trace
 from melange.backends.decoding import OWN_PREFIX, is_own_header
 from melange.broker_calls import BrokerCall, BrokerSteps
@@ -78,6 +79,26 @@ class Sending:
             self.publisher,
             messaging_system=self.messaging_system,
         )
+
+    def built_batch(
+        self,
+        events: Iterable[Any],
+        destination: Destination | None,
+        headers: Mapping[str, Any] | None,
+    ) -> list[Outgoing]:
+        """Return the ``Outgoing`` of each event of a batch, built (no middleware runs)."""
+        batch = [self.outgoing(event, destination, headers) for event in events]
+        for outgoing in batch:
+            outgoing.message = self.build(outgoing)
+        return batch
+
+    def announce(self, batch: Sequence[Outgoing]) -> list[Message]:
+        """Send ``message_published`` for each message of a batch sent; return the messages."""
+        messages = [outgoing.built for outgoing in batch]
+        if signals.message_published.receivers:
+            for message in messages:
+                signals.message_published.send(self.publisher, message=message, event=None)
+        return messages
 
     def build(self, outgoing: Outgoing) -> Message:
         """Return the message of an outgoing event (the core of the ``build_message`` hooks)."""

@@ -91,15 +91,9 @@ class AsyncMessagePublisher:
             return [
                 await self.publish(e, topic=topic, queue=queue, headers=headers) for e in events
             ]
-        batch = [self.sending.outgoing(event, destination, headers) for event in events]
-        for outgoing in batch:
-            outgoing.message = self.sending.build(outgoing)
+        batch = self.sending.built_batch(events, destination, headers)
         await run_calls_async(self.backend, self.sending.batch_sent(batch))
-        messages = [outgoing.built for outgoing in batch]
-        if signals.message_published.receivers:
-            for message in messages:
-                signals.message_published.send(self, message=message, event=None)
-        return messages
+        return self.sending.announce(batch)
 
     def build_message(self, event: Any, headers: Mapping[str, Any] | None = None) -> Message:
         """Serialize an event into a message with melange's headers (no middleware)."""

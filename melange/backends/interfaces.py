@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from melange.exceptions import ConfigurationError, UnsupportedOperationError
+from melange.exceptions import ConfigurationError, InvalidArgumentError, UnsupportedOperationError
 from melange.models import Message, QueueWrapper, TopicWrapper
 
-__all__ = ["BackendCapabilities", "MessagingBackend", "QueueStats"]
+__all__ = ["BackendCapabilities", "MessagingBackend", "QueueStats", "checked_max_messages"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,3 +300,14 @@ class MessagingBackend(BackendCapabilities, abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close_connection()
+
+
+def checked_max_messages(max_messages: int) -> int:
+    """Return a receive's ``max_messages``, which every backend refuses below 1.
+
+    Raises:
+        InvalidArgumentError: ``max_messages`` below 1.
+    """
+    if max_messages < 1:
+        raise InvalidArgumentError(f"max_messages must be at least 1, not {max_messages!r}")
+    return max_messages

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from melange.backends.interfaces import MessagingBackend, QueueStats
+from melange.backends.interfaces import MessagingBackend, QueueStats, checked_max_messages
 from melange.backends.naming import check_plain_name
 from melange.backends.routing import report_unrouted
 from melange.exceptions import (
     ForeignMessageError,
-    InvalidArgumentError,
     QueueNotFoundError,
     TopicNotFoundError,
 )
@@ -228,8 +227,7 @@ class InMemoryMessagingBackend(MessagingBackend):
         wait_seconds: float = 0.0,
         visibility_timeout: float | None = None,
     ) -> list[Message]:
-        if max_messages < 1:
-            raise InvalidArgumentError(f"max_messages must be at least 1, not {max_messages!r}")
+        checked_max_messages(max_messages)
         deadline = _monotonic() + wait_seconds
         with self._lock:
             while True:

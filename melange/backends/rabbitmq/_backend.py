@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from melange.backends.interfaces import MessagingBackend, QueueStats
+from melange.backends.interfaces import MessagingBackend, QueueStats, checked_max_messages
 from melange.backends.naming import check_rabbitmq_name
 from melange.backends.rabbitmq._browse import browse
 from melange.backends.rabbitmq._codec import outgoing, to_message
@@ -46,7 +46,6 @@ from melange.exceptions import (
     BackendError,
     BatchPublishError,
     ConfigurationError,
-    InvalidArgumentError,
     MissingExtraError,
     UnsupportedOperationError,
 )
@@ -506,8 +505,7 @@ class RabbitMQBackend(MessagingBackend):
             InvalidArgumentError: ``max_messages`` below 1.
             BackendConnectionError: RabbitMQ cannot be reached.
         """
-        if max_messages < 1:
-            raise InvalidArgumentError(f"max_messages must be at least 1, not {max_messages!r}")
+        checked_max_messages(max_messages)
         name = queue.unwrap()
         subscription = self._subscription(name)
         if not subscription.active:

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from melange._sqlite import DEFAULT_FILE_MODE, SQLiteFile, path_of_url
-from melange.backends.interfaces import MessagingBackend, QueueStats
+from melange.backends.interfaces import MessagingBackend, QueueStats, checked_max_messages
 from melange.backends.naming import check_plain_name
 from melange.backends.routing import report_unrouted
 from melange.backends.sqlite import _queries as queries
@@ -20,7 +20,6 @@ from melange.backends.sqlite._schema import BROKER_SCHEMA
 from melange.exceptions import (
     ConfigurationError,
     ForeignMessageError,
-    InvalidArgumentError,
     QueueNotFoundError,
     TopicNotFoundError,
 )
@@ -295,8 +294,7 @@ class SQLiteBackend(MessagingBackend):
             QueueNotFoundError: the queue does not exist.
             InvalidArgumentError: ``max_messages`` is below 1.
         """
-        if max_messages < 1:
-            raise InvalidArgumentError(f"max_messages must be at least 1, not {max_messages!r}")
+        checked_max_messages(max_messages)
         deadline = time.monotonic() + wait_seconds
         pause = min(0.002, self.poll_interval)
         while True:

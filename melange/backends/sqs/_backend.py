@@ -13,7 +13,6 @@ from melange.exceptions import (
     BatchPublishError,
     ConfigurationError,
     ForeignMessageError,
-    InvalidArgumentError,
     MissingExtraError,
     UnexpectedOptionError,
     UnsupportedOperationError,
@@ -24,7 +23,7 @@ try:
 except ImportError as e:  # pragma: no cover - only without the extra
     raise MissingExtraError("boto3", "sqs") from e
 
-from melange.backends.interfaces import MessagingBackend, QueueStats
+from melange.backends.interfaces import MessagingBackend, QueueStats, checked_max_messages
 from melange.backends.sqs import _wire as wire
 from melange.backends.sqs._errors import NOT_IN_FLIGHT_CODES, receipt_gone, translated
 from melange.backends.sqs._timeouts import TIMEOUT_OPTIONS, client_config
@@ -432,8 +431,7 @@ class AWSBackend(MessagingBackend):
             InvalidArgumentError: ``max_messages`` below 1.
             BackendError: SQS refused.
         """
-        if max_messages < 1:
-            raise InvalidArgumentError(f"max_messages must be at least 1, not {max_messages!r}")
+        checked_max_messages(max_messages)
         url = queue.unwrap()
         request: dict[str, Any] = {
             "QueueUrl": url,
