@@ -260,6 +260,12 @@ def without_error_headers(message: Message) -> Message:
     )
 
 
+# How long a read of a dead-letter queue waits for its first message: one
+# that looks empty at once may still be delivering (RabbitMQ pushes to a
+# consumer, SQS short polls sample its servers).
+DEAD_LETTER_WAIT_SECONDS = 1.0
+
+
 def peek(
     backend: MessagingBackend,
     queue: str,
@@ -279,7 +285,9 @@ def peek(
     source = backend.get_queue(dead_letter_queue or dead_letter_queue_name(queue))
     with contextlib.suppress(UnsupportedOperationError):
         return backend.browse_messages(source, limit)
-    messages = backend.retrieve_messages(source, max_messages=limit)
+    messages = backend.retrieve_messages(
+        source, max_messages=limit, wait_seconds=DEAD_LETTER_WAIT_SECONDS
+    )
     for message in messages:
         backend.release(message)
     return messages
@@ -297,7 +305,9 @@ def redrive(
     Each batch is published first and acknowledged after, so a crash
     between the two repeats a move (consumers' idempotency absorbs it) but
     never loses one. In a partly failed batch only what was sent is
-    acknowledged; the rest stays in the dead-letter queue.
+    acknowledged; the rest stays in the dead-letter queue. Each read waits up
+    to ``DEAD_LETTER_WAIT_SECONDS`` for its first message, so the end costs
+    that wait once.
 
     Raises:
         QueueNotFoundError: either queue does not exist.
@@ -308,7 +318,9 @@ def redrive(
     moved = 0
     while limit is None or moved < limit:
         wanted = 10 if limit is None else min(10, limit - moved)
-        batch = backend.retrieve_messages(source, max_messages=wanted)
+        batch = backend.retrieve_messages(
+            source, max_messages=wanted, wait_seconds=DEAD_LETTER_WAIT_SECONDS
+        )
         if not batch:
             break
         try:
