@@ -26,6 +26,7 @@ from melange.models import Message, QueueWrapper
 __all__ = [
     "ATTEMPTS",
     "DEAD_LETTERED_AT",
+    "DEAD_LETTER_WAIT_SECONDS",
     "ERROR_HEADERS",
     "ERROR_MESSAGE",
     "ERROR_STAGE",
