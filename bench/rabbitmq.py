@@ -6,8 +6,10 @@ Publishing: raw pika waits for each confirm (``BlockingConnection`` with
 in flight at once, each one checked). Consuming: raw pika ``basic_consume``
 with prefetch 100 and a ``basic_ack`` per message; melange runs the same
 messages through ``MessageDispatcher`` to a typed ``@listener``. Both sides use
-the same kind of queue (quorum, which melange declares). With no ``--url`` a
-throwaway rabbitmq-server is started and stopped.
+the same kind of queue (quorum, which melange declares). "raw pika + pydantic
+validate" is raw pika doing the work melange does per message as well:
+``Numbered.model_validate_json(body)`` before the ``basic_ack``. With no
+``--url`` a throwaway rabbitmq-server is started and stopped.
 
 FastStream, the framework a user would pick instead (``faststream[rabbit]``,
 asyncio over aio-pika, from ``pip install 'melange[bench]'``), consumes the
@@ -15,7 +17,10 @@ same messages in the same run: raw pika fills a durable quorum queue, then an
 ``async`` ``@broker.subscriber`` handler taking the pydantic model counts them
 (prefetch 100 through ``Channel(prefetch_count=100)``, FastStream's default
 ack after the handler returns, its per-message logging off with
-``logger=None``). ``--no-faststream`` leaves it out.
+``logger=None``). ``--no-faststream`` leaves it out. ``melange.aio``
+consumes such a pre-filled queue too: ``AsyncMessageDispatcher`` on
+``BridgedBackend(RabbitMQBackend(url))`` (melange's asyncio RabbitMQ backend,
+the sync one's calls on a thread pool) to an ``async`` ``@listener``.
 
     .venv/bin/python bench/rabbitmq.py --messages 10000
 """
@@ -37,6 +42,7 @@ import pika
 from pydantic import BaseModel
 
 from melange import Consumer, MessageDispatcher, MessagePublisher, listener
+from melange.aio import AsyncMessageDispatcher, BridgedBackend
 from melange.backends.rabbitmq import RabbitMQBackend
 from tests.servers.rabbitmq import start_node
 
@@ -63,6 +69,16 @@ class Counter(Consumer):
 
     @listener
     def on_number(self, event: Numbered) -> None:
+        self.count += 1
+
+
+class AsyncCounter(Consumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    @listener
+    async def on_number(self, event: Numbered) -> None:
         self.count += 1
 
 
@@ -103,13 +119,16 @@ def raw_publish(url: str, queue: str, n: int) -> float:
     return n / elapsed
 
 
-def raw_consume(url: str, queue: str, n: int) -> float:
+def raw_consume(url: str, queue: str, n: int, *, validate: bool = False) -> float:
+    """Raw pika acking ``n`` messages; ``validate`` parses each body into ``Numbered`` first."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     channel.basic_qos(prefetch_count=100)
     seen = [0]
 
     def on_message(ch: object, method: object, properties: object, body: bytes) -> None:
+        if validate:
+            Numbered.model_validate_json(body)  # the typed work melange does per message
         channel.basic_ack(method.delivery_tag)  # type: ignore[attr-defined]
         seen[0] += 1
         if seen[0] == n:
@@ -123,6 +142,12 @@ def raw_consume(url: str, queue: str, n: int) -> float:
     connection.close()
     assert seen[0] == n
     return n / elapsed
+
+
+def raw_validated_consume(url: str, queue: str, n: int) -> float:
+    """Raw pika validating and acking ``n`` messages put in the queue beforehand."""
+    raw_fill(url, queue, n)
+    return raw_consume(url, queue, n, validate=True)  # deletes the queue
 
 
 def melange_publish(url: str, queue: str, n: int, batch: int) -> float:
@@ -224,6 +249,29 @@ def faststream_consume(url: str, queue: str, n: int) -> float:
         raw_delete(url, queue)
 
 
+async def _melange_aio_consume(url: str, queue: str, n: int, batch_size: int) -> float:
+    backend = BridgedBackend(RabbitMQBackend(url))
+    counter = AsyncCounter()
+    try:
+        dispatcher = AsyncMessageDispatcher(backend, [counter], batch_size=batch_size)
+        started = time.perf_counter()
+        await dispatcher.consume_loop(queue, max_messages=n)  # finds the existing queue
+        elapsed = time.perf_counter() - started
+    finally:
+        await backend.close_connection()
+    assert counter.count == n, counter.count
+    return n / elapsed
+
+
+def melange_aio_consume(url: str, queue: str, n: int, batch_size: int) -> float:
+    """``AsyncMessageDispatcher`` consuming ``n`` messages that raw pika put in the queue."""
+    raw_fill(url, queue, n)
+    try:
+        return asyncio.run(_melange_aio_consume(url, queue, n, batch_size))
+    finally:
+        raw_delete(url, queue)
+
+
 def run(
     url: str, n: int, batch: int, dispatch_batch: int, rounds: int, *, faststream: bool
 ) -> None:
@@ -233,17 +281,19 @@ def run(
         for name, rate in (
             ("raw_pub", raw_publish(url, f"bench-raw-{tag}", n)),
             ("raw_con", raw_consume(url, f"bench-raw-{tag}", n)),
+            ("raw_val", raw_validated_consume(url, f"bench-validated-{tag}", n)),
             ("single", melange_publish_single(url, f"bench-single-{tag}", min(n, 2000))),
             ("mel_pub", melange_publish(url, f"bench-melange-{tag}", n, batch)),
             ("mel_con", melange_consume(url, f"bench-melange-{tag}", n, dispatch_batch)),
+            ("aio_con", melange_aio_consume(url, f"bench-aio-{tag}", n, dispatch_batch)),
         ):
             figures.setdefault(name, []).append(rate)
         if faststream:
             rate = faststream_consume(url, f"bench-faststream-{tag}", n)
             figures.setdefault("fs_con", []).append(rate)
-    raw_pub, raw_con, single, mel_pub, mel_con = (
+    raw_pub, raw_con, raw_val, single, mel_pub, mel_con, aio_con = (
         statistics.median(figures[name])
-        for name in ("raw_pub", "raw_con", "single", "mel_pub", "mel_con")
+        for name in ("raw_pub", "raw_con", "raw_val", "single", "mel_pub", "mel_con", "aio_con")
     )
     print(f"{n:,} messages, quorum queues, persistent, prefetch 100; median of {rounds} rounds")
     print(f"publish  raw pika, one confirm awaited per message   {raw_pub:>9,.0f} msgs/s")
@@ -257,15 +307,27 @@ def run(
     print(
         f"consume  {label:<44s}{mel_con:>9,.0f} msgs/s   x{mel_con / raw_con:.2f} raw (target x0.9)"
     )
-    if not faststream:
-        return
-    fs_con = statistics.median(figures["fs_con"])
-    label = f"FastStream {FASTSTREAM}, async pydantic subscriber"
+    label = "raw pika + pydantic validate, basic_ack each"
     print(
-        f"consume  {label:<44s}{fs_con:>9,.0f} msgs/s   x{fs_con / raw_con:.2f} raw;"
-        f" melange x{mel_con / fs_con:.2f} FastStream"
+        f"consume  {label:<44s}{raw_val:>9,.0f} msgs/s   x{raw_val / raw_con:.2f} raw;"
+        f" melange x{mel_con / raw_val:.2f} this"
     )
-    print("         (FastStream: durable quorum queue, prefetch 100, ack after the handler)")
+    against = ""
+    if faststream:
+        fs_con = statistics.median(figures["fs_con"])
+        label = f"FastStream {FASTSTREAM}, async pydantic subscriber"
+        print(
+            f"consume  {label:<44s}{fs_con:>9,.0f} msgs/s   x{fs_con / raw_con:.2f} raw;"
+            f" melange x{mel_con / fs_con:.2f} FastStream"
+        )
+        print("         (FastStream: durable quorum queue, prefetch 100, ack after the handler)")
+        against = f"x{aio_con / fs_con:.2f} FastStream (target x2.5); "
+    label = f"melange.aio, async listener (batch {dispatch_batch})"
+    against += f"x{aio_con / mel_con:.2f} sync melange"
+    print(f"consume  {label:<44s}{aio_con:>9,.0f} msgs/s   {against}")
+    print(
+        "         (melange.aio: BridgedBackend(RabbitMQBackend), the same kind of pre-filled queue)"
+    )
 
 
 def main() -> None:

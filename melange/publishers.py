@@ -69,14 +69,38 @@ class MessagePublisher:
             QueueNotFoundError: ``queue`` does not exist.
             BackendError: the backend refused the message.
         """
+        if topic is queue is None and not (headers or delay or self._one_by_one):
+            # The common case, kept short: by type, with no middleware to see an
+            # ``Outgoing``; once the topic is known and nothing holds publishes,
+            # the message goes straight to the backend.
+            message = self.sending.build_message(event)
+            known = self.sending.known_topic(message)
+            if known is not None and current_hold() is None:
+                self.backend.publish_to_topic(message, known)
+            else:
+                outgoing = self.sending.outgoing(event, None)
+                outgoing.message = message
+                self._send_core(outgoing)
+        else:
+            message = self._published(event, topic, queue, headers, delay)
+        if signals.message_published.receivers:
+            signals.message_published.send(self, message=message, event=event)
+        return message
+
+    def _published(
+        self,
+        event: Any,
+        topic: str | TopicWrapper | None,
+        queue: str | QueueWrapper | None,
+        headers: Mapping[str, Any] | None,
+        delay: float,
+    ) -> Message:
+        """Publish through the middleware and any hold; return the message sent."""
         destination = None if topic is queue is None else Destination.requested(topic, queue)
         outgoing = self.sending.outgoing(event, destination, headers, delay)
         outgoing.message = self._build(outgoing)
         self._send(outgoing)
-        message = outgoing.built  # a send hook may have added headers
-        if signals.message_published.receivers:
-            signals.message_published.send(self, message=message, event=event)
-        return message
+        return outgoing.built  # a send hook may have added headers
 
     def publish_batch(
         self,

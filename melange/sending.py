@@ -136,6 +136,10 @@ class Sending:
                     metadata[key] = str(value)
         return unchecked_message(content, message_id, metadata, serializer_id, manifest)
 
+    def known_topic(self, message: Message) -> TopicWrapper | None:
+        """Return the wrapper of the topic a message routes to by type, if looked up already."""
+        return self._topics.get(message.manifest or "")
+
     def call(self, outgoing: Outgoing) -> BrokerCall | None:
         """Return the one call that sends a built message, or ``None`` if its destination
         must be looked up first (``sent``).

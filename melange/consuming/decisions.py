@@ -158,8 +158,8 @@ class MessagePipeline:
     def plan(self, handling: Handling) -> Outcome | Plan:
         """Deserialize the message; return its outcome already, or the plan of who handles it."""
         message = handling.message
-        reason = message.text_header(DECODE_ERROR)  # only melange's decoders set it
-        if reason is not None:
+        reason = message.metadata.get(DECODE_ERROR)  # only melange's decoders set it
+        if type(reason) is str:
             return Outcome.dead_letter(Stage.DECODE, reason, error_type=_UNDECODABLE)
         try:
             try:

@@ -111,7 +111,7 @@ class HeldMessages:
         ``finish`` when it is done; several may be handled at once.
         """
         self._handling[id(handling)] = handling
-        if self.acks_due():
+        if self._acks and time.monotonic() - self._oldest_ack >= self.ack_delay:  # acks_due()
             self.flush()
 
     def acks_waiting(self) -> bool:

@@ -36,7 +36,9 @@ class MessageScopeMiddleware(Middleware):
             outcome = call_next()
         finally:
             _current.reset(token)
-        return self._after(handling, outcome)
+        if handling.unsuccessful or _processed.receivers or _skipped.receivers:
+            return self._after(handling, outcome)
+        return outcome  # the common case, kept short: nobody to tell
 
     async def handle_message_async(
         self, handling: Handling, call_next: Callable[[], Awaitable[Outcome]]
@@ -48,7 +50,9 @@ class MessageScopeMiddleware(Middleware):
             outcome = await call_next()
         finally:
             _current.reset(token)
-        return self._after(handling, outcome)
+        if handling.unsuccessful or _processed.receivers or _skipped.receivers:
+            return self._after(handling, outcome)
+        return outcome  # the common case, kept short: nobody to tell
 
     def _after(self, handling: Handling, outcome: Outcome) -> Outcome:
         if handling.unsuccessful:
