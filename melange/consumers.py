@@ -176,6 +176,7 @@ class Consumer:
         self._on_message = on_message
         self._table: dict[type, tuple[Callable[..., Any], bool]] | None = None
         self._cache: dict[type, tuple[Callable[..., Any], bool] | None] = {}
+        self._awaitable: dict[type, tuple[Callable[..., Any], bool] | None] = {}
         if on_message is not None and consumer_id is None:
             name = getattr(on_message, "__qualname__", type(on_message).__qualname__)
             self.consumer_id = f"{self.consumer_id}[{name}]"
@@ -239,11 +240,16 @@ class Consumer:
         ``None`` when the listener is a plain function, or when the consumer
         overrides ``handle`` (a saga does): then ``handle`` must run.
         """
-        if self._style is not _Style.LISTENERS or type(self).handle is not Consumer.handle:
-            return None
-        found = self.handler_for(event_type)
-        if found is None or not is_async_callable(found[0]):
-            return None
+        try:
+            return self._awaitable[event_type]  # the hot path: a known class
+        except KeyError:
+            pass
+        found = None
+        if self._style is _Style.LISTENERS and type(self).handle is Consumer.handle:
+            found = self.handler_for(event_type)
+            if found is not None and not is_async_callable(found[0]):
+                found = None
+        self._awaitable[event_type] = found
         return found
 
     def has_async_listeners(self) -> bool:
