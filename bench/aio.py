@@ -31,6 +31,7 @@ from faststream.rabbit import RabbitBroker, RabbitQueue
 from bench.rabbitmq import (
     FASTSTREAM,
     QUORUM,
+    AsyncCounter,
     Numbered,
     events,
     faststream_consume,
@@ -39,19 +40,8 @@ from bench.rabbitmq import (
     raw_delete,
     raw_fill,
 )
-from melange import Consumer, listener
 from melange.aio import AsyncMessageDispatcher, AsyncMessagePublisher, from_url
 from tests.servers.rabbitmq import start_node
-
-
-class AsyncCounter(Consumer):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    @listener
-    async def on_number(self, event: Numbered) -> None:
-        self.count += 1
 
 
 async def aio_pika_consume(url: str, queue: str, n: int) -> float:
