@@ -152,7 +152,7 @@ class Sending:
             raise ConfigurationError("this outgoing message is not built yet")
         where = outgoing.destination
         if where is None:
-            topic = self._topics.get(message.manifest or "") if not outgoing.delay else None
+            topic = self.known_topic(message) if not outgoing.delay else None
             if topic is not None:  # the common case, kept short: by type, to a known topic
                 return BrokerCall("publish_to_topic", (message, topic))
             where = outgoing.where
