@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/concurrency.py
 	$(PY) bench/telemetry.py
 	$(PY) bench/aio.py
+	$(PY) bench/outbox.py --start-postgres
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -29,6 +29,7 @@
     │   ├── ForeignMessageError          (also ValueError) not received from this backend
     │   └── StorageError                 the embedded store is unusable
     ├── IdempotencyError                 the idempotency store cannot be used
+    ├── OutboxError                      the outbox or inbox table cannot be used
     ├── SagaError
     │   ├── SagaConflictError            a saga instance changed since it was loaded
     │   ├── SagaExistsError              an instance with that correlation key exists
@@ -62,6 +63,7 @@ __all__ = [
     "MessageValidationError",
     "MissingExtraError",
     "NoSerializerError",
+    "OutboxError",
     "PublishError",
     "QueueNotFoundError",
     "RejectMessage",
@@ -220,6 +222,10 @@ class StorageError(BackendError):
 
 class IdempotencyError(MelangeError):
     """The idempotency store cannot be used."""
+
+
+class OutboxError(MelangeError):
+    """The outbox or inbox table cannot be read or written (the database failed)."""
 
 
 class SagaError(MelangeError):

@@ -18,7 +18,14 @@ from melange.backends.decoding import binary_in_json, binary_of_json
 from melange.exceptions import ConfigurationError
 from melange.models import Message, QueueWrapper, TopicWrapper
 
-__all__ = ["Destination", "DestinationKind", "Outgoing", "text_headers"]
+__all__ = [
+    "Destination",
+    "DestinationKind",
+    "Outgoing",
+    "headers_in_json",
+    "headers_of_json",
+    "text_headers",
+]
 
 
 class DestinationKind(enum.Enum):
@@ -110,10 +117,7 @@ class Outgoing:
             {
                 "content": message.content,
                 "message_id": message.message_id,
-                "metadata": {
-                    k: binary_in_json(v) if isinstance(v, bytes) else v
-                    for k, v in message.metadata.items()
-                },
+                "metadata": headers_in_json(message.metadata),
                 "serializer_id": message.serializer_id,
                 "manifest": message.manifest,
                 "kind": where.kind.value,
@@ -131,10 +135,7 @@ class Outgoing:
         message = Message(
             content=data["content"],
             message_id=data["message_id"],
-            metadata={
-                k: v if type(v) is str else binary_of_json(v) or b""
-                for k, v in data["metadata"].items()
-            },
+            metadata=headers_of_json(data["metadata"]),
             serializer_id=data["serializer_id"],
             manifest=data["manifest"],
         )
@@ -145,6 +146,16 @@ class Outgoing:
             delay=float(data["delay"]),
             due_at=float(data["due_at"]),
         )
+
+
+def headers_in_json(headers: Mapping[str, str | bytes]) -> dict[str, Any]:
+    """Return headers as JSON can hold them (binary values as ``binary_in_json`` writes)."""
+    return {k: binary_in_json(v) if isinstance(v, bytes) else v for k, v in headers.items()}
+
+
+def headers_of_json(data: Mapping[str, Any]) -> dict[str, str | bytes]:
+    """Read what ``headers_in_json`` wrote; a value that is neither text nor binary is ``b""``."""
+    return {str(k): v if type(v) is str else binary_of_json(v) or b"" for k, v in data.items()}
 
 
 def text_headers(headers: Mapping[str, Any] | None) -> dict[str, str | bytes]:

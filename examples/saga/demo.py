@@ -212,9 +212,9 @@ def report(demo: Demo, batch: list[Planned]) -> dict[str, Any]:
 def problems(batch: list[Planned], result: dict[str, Any], *, outage: bool = False) -> list[str]:
     """Return every way the run differs from the plan or the ledgers disagree.
 
-    With ``outage`` (services were killed and restarted), an order planned to
-    complete may instead have run out of time for its payment: it must then
-    be cancelled cleanly, like every cancelled order.
+    With ``outage`` (services were killed and restarted), an order whose
+    payment was to be answered (charged or declined) may instead have run out
+    of time for it: it must then be cancelled cleanly, like every cancelled order.
     """
     found = []
     ledgers = result["ledgers"]
@@ -222,7 +222,7 @@ def problems(batch: list[Planned], result: dict[str, Any], *, outage: bool = Fal
         end = result["orders"][order.order_id]
         ended = (end["status"], end["reason"])
         allowed = {(order.status, order.reason)}
-        if outage and order.reason is None:
+        if outage and order.reason in (None, "payment_declined"):  # a late answer
             allowed.add(("cancelled", "payment_timeout"))
         if ended not in allowed:
             found.append(

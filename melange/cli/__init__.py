@@ -2,11 +2,13 @@
 
     melange worker myapp.consumers:Billing --queue billing [--backend URL]
         [--threads N | --async [--concurrency N]] [--processes N] [--prefetch N]
-        [--idempotency URL]
+        [--idempotency URL] [--outbox URL]
         [--middleware module:Class] [--visibility-timeout SECONDS]
         [--log-level INFO] [--log-format text|json]
     melange dlq peek billing [--limit 10]
     melange dlq redrive billing
+    melange relay --outbox sqlite:///orders.db [--once]
+    melange stats --outbox URL | melange dlq peek --outbox URL
     melange saga list OrderSaga [--store URL] [--status running] [--json]
     melange saga show OrderSaga o-1 [--store URL] [--json]
 
@@ -30,6 +32,7 @@ from melange._sqlite import require_existing
 from melange._supervisor import supervise
 from melange.backends import default_backend_url, from_url
 from melange.cli._loading import load_consumers, load_middleware
+from melange.cli._outbox import add_relay_command
 from melange.cli._queues import add_queue_commands
 from melange.cli._worker import add_worker_command
 from melange.exceptions import MelangeError
@@ -47,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_worker_command(commands)
     add_queue_commands(commands)
+    add_relay_command(commands)
     add_saga_commands(commands)
     _add_shared_options(parser)
     return parser
@@ -116,9 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.getcwd() not in sys.path:  # as ``python -m`` does
         sys.path.insert(0, os.getcwd())
     try:
-        if hasattr(args, "run_alone"):  # needs no broker
-            alone: int = args.run_alone(args)
-            return alone
+        if hasattr(args, "run_alone"):  # needs no broker (``None``: these arguments need one)
+            alone: int | None = args.run_alone(args)
+            if alone is not None:
+                return alone
         args.url = args.backend or default_backend_url()
         if getattr(args, "read_only", False):
             require_existing(args.url)

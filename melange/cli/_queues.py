@@ -1,17 +1,19 @@
-"""``melange declare``, ``melange stats`` and ``melange dlq peek|redrive``."""
+"""``melange declare``, ``melange stats`` and ``melange dlq peek|redrive`` (``--outbox`` too)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from melange.backends.decoding import binary_in_json
 from melange.backends.interfaces import MessagingBackend
 from melange.cli._loading import load_consumers
+from melange.cli._outbox import outbox_dead_rows, outbox_redrive, outbox_stats
 from melange.dead_letters import dead_letter_queue_name, dead_letter_reason, peek, redrive
 from melange.dispatcher import MessageDispatcher
-from melange.exceptions import QueueNotFoundError
+from melange.exceptions import ConfigurationError, QueueNotFoundError
 from melange.models import Message
 
 __all__ = ["add_queue_commands"]
@@ -40,20 +42,58 @@ def add_queue_commands(commands: Any) -> None:
     )
     declare.set_defaults(run=_declare)
 
-    stats = commands.add_parser("stats", help="a queue's ready, in-flight and dead-lettered counts")
-    stats.add_argument("queue", help="the queue")
+    stats = commands.add_parser(
+        "stats", help="a queue's ready, in-flight and dead-lettered counts, or an outbox's depth"
+    )
+    stats.add_argument("queue", nargs="?", help="the queue")
     stats.add_argument("--dead-letter-queue", default=None, help="default: <queue>-dlq")
+    stats.add_argument("--outbox", default=None, metavar="URL", help=_OUTBOX_HELP)
     stats.add_argument("--json", action="store_true", help="print JSON")
-    stats.set_defaults(run=_stats, read_only=True)
+    stats.set_defaults(run=_stats, run_alone=_outbox_only(_stats_alone), read_only=True)
 
-    dlq = commands.add_parser("dlq", help="inspect or redrive a dead-letter queue")
+    dlq = commands.add_parser("dlq", help="inspect or redrive a dead-letter queue or an outbox")
     actions = dlq.add_subparsers(dest="action", required=True)
-    for name, run, limit in (("peek", _peek, 10), ("redrive", _redrive, None)):
+    for name, run, alone, limit in (
+        ("peek", _peek, _peek_alone, 10),
+        ("redrive", _redrive, _redrive_alone, None),
+    ):
         action = actions.add_parser(name)
-        action.add_argument("queue", help="the source queue")
+        action.add_argument("queue", nargs="?", help="the source queue")
         action.add_argument("--dead-letter-queue", default=None, help="default: <queue>-dlq")
+        action.add_argument("--outbox", default=None, metavar="URL", help=_OUTBOX_HELP)
         action.add_argument("--limit", type=int, default=limit)
-        action.set_defaults(run=run, read_only=True)
+        action.set_defaults(run=run, run_alone=_outbox_only(alone), read_only=True)
+
+
+_OUTBOX_HELP = "an outbox's dead rows instead: sqlite:///orders.db, postgresql://…"
+
+
+def _outbox_only(
+    run: Callable[[argparse.Namespace], None],
+) -> Callable[[argparse.Namespace], int | None]:
+    """Run a command that names only an outbox without a broker; ``None``: it needs one."""
+
+    def alone(args: argparse.Namespace) -> int | None:
+        if args.queue is not None:
+            return None
+        if args.outbox is None:
+            raise ConfigurationError("name a queue, or an outbox with --outbox URL")
+        run(args)
+        return 0
+
+    return alone
+
+
+def _stats_alone(args: argparse.Namespace) -> None:
+    outbox_stats(args.outbox, args.json)
+
+
+def _peek_alone(args: argparse.Namespace) -> None:
+    outbox_dead_rows(args.outbox, args.limit)
+
+
+def _redrive_alone(args: argparse.Namespace) -> None:
+    outbox_redrive(args.outbox, args.limit)
 
 
 def _declare(args: argparse.Namespace, backend: MessagingBackend) -> int:
@@ -72,6 +112,8 @@ def _declare(args: argparse.Namespace, backend: MessagingBackend) -> int:
 
 
 def _stats(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    if args.outbox is not None:
+        outbox_stats(args.outbox, args.json)
     source = backend.queue_stats(backend.get_queue(args.queue))
     dead_letter_name = args.dead_letter_queue or dead_letter_queue_name(args.queue)
     try:
@@ -99,6 +141,8 @@ def _stats(args: argparse.Namespace, backend: MessagingBackend) -> int:
 
 
 def _peek(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    if args.outbox is not None:
+        outbox_dead_rows(args.outbox, args.limit)
     messages = peek(backend, args.queue, dead_letter_queue=args.dead_letter_queue, limit=args.limit)
     for message in messages:
         print(json.dumps(_described(message, backend.max_message_size), ensure_ascii=False))
@@ -106,6 +150,8 @@ def _peek(args: argparse.Namespace, backend: MessagingBackend) -> int:
 
 
 def _redrive(args: argparse.Namespace, backend: MessagingBackend) -> int:
+    if args.outbox is not None:
+        outbox_redrive(args.outbox, args.limit)
     source = args.dead_letter_queue or dead_letter_queue_name(args.queue)
     moved = redrive(backend, args.queue, dead_letter_queue=source, limit=args.limit)
     print(f"moved {moved} message(s) from {source} to {args.queue}")

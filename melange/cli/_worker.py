@@ -117,6 +117,12 @@ def add_worker_command(commands: Any) -> None:
         metavar="HOST",
         help="the address to serve metrics on (default: 127.0.0.1; 0.0.0.0 in a container)",
     )
+    worker.add_argument(
+        "--outbox",
+        default=None,
+        metavar="URL",
+        help="also relay this outbox to the broker, on a thread (as `melange relay` does)",
+    )
     worker.set_defaults(run=_run)
 
 
@@ -167,6 +173,13 @@ def _run(args: argparse.Namespace, backend: MessagingBackend) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stopping)
+    relay = None
+    if args.outbox is not None:
+        from melange.outbox import Relay
+
+        relay = Relay(args.outbox, backend)
+        relay.start()
+        _log.info("relaying the outbox %s", masked(args.outbox))
     try:
         if async_dispatcher is not None:
             from melange.aio._worker import consume_until_stopped
@@ -188,6 +201,8 @@ def _run(args: argparse.Namespace, backend: MessagingBackend) -> int:
                 stop_event=stop,
             )
     finally:
+        if relay is not None:
+            relay.close()
         if store is not None:
             store.close()
         if metrics is not None:
