@@ -5,8 +5,9 @@
    SQLite (WAL, ``synchronous=FULL``) and on PostgreSQL; the overhead is on
    the time per transaction (goal: the outbox adds <= 30 %).
 2. Relay: committed outbox rows drained by ``Relay.relay_once()`` (batches of
-   100) into the embedded SQLite broker, beside ``MessagePublisher.publish_batch``
-   of the same events in chunks of 100 into a fresh broker (goal: ratio >= 0.8).
+   100) into a broker, beside ``MessagePublisher.publish_batch`` of the same
+   events in chunks of 100 (goal: ratio >= 0.8): the embedded SQLite broker,
+   and with ``--rabbitmq`` a throwaway RabbitMQ node (publisher confirms).
 3. Latency from the producer's commit to the handler (p50, p99): one order at a
    time, 5-25 ms apart, a ``Relay`` on its thread, a ``MessageDispatcher`` on
    another (it shares the broker object with the relay, so its wait wakes at
@@ -19,7 +20,7 @@ tests start it, with fsync and synchronous_commit turned back on: each commit
 on disk, as SQLite's FULL). Without either the PostgreSQL rows are skipped.
 Each figure is the median of ``--rounds`` runs on fresh files or tables.
 
-    .venv/bin/python bench/outbox.py --messages 20000 --start-postgres
+    .venv/bin/python bench/outbox.py --messages 20000 --start-postgres --rabbitmq
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pydantic import BaseModel
 
 from melange import Consumer, MessageDispatcher, MessagePublisher, QueueWrapper, listener
+from melange.backends.interfaces import MessagingBackend
+from melange.backends.rabbitmq import RabbitMQBackend
 from melange.backends.sqlite import SQLiteBackend
 from melange.outbox import OutboxPublisher, Relay, create_tables
+from melange.testing import unique_name
 
 BATCH = 100
 TOPIC = "bench.order_placed"
@@ -125,7 +129,24 @@ def broker_at(path: Path) -> tuple[SQLiteBackend, QueueWrapper]:
     return broker, queue
 
 
-def relayed(folder: Path, n: int) -> float:
+Broker = Callable[[], tuple[MessagingBackend, QueueWrapper]]
+
+
+def sqlite_broker(folder: Path) -> Broker:
+    files = iter(range(1_000_000))
+    return lambda: broker_at(folder / f"broker-{next(files)}.db")
+
+
+def rabbitmq_broker(url: str) -> Broker:
+    def make() -> tuple[MessagingBackend, QueueWrapper]:
+        backend = RabbitMQBackend(url)
+        queue, _ = backend.declare_queue(unique_name("orders"), backend.declare_topic(TOPIC))
+        return backend, queue
+
+    return make
+
+
+def relayed(folder: Path, n: int, broker: Broker) -> float:
     """Return msgs/s for a relay draining ``n`` committed outbox rows into the broker."""
     folder.mkdir()
     db = Db(folder / "outbox.db")
@@ -134,23 +155,22 @@ def relayed(folder: Path, n: int) -> float:
         db.outbox.publish_batch(batch[first : first + 1000])
         db.conn.commit()
     db.conn.close()
-    broker, queue = broker_at(folder / "relayed.db")
-    with Relay(db.url, broker, batch_size=BATCH) as relay:
+    backend, queue = broker()
+    with Relay(db.url, backend, batch_size=BATCH) as relay:
         gc.freeze()
         started = time.perf_counter()
         while relay.relay_once():
             pass
         elapsed = time.perf_counter() - started
         gc.unfreeze()
-    assert broker.queue_depth(queue) == n, broker.queue_depth(queue)
-    broker.close_connection()
+    settled(backend, queue, n)
     return n / elapsed
 
 
-def published(path: Path, n: int) -> float:
+def published(n: int, broker: Broker) -> float:
     """Return msgs/s for ``publish_batch`` of the same events, 100 at a time, into a broker."""
-    broker, queue = broker_at(path)
-    publisher = MessagePublisher(broker)
+    backend, queue = broker()
+    publisher = MessagePublisher(backend)
     batch = events(n)
     gc.freeze()
     started = time.perf_counter()
@@ -158,9 +178,18 @@ def published(path: Path, n: int) -> float:
         publisher.publish_batch(batch[first : first + BATCH])
     elapsed = time.perf_counter() - started
     gc.unfreeze()
-    assert broker.queue_depth(queue) == n, broker.queue_depth(queue)
-    broker.close_connection()
+    settled(backend, queue, n)
     return n / elapsed
+
+
+def settled(backend: MessagingBackend, queue: QueueWrapper, n: int) -> None:
+    """Check that all ``n`` arrived, then drop the queue and the connection."""
+    deadline = time.monotonic() + 30
+    while backend.queue_depth(queue) < n and time.monotonic() < deadline:
+        time.sleep(0.05)  # a broker may count a confirmed message a moment later
+    assert backend.queue_depth(queue) == n, backend.queue_depth(queue)
+    backend.delete_queue(queue)
+    backend.close_connection()
 
 
 class Recorder(Consumer):
@@ -264,9 +293,66 @@ def durable(url: str) -> None:
         admin.execute("SELECT pg_reload_conf()")
 
 
+@contextmanager
+def _rabbitmq() -> Iterator[str]:
+    """Yield the URL of a throwaway RabbitMQ node (as the tests start it), stopped after."""
+    from tests.servers.rabbitmq import start_node
+
+    node = start_node()
+    try:
+        yield node.url
+    finally:
+        node.stop()
+
+
 def fresh(target: Path | str, tag: str) -> Path | str:
     """Return a new file beside a SQLite target; PostgreSQL's database is emptied instead."""
     return target.with_name(f"{tag}.db") if isinstance(target, Path) else target
+
+
+def transaction_rows(targets: list[tuple[str, Path | str]], n: int, rounds: range) -> None:
+    print("\n1. one order per transaction (transactions/s)")
+    print(f"{'database':20s} {'INSERT+commit':>14s} {'+ outbox':>10s}  (goal: adds <= 30 %)")
+    for label, target in targets:
+        plain, boxed = [], []
+        for r in rounds:
+            plain.append(transactions(fresh(target, f"plain-{r}"), n, outbox=False))
+            boxed.append(transactions(fresh(target, f"boxed-{r}"), n, outbox=True))
+        a, b = statistics.median(plain), statistics.median(boxed)
+        added = (a / b - 1) * 100  # on the time per transaction: (1/b - 1/a) / (1/a)
+        print(
+            f"{label:20s} {a:>14,.0f} {b:>10,.0f}  outbox adds {added:.1f} %"
+            f" to the transaction (+{(1 / b - 1 / a) * 1e6:.0f} µs)"
+        )
+
+
+def relay_rows(brokers: list[tuple[str, Broker]], folder: Path, n: int, rounds: range) -> None:
+    print(f"\n2. {n:,} events into a broker, 100 per call (msgs/s)")
+    print(f"{'broker':16s} {'publish_batch alone':>20s} {'relay':>9s}  ratio (goal >= 0.8)")
+    for label, broker in brokers:
+        alone = [published(n, broker) for _ in rounds]
+        where = label.replace(" ", "-")
+        relays = [relayed(folder / f"relay-{where}-{r}", n, broker) for r in rounds]
+        base, rate = statistics.median(alone), statistics.median(relays)
+        print(f"{label:16s} {base:>20,.0f} {rate:>9,.0f}  {rate / base:.2f}")
+
+
+def latency_rows(folder: Path, pg: str | None, count: int, rounds: range) -> None:
+    print(f"\n3. commit -> handler, {count} orders one at a time, 5-25 ms apart (ms)")
+    print(f"{'outbox':12s} {'the relay wakes on':44s} {'p50':>7s} {'p99':>7s}")
+    cases: list[tuple[str, str, Path | str, float, bool]] = [
+        ("SQLite", "polling every 0.2 s", folder / "latency.db", 0.2, True)
+    ]
+    if pg is not None:
+        cases.append(("PostgreSQL", "LISTEN/NOTIFY (poll_interval=60)", pg, 60.0, True))
+        cases.append(("PostgreSQL", "polling every 0.2 s (trigger dropped)", pg, 0.2, False))
+    for label, how, target, poll, notify in cases:
+        runs = []
+        for r in rounds:
+            broker = folder / f"broker-{label}-{poll}-{r}.db"
+            runs.append(latency(fresh(target, f"latency-{r}"), broker, count, poll, notify))
+        p50, p99 = (statistics.median(cut) for cut in zip(*runs, strict=True))
+        print(f"{label:12s} {how:44s} {p50:>7.1f} {p99:>7.1f}")
 
 
 def main() -> None:
@@ -278,64 +364,35 @@ def main() -> None:
     parser.add_argument(
         "--start-postgres", action="store_true", help="start a throwaway PostgreSQL server"
     )
+    parser.add_argument(
+        "--rabbitmq", action="store_true", help="relay to a throwaway RabbitMQ node too"
+    )
     args = parser.parse_args()
     if args.postgres and args.start_postgres:
         parser.error("--postgres and --start-postgres are exclusive")
-    n, rounds, count = args.messages, range(args.rounds), args.latency_messages
+    n, rounds = args.messages, range(args.rounds)
     print(f"{n:,} messages per run, median of {args.rounds}")
-    with tempfile.TemporaryDirectory() as tmp, postgres(args.postgres, args.start_postgres) as pg:
+    with (
+        ExitStack() as stack,
+        tempfile.TemporaryDirectory() as tmp,
+        postgres(args.postgres, args.start_postgres) as pg,
+    ):
         folder = Path(tmp)
         if pg is None:
             print("PostgreSQL: skipped (give --postgres URL or --start-postgres)")
         elif args.start_postgres:
-            print(
-                "PostgreSQL: a throwaway server, fsync and synchronous_commit on (as SQLite FULL)"
-            )
+            print("PostgreSQL: a throwaway server, fsync and synchronous_commit on (as FULL)")
         else:
             print("PostgreSQL: a database of the bench's own on --postgres, dropped after")
         targets: list[tuple[str, Path | str]] = [("SQLite (WAL, FULL)", folder / "tx.db")]
         if pg is not None:
             targets.append(("PostgreSQL", pg))
-
-        print("\n1. one order per transaction (transactions/s)")
-        print(f"{'database':20s} {'INSERT+commit':>14s} {'+ outbox':>10s}  (goal: adds <= 30 %)")
-        for label, target in targets:
-            plain, boxed = [], []
-            for r in rounds:
-                plain.append(transactions(fresh(target, f"plain-{r}"), n, outbox=False))
-                boxed.append(transactions(fresh(target, f"boxed-{r}"), n, outbox=True))
-            a, b = statistics.median(plain), statistics.median(boxed)
-            added = (a / b - 1) * 100  # on the time per transaction: (1/b - 1/a) / (1/a)
-            print(
-                f"{label:20s} {a:>14,.0f} {b:>10,.0f}  outbox adds {added:.1f} %"
-                f" to the transaction (+{(1 / b - 1 / a) * 1e6:.0f} µs)"
-            )
-
-        print(f"\n2. {n:,} events into the SQLite broker, 100 per call (msgs/s)")
-        alone = [published(folder / f"published-{r}.db", n) for r in rounds]
-        relays = [relayed(folder / f"relay-{r}", n) for r in rounds]
-        base, rate = statistics.median(alone), statistics.median(relays)
-        print(f"{'publish_batch alone':32s} {base:>9,.0f}")
-        print(
-            f"{'Relay.relay_once until drained':32s} {rate:>9,.0f}  ratio {rate / base:.2f}"
-            " (goal >= 0.8)"
-        )
-
-        print(f"\n3. commit -> handler, {count} orders one at a time, 5-25 ms apart (ms)")
-        print(f"{'outbox':12s} {'the relay wakes on':44s} {'p50':>7s} {'p99':>7s}")
-        cases: list[tuple[str, str, Path | str, float, bool]] = [
-            ("SQLite", "polling every 0.2 s", folder / "latency.db", 0.2, True)
-        ]
-        if pg is not None:
-            cases.append(("PostgreSQL", "LISTEN/NOTIFY (poll_interval=60)", pg, 60.0, True))
-            cases.append(("PostgreSQL", "polling every 0.2 s (trigger dropped)", pg, 0.2, False))
-        for label, how, target, poll, notify in cases:
-            runs = []
-            for r in rounds:
-                broker = folder / f"broker-{label}-{poll}-{r}.db"
-                runs.append(latency(fresh(target, f"latency-{r}"), broker, count, poll, notify))
-            p50, p99 = (statistics.median(cut) for cut in zip(*runs, strict=True))
-            print(f"{label:12s} {how:44s} {p50:>7.1f} {p99:>7.1f}")
+        transaction_rows(targets, n, rounds)
+        brokers: list[tuple[str, Broker]] = [("SQLite broker", sqlite_broker(folder))]
+        if args.rabbitmq:
+            brokers.append(("RabbitMQ", rabbitmq_broker(stack.enter_context(_rabbitmq()))))
+        relay_rows(brokers, folder, n, rounds)
+        latency_rows(folder, pg, args.latency_messages, rounds)
 
 
 if __name__ == "__main__":

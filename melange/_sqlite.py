@@ -25,6 +25,7 @@ __all__ = [
     "SYNCHRONOUS_MODES",
     "SQLiteFile",
     "Schema",
+    "immediate",
     "path_of_url",
     "require_existing",
     "translate_errors",
@@ -149,6 +150,24 @@ class _Connection(sqlite3.Connection):
             self.close()
 
 
+@contextmanager
+def immediate(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Run a block in one ``BEGIN IMMEDIATE`` transaction of an autocommit connection.
+
+    Committed when the block ends, rolled back if it raises. Immediate: the
+    write lock is taken at the start, so a writer waits on the busy timeout
+    instead of failing on a lock upgrade.
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
 class SQLiteFile:
     """One database file in WAL mode, one connection per thread, the schema in place.
 
@@ -223,16 +242,8 @@ class SQLiteFile:
             BackendError: the write lock stayed taken past the busy timeout.
             StorageError: the file cannot be written.
         """
-        connection = self.connection()
-        with translate_errors(self.path):
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
+        with translate_errors(self.path), immediate(self.connection()) as connection:
+            yield connection
 
     def read(self, sql: str, parameters: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one read-only statement outside any transaction and return its rows.

@@ -29,7 +29,7 @@ from melange.exceptions import (
     QueueNotFoundError,
 )
 from melange.models import QueueWrapper
-from melange.outbox import OutboxPublisher, Relay, create_tables, ddl, open_outbox
+from melange.outbox import OutboxGauges, OutboxPublisher, Relay, create_tables, ddl, open_outbox
 from melange.outbox._rows import FailureKind, StoredMessage, failure_kind, publishable
 from melange.outbox.sqlalchemy import metadata
 from melange.testing import receive
@@ -370,3 +370,38 @@ def test_what_a_send_error_means_for_its_row() -> None:
     assert failure_kind(QueueNotFoundError("gone")) is FailureKind.DEAD
     assert failure_kind(PublishError("nacked")) is FailureKind.RETRY
     assert failure_kind(RuntimeError("a bug")) is FailureKind.RETRY
+
+
+def test_the_outbox_lag_is_reported_as_opentelemetry_gauges(tmp_path: Path) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    with open_writer("sqlite3", "sqlite", tmp_path, None) as writer:
+        writer.transaction(placed(1, 2, 3), True, {})
+        url = writer.url
+    reader = InMemoryMetricReader()
+    later = time.time() + 5
+    gauges = OutboxGauges(
+        url, meter_provider=MeterProvider(metric_readers=[reader]), clock=lambda: later
+    )
+    try:
+        seen = _gauge_values(reader)
+    finally:
+        gauges.close()
+    assert seen["melange.outbox.pending"] == 3
+    assert seen["melange.outbox.dead"] == 0
+    assert seen["melange.outbox.oldest_age"] >= 5
+    assert _gauge_values(reader) == {}  # closed: nothing more to report
+
+
+def _gauge_values(reader: Any) -> dict[str, float]:
+    data = reader.get_metrics_data()
+    if data is None:
+        return {}
+    return {
+        metric.name: point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    }

@@ -26,8 +26,7 @@ def write(path: Path, *numbers: int, **options: Any) -> list[str]:
         create_tables(db)
         publisher = OutboxPublisher(db)
         return [
-            publisher.publish(OrderPlaced(order_id=f"o-{n}"), **options).message_id
-            for n in numbers
+            publisher.publish(OrderPlaced(order_id=f"o-{n}"), **options).message_id for n in numbers
         ]
 
 
@@ -45,7 +44,8 @@ def test_relay_once_sends_what_waits_and_stats_say_what_is_left(
     assert (before["pending"], before["dead"]) == (3, 0)
     assert before["oldest_age"] >= 0
 
-    assert main(["--backend", broker_url, "relay", "--outbox", outbox, "--once"]) == 0
+    relay = ["--backend", broker_url, "relay", "--outbox", outbox, "--once", "--metrics-port", "0"]
+    assert main(relay) == 0
     assert "relayed 3 message(s); 0 waiting, 0 dead" in capsys.readouterr().out
     with SQLiteBackend(tmp_path / "broker.db") as broker:
         assert [m.message_id for m in receive(broker, queue, 3, timeout=2)] == written

@@ -27,6 +27,10 @@ __all__ = ["broker", "broker_url", "database"]  # the fixtures this module uses
 pytestmark = pytest.mark.slow
 
 
+# Each database and each broker once (1,000 orders through moto take a minute).
+@pytest.mark.parametrize(
+    ("database", "broker_url"), [("sqlite", "sqs"), ("postgresql", "rabbitmq")], indirect=True
+)
 def test_producers_killed_before_a_commit_leave_rows_and_events_in_agreement(
     database: str, broker_url: str, broker: MessagingBackend
 ) -> None:

@@ -8,11 +8,13 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from melange._secrets import masked
 from melange.backends.interfaces import MessagingBackend
-from melange.outbox import Relay, open_outbox
+from melange.outbox import OutboxGauges, Relay, open_outbox
 
 __all__ = ["add_relay_command", "outbox_dead_rows", "outbox_redrive", "outbox_stats"]
 
@@ -44,13 +46,25 @@ def add_relay_command(commands: Any) -> None:
         action="store_true",
         help="send what can leave now, then exit (instead of running until SIGTERM)",
     )
+    relay.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve the outbox's lag as Prometheus metrics at /metrics"
+        " (pip install 'melange[prometheus]')",
+    )
+    relay.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
     relay.set_defaults(run=_relay)
 
 
 def _relay(args: argparse.Namespace, backend: MessagingBackend) -> int:
-    with Relay(
-        args.outbox, backend, batch_size=args.batch_size, poll_interval=args.poll_interval
-    ) as relay:
+    with (
+        _watched(args),
+        Relay(
+            args.outbox, backend, batch_size=args.batch_size, poll_interval=args.poll_interval
+        ) as relay,
+    ):
         if args.once:
             while relay.relay_once() or relay.last_round_was_full:
                 pass
@@ -70,6 +84,24 @@ def _relay(args: argparse.Namespace, backend: MessagingBackend) -> int:
             flush=True,
         )
     return 0
+
+
+@contextmanager
+def _watched(args: argparse.Namespace) -> Iterator[None]:
+    """Serve the outbox's gauges while the relay runs, with ``--metrics-port``."""
+    if args.metrics_port is None:
+        yield
+        return
+    from melange._metrics_server import MetricsServer
+
+    server = MetricsServer(args.metrics_host, args.metrics_port, lambda: True)
+    gauges = OutboxGauges(args.outbox, meter_provider=server.meter_provider)
+    _log.info("metrics on http://%s:%d/metrics", args.metrics_host, server.port)
+    try:
+        yield
+    finally:
+        gauges.close()
+        server.close()
 
 
 def outbox_stats(url: str, as_json: bool) -> None:

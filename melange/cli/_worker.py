@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import threading
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from melange._secrets import masked
@@ -173,13 +174,7 @@ def _run(args: argparse.Namespace, backend: MessagingBackend) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stopping)
-    relay = None
-    if args.outbox is not None:
-        from melange.outbox import Relay
-
-        relay = Relay(args.outbox, backend)
-        relay.start()
-        _log.info("relaying the outbox %s", masked(args.outbox))
+    relaying = _relaying(args, backend, metrics)
     try:
         if async_dispatcher is not None:
             from melange.aio._worker import consume_until_stopped
@@ -201,8 +196,7 @@ def _run(args: argparse.Namespace, backend: MessagingBackend) -> int:
                 stop_event=stop,
             )
     finally:
-        if relay is not None:
-            relay.close()
+        relaying.close()
         if store is not None:
             store.close()
         if metrics is not None:
@@ -211,6 +205,21 @@ def _run(args: argparse.Namespace, backend: MessagingBackend) -> int:
     _log.info("stopped: %d message(s) from %s: %s", handled, args.queue, summary)
     print(f"handled {handled} message(s) from {args.queue}: {summary}", flush=True)
     return 0
+
+
+def _relaying(args: argparse.Namespace, backend: MessagingBackend, metrics: Any) -> ExitStack:
+    """Start the relay of ``--outbox`` (and its gauges, with metrics); close it to stop."""
+    stack = ExitStack()
+    if args.outbox is not None:
+        from melange.outbox import OutboxGauges, Relay
+
+        relay = stack.enter_context(Relay(args.outbox, backend))
+        relay.start()
+        if metrics is not None:
+            gauges = OutboxGauges(args.outbox, meter_provider=metrics.meter_provider)
+            stack.callback(gauges.close)
+        _log.info("relaying the outbox %s", masked(args.outbox))
+    return stack
 
 
 def _dispatcher(

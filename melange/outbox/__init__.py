@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from melange.exceptions import OutboxError
 from melange.outbox._connections import async_create_tables, create_tables
+from melange.outbox._gauges import OutboxGauges
 from melange.outbox._inbox import Inbox, transaction
 from melange.outbox._open import open_outbox
 from melange.outbox._publisher import AsyncOutboxPublisher, OutboxPublisher
@@ -32,6 +33,7 @@ __all__ = [
     "Inbox",
     "OutboxDepth",
     "OutboxError",
+    "OutboxGauges",
     "OutboxPublisher",
     "Relay",
     "SQLOutboxStore",

@@ -21,7 +21,7 @@ from contextlib import (
 )
 from typing import Any
 
-from melange._sqlite import path_of_url
+from melange._sqlite import immediate, path_of_url
 from melange.exceptions import ConfigurationError, MissingExtraError, OutboxError
 from melange.outbox._connections import (
     async_create_tables,
@@ -251,14 +251,8 @@ class _SQLiteDatabase(_ThreadConnections):
         return (sqlite3.Error,)
 
     def ensure_tables(self) -> None:
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._connection()) as db:
             create_tables(db)
-        except BaseException:
-            db.rollback()
-            raise
-        db.commit()
 
 
 class _PsycopgDatabase(_ThreadConnections):

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from melange._sqlite import immediate
 from melange.exceptions import OutboxError
 from melange.outbox._schema import INBOX_TABLE, OUTBOX_TABLE, ddl
 from melange.outbox._store import Claim, SQLOutboxStore
@@ -100,16 +101,8 @@ class SQLiteOutboxStore(SQLOutboxStore):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._errors():
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        with self._lock, self._errors(), immediate(self._db) as db:
+            yield db
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any, TypeAlias
 
 from melange._secrets import check_credentials, scrubbed, url_error
-from melange.exceptions import MissingExtraError, SagaStoreError
+from melange.exceptions import MissingExtraError, OutboxError, SagaStoreError
 from melange.saga._sql import SQLSagaStore, Writer
 
 try:
@@ -72,7 +72,9 @@ class PostgresSagaStore(SQLSagaStore):
     store owns the tables ``melange_sagas`` and ``melange_saga_outbox``,
     created on first connection. Versions make saves optimistic, and the
     ``UNIQUE (saga_type, key)`` constraint makes racing starters create one
-    instance. Each thread gets its own connection, and a forked child opens
+    instance. With ``outbox=True`` what instances send goes to the database's
+    ``melange_outbox`` instead, for a ``melange.outbox.Relay`` (the saga's
+    runner runs one). Each thread gets its own connection, and a forked child opens
     its own; a connection the server dropped is reopened on the next call.
 
     Raises:
@@ -81,13 +83,13 @@ class PostgresSagaStore(SQLSagaStore):
             by a newer melange.
     """
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, *, outbox: bool = False) -> None:
         check_credentials(conninfo)
         try:
             conninfo_to_dict(conninfo)
         except psycopg.Error as e:  # libpq's message may quote a piece of the password
             raise url_error(conninfo, e) from None
-        super().__init__("%s", _INSERT_OUTGOING)
+        super().__init__("%s", _INSERT_OUTGOING, outbox=outbox)
         self._conninfo = conninfo
         self._local = threading.local()
         self._opened: list[tuple[threading.Thread, _Connection]] = []
@@ -96,9 +98,13 @@ class PostgresSagaStore(SQLSagaStore):
         self._closed = False
         try:
             self._ensure_schema()  # fail now, not on first use, if the server is unusable
+            if outbox:
+                self._ensure_outbox()
         except BaseException:
             self.close()
             raise
+        if outbox:
+            self.outbox_url = conninfo
 
     @contextmanager
     def _transaction(self) -> Iterator[Writer]:
@@ -154,6 +160,17 @@ class PostgresSagaStore(SQLSagaStore):
                         " ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
                         (_COMPONENT, _VERSION),
                     )
+
+    def _ensure_outbox(self) -> None:
+        from melange.outbox._postgres_store import PostgresOutboxStore
+
+        relays = PostgresOutboxStore(self._conninfo)
+        try:
+            relays.ensure_tables()
+        except OutboxError as e:
+            raise SagaStoreError(str(e)) from e
+        finally:
+            relays.close()
 
     @staticmethod
     def _version_of(db: _Connection) -> int | None:

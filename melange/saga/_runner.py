@@ -38,6 +38,7 @@ from melange.saga._store import SagaStore
 from melange.serializers import SerializerRegistry
 
 if TYPE_CHECKING:
+    from melange.outbox import Relay
     from melange.saga._saga import Saga
 
 __all__ = ["REPLY_TO", "SAGA_TIMEOUT", "STARTS", "NotFound", "SagaRunner"]
@@ -90,6 +91,7 @@ class SagaRunner:
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
         self._poller_lock = threading.Lock()
+        self._relay: Relay | None = None
 
     def handle(self, event: Any, message: Message) -> None:
         """Apply one event to its instance, save it with what it sends, then send that.
@@ -317,8 +319,11 @@ class SagaRunner:
         """Send what is due now (``None``: whatever the store still holds for the instance).
 
         The event's effect is saved whatever happens here: a send that fails
-        is left in the outbox for the poller, and the event is done.
+        is left in the outbox for the poller, and the event is done. A store
+        writing to the service's outbox sends nothing here: its relay does.
         """
+        if self.store.outbox_url is not None:
+            return
         try:
             now = time.time()
             if outgoing is None:
@@ -354,7 +359,11 @@ class SagaRunner:
         return len(due)
 
     def start(self) -> None:
-        """Start polling for due messages (not with ``poll_interval`` 0); again after ``close``."""
+        """Start polling for due messages (not with ``poll_interval`` 0); again after ``close``.
+
+        With a store writing to the service's outbox, start its ``Relay`` too.
+        """
+        self._start_relay()
         if self.poll_interval <= 0:
             return
         with self._poller_lock:
@@ -368,9 +377,22 @@ class SagaRunner:
             )
             self._poller.start()
 
+    def _start_relay(self) -> None:
+        url = self.store.outbox_url
+        if url is None:
+            return
+        with self._poller_lock:
+            if self._relay is None:
+                from melange.outbox import Relay
+
+                # SQLite has no notifications: a short poll keeps saga steps quick.
+                poll = 0.05 if url.startswith("sqlite") else None
+                self._relay = Relay(url, self.publisher.backend, poll_interval=poll)
+            self._relay.start()
+
     def _start_once(self) -> None:
         """Start the poller on the first event, for a saga no dispatcher attached."""
-        if self._poller is None:
+        if self._poller is None or (self.store.outbox_url is not None and self._relay is None):
             self.start()
 
     def _poll(self) -> None:
@@ -388,8 +410,12 @@ class SagaRunner:
                 _log.exception("%s: sending due messages failed; retrying", self.saga_type)
 
     def close(self) -> None:
-        """Stop the poller of due messages (the store and publisher stay open)."""
+        """Stop the poller of due messages and the relay (the store and publisher stay open)."""
         self._stopping.set()
         poller = self._poller
         if poller is not None:
             poller.join(timeout=10)
+        with self._poller_lock:
+            relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.close()

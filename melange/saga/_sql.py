@@ -9,16 +9,29 @@ them live here.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any, Protocol
 
 from melange.exceptions import SagaConflictError, SagaExistsError, SagaStoreError
+from melange.outbox._rows import row_of
+from melange.outbox._schema import OUTBOX_COLUMNS, OUTBOX_TABLE
 from melange.outgoing import Outgoing
 from melange.saga._records import SagaRecord, SagaStatus
 from melange.saga._store import SagaStore
 
 __all__ = ["SQLSagaStore", "Writer"]
+
+
+def _sent_at(outgoing: Outgoing, now: float) -> Outgoing:
+    """Return ``outgoing`` with what it waits for in the store folded into its delay."""
+    waits = max(0.0, outgoing.due_at - now) if outgoing.due_at else 0.0
+    if not waits:
+        return outgoing
+    return replace(outgoing, delay=outgoing.delay + waits, due_at=0.0)
+
 
 _COLUMNS = "saga_type, saga_id, key, status, version, updated_at, body"
 _FINISHED = (SagaStatus.COMPLETED.value, SagaStatus.FAILED.value)
@@ -41,9 +54,16 @@ class SQLSagaStore(SagaStore):
     ``insert_outgoing`` adds an outbox row unless one with its message id exists.
     """
 
-    def __init__(self, placeholder: str, insert_outgoing: str) -> None:
+    def __init__(self, placeholder: str, insert_outgoing: str, *, outbox: bool = False) -> None:
         def sql(text: str) -> str:
             return text.replace("?", placeholder)
+
+        #: Whether what instances send goes to ``melange_outbox`` (a ``Relay`` sends it).
+        self.relays = outbox
+        self._insert_outbox = sql(
+            f"INSERT INTO {OUTBOX_TABLE} ({', '.join(OUTBOX_COLUMNS)})"
+            f" VALUES ({', '.join('?' * len(OUTBOX_COLUMNS))}) ON CONFLICT DO NOTHING"
+        )
 
         self._insert = sql(
             "INSERT INTO melange_sagas"
@@ -127,7 +147,12 @@ class SQLSagaStore(SagaStore):
             self._add(db, record, outgoing)
 
     def _add(self, db: Writer, record: SagaRecord, outgoing: Sequence[Outgoing]) -> None:
-        if outgoing:
+        if not outgoing:
+            return
+        if self.relays:
+            now = time.time()
+            db.execute_many(self._insert_outbox, [row_of(_sent_at(o, now), now) for o in outgoing])
+        else:
             db.execute_many(self._insert_outgoing, record.outbox_rows(outgoing))
 
     def load(self, saga_type: str, saga_id: str) -> SagaRecord | None:
@@ -142,6 +167,8 @@ class SQLSagaStore(SagaStore):
 
     def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[Outgoing]:
         """Return the instance's outgoing messages due by ``due_by``, oldest first."""
+        if self.relays:
+            return []  # in the outbox: the relay sends them
         rows = self._read(self._pending, (saga_type, saga_id, due_by))
         return [Outgoing.from_json(str(body)) for (body,) in rows]
 
@@ -154,6 +181,8 @@ class SQLSagaStore(SagaStore):
 
     def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, Outgoing]]:
         """Return ``(saga_id, message)`` for outgoing messages of any instance due by ``now``."""
+        if self.relays:
+            return []
         rows = self._read(self._due, (saga_type, now, limit))
         return [(str(saga_id), Outgoing.from_json(str(body))) for saga_id, body in rows]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from melange._sqlite import Schema, SQLiteFile
 from melange.exceptions import BackendError, SagaStoreError
+from melange.outbox._schema import ddl
 from melange.saga._sql import SQLSagaStore, Writer
 
 __all__ = ["SQLiteSagaStore"]
@@ -53,24 +54,35 @@ class SQLiteSagaStore(SQLSagaStore):
     """Saga instances and their outbox in one SQLite file; a save is one transaction.
 
     The store owns the tables ``melange_sagas`` and ``melange_saga_outbox``
-    and may share the broker's file. Versions make saves optimistic, and the
-    ``UNIQUE (saga_type, key)`` constraint makes racing starters create one
-    instance.
+    and may share the broker's file. With ``outbox=True`` what instances send
+    goes to the file's ``melange_outbox`` instead, for a ``melange.outbox.Relay``
+    (the saga's runner runs one): the service's own database, one transaction.
+    Versions make saves optimistic, and the ``UNIQUE (saga_type, key)``
+    constraint makes racing starters create one instance.
 
     Raises:
         SagaStoreError: the file cannot be used.
     """
 
     def __init__(
-        self, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 30.0
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 30.0,
+        outbox: bool = False,
     ) -> None:
-        super().__init__("?", _INSERT_OUTGOING)
+        super().__init__("?", _INSERT_OUTGOING, outbox=outbox)
         try:
             self._file = SQLiteFile(path, synchronous=synchronous, busy_timeout=busy_timeout)
             self._file.ensure(_SCHEMA)
+            if outbox:
+                self._file.ensure(Schema("outbox", 1, tuple(ddl("sqlite"))))
         except BackendError as e:
             raise SagaStoreError(str(e)) from e
         self.path = self._file.path
+        if outbox:
+            self.outbox_url = f"sqlite:///{self.path}"
 
     @contextmanager
     def _transaction(self) -> Iterator[Writer]:

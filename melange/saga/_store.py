@@ -21,7 +21,14 @@ class SagaStore(abc.ABC):
     messages together (one transaction), and only if nobody saved the
     instance since it was loaded: each save raises the version by one.
     Outgoing messages stay until ``sent`` removes them.
+
+    A store whose ``outbox_url`` is set writes them into the transactional
+    outbox of its database instead (``melange.outbox``): a ``Relay`` on that
+    URL sends them, and ``pending``/``due`` have nothing to return.
     """
+
+    #: The database whose ``melange_outbox`` holds what instances send, or ``None``.
+    outbox_url: str | None = None
 
     @abc.abstractmethod
     def create(self, record: SagaRecord, outgoing: Sequence[Outgoing] = ()) -> None:
