@@ -237,15 +237,23 @@ class AsyncBilling(Consumer):
             raise RuntimeError("failed after writing")
 
 
-@pytest.mark.parametrize("kind", ["aiosqlite", "plain-listener-sync-database"])
+@pytest.mark.parametrize("kind", ["aiosqlite", "psycopg-async", "plain-listener-sync-database"])
 def test_the_async_dispatcher_runs_each_attempt_in_a_transaction(
-    inboxes: list[Inbox], kind: str, tmp_path: Path, broker: SQLiteBackend
+    inboxes: list[Inbox],
+    kind: str,
+    tmp_path: Path,
+    broker: SQLiteBackend,
+    request: pytest.FixtureRequest,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'service.db'}"
+    if kind == "psycopg-async":
+        url = request.getfixturevalue("postgres_database")
+    else:
+        url = f"sqlite:///{tmp_path / 'service.db'}"
     _run(url, INVOICES)
     publisher = MessagePublisher(broker)
-    if kind == "aiosqlite":
-        engine: Any = create_async_engine(sqlalchemy_url(url, "aiosqlite"))
+    if kind != "plain-listener-sync-database":
+        driver = "aiosqlite" if kind == "aiosqlite" else "psycopg"
+        engine: Any = create_async_engine(sqlalchemy_url(url, driver))
         consumer: Consumer = AsyncBilling()
     else:
         engine = create_engine(sqlalchemy_url(url, "pysqlite"))
@@ -263,11 +271,11 @@ def test_the_async_dispatcher_runs_each_attempt_in_a_transaction(
         publisher.send(message, topic=message.manifest)
         publisher.send(message, topic=message.manifest)
         await dispatcher.consume_loop("billing", max_messages=3)
-        if kind == "aiosqlite":
+        if kind != "plain-listener-sync-database":
             await engine.dispose()
 
     asyncio.run(run())
-    if kind != "aiosqlite":
+    if kind == "plain-listener-sync-database":
         engine.dispose()
     assert _run(url, "SELECT order_id FROM invoices") == [("o-1",)]
     assert _run(url, "SELECT count(*) FROM melange_inbox") == [(1,)]

@@ -405,3 +405,18 @@ def _gauge_values(reader: Any) -> dict[str, float]:
         for metric in scope.metrics
         for point in metric.data.data_points
     }
+
+
+def test_wake_starts_a_round_at_once_on_sqlite(tmp_path: Path, broker: SQLiteBackend) -> None:
+    queue = orders_queue(broker)
+    url = f"sqlite:///{tmp_path / 'service.db'}"
+    with (
+        open_writer("sqlite3", "sqlite", tmp_path, None) as writer,
+        Relay(url, broker, poll_interval=120) as relay,
+    ):
+        relay.start()
+        time.sleep(0.3)  # waiting now, for two minutes
+        [message] = writer.transaction(placed(1), True, {})
+        relay.wake()
+        got = receive(broker, queue, 1, timeout=20)
+    assert [m.message_id for m in got] == [message.message_id]

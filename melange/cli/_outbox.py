@@ -73,6 +73,7 @@ def _relay(args: argparse.Namespace, backend: MessagingBackend) -> int:
 
             def stopping(signum: int, frame: object) -> None:
                 stop.set()
+                relay.wake()
 
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, stopping)

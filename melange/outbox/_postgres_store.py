@@ -115,14 +115,14 @@ class PostgresOutboxStore(SQLOutboxStore):
         except OutboxError as e:  # the database is down: the first wait tries again
             _log.warning("outbox relay: cannot LISTEN yet (%s); polling until it can", e)
 
-    def wait_for_rows(self, timeout: float, stop: threading.Event) -> None:
+    def wait_for_rows(self, timeout: float, wake: threading.Event) -> None:
         try:
             listener = self._listening()
         except OutboxError:
-            stop.wait(timeout)  # the database is down: the relay backs off and retries
+            wake.wait(timeout)  # the database is down: the relay backs off and retries
             return
         remaining = timeout
-        while remaining > 0 and not stop.is_set():
+        while remaining > 0 and not wake.is_set():
             slice_ = min(remaining, _LISTEN_SLICE)
             try:
                 # Others queued behind it make a round that finds nothing: cheaper

@@ -90,6 +90,7 @@ class Relay:
         #: Counts of what happened: sent, retried, dead, outages, rounds.
         self.stats: Counter[str] = Counter()
         self._stopping = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         #: Whether the last round claimed a whole batch (more may be waiting).
         self.last_round_was_full = False
@@ -198,11 +199,15 @@ class Relay:
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Relay until ``stop`` is set (or ``close``): rounds back to back while rows wait,
-        a wait for a commit (``NOTIFY`` on PostgreSQL, a poll on SQLite) when none do."""
+        a wait for a commit (``NOTIFY`` on PostgreSQL, a poll on SQLite, ``wake``) when none do.
+
+        Set your own ``stop``, then call ``wake`` so that a wait ends at once.
+        """
         stopping = stop if stop is not None else self._stopping
         self.store.listen()  # before the first round: a commit during it wakes the next
         pause = 0.0
         while not stopping.is_set() and not self._stopping.is_set():
+            self._wake.clear()  # a wake during the round makes the next one follow at once
             try:
                 self.relay_once()
             except Exception as e:  # the broker or the database is down: wait, then go on
@@ -212,11 +217,15 @@ class Relay:
                     _log.warning("outbox relay: %s; trying again in %.1f s", e, pause)
                 else:
                     _log.exception("outbox relay failed; trying again in %.1f s", pause)
-                stopping.wait(pause)
+                self._wake.wait(pause)
                 continue
             pause = 0.0
             if not self.last_round_was_full:
-                self.store.wait_for_rows(self.poll_interval, stopping)
+                self.store.wait_for_rows(self.poll_interval, self._wake)
+
+    def wake(self) -> None:
+        """Have the relay look for rows now: a commit in this process added some."""
+        self._wake.set()
 
     def start(self) -> None:
         """Run the relay on a thread of its own until ``close``."""
@@ -229,6 +238,7 @@ class Relay:
     def close(self) -> None:
         """Stop the relay's thread, if started, and close the store it opened."""
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         if self._owns_store:

@@ -84,8 +84,8 @@ class SQLiteOutboxStore(SQLOutboxStore):
             for sql, parameters in self._settling(claim, now):
                 db.executemany(sql, parameters)
 
-    def wait_for_rows(self, timeout: float, stop: threading.Event) -> None:
-        stop.wait(timeout)  # SQLite has no notifications: the relay polls
+    def wait_for_rows(self, timeout: float, wake: threading.Event) -> None:
+        wake.wait(timeout)  # SQLite has no notifications: the relay polls
 
     def close(self) -> None:
         with self._lock:

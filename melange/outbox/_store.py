@@ -176,8 +176,8 @@ class SQLOutboxStore(abc.ABC):
         """Start listening for commits that add rows, if the database notifies them."""
 
     @abc.abstractmethod
-    def wait_for_rows(self, timeout: float, stop: threading.Event) -> None:
-        """Wait up to ``timeout`` seconds for a commit that added rows, or for ``stop``."""
+    def wait_for_rows(self, timeout: float, wake: threading.Event) -> None:
+        """Wait up to ``timeout`` seconds for a commit that added rows, or for ``wake``."""
 
     @abc.abstractmethod
     def close(self) -> None:

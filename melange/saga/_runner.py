@@ -323,6 +323,8 @@ class SagaRunner:
         writing to the service's outbox sends nothing here: its relay does.
         """
         if self.store.outbox_url is not None:
+            if self._relay is not None:
+                self._relay.wake()  # it sends what this commit added, now
             return
         try:
             now = time.time()
@@ -385,9 +387,8 @@ class SagaRunner:
             if self._relay is None:
                 from melange.outbox import Relay
 
-                # SQLite has no notifications: a short poll keeps saga steps quick.
-                poll = 0.05 if url.startswith("sqlite") else None
-                self._relay = Relay(url, self.publisher.backend, poll_interval=poll)
+                # Woken after each of this runner's commits (``_after_commit``).
+                self._relay = Relay(url, self.publisher.backend)
             self._relay.start()
 
     def _start_once(self) -> None:
