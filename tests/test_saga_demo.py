@@ -60,7 +60,16 @@ def check(result: dict[str, Any], count: int) -> None:
 
 
 def test_the_demo_on_the_embedded_broker() -> None:
-    check(run_demo("--orders", "12"), 12)
+    result = run_demo("--orders", "12")
+    check(result, 12)
+    assert result["orders_outbox"] is None  # the saga's own outbox, by default
+
+
+def test_the_demo_with_the_saga_sending_through_the_orders_outbox() -> None:
+    result = run_demo("--orders", "12", "--outbox")
+    check(result, 12)
+    assert result["orders_outbox"] == {"waiting": 0, "dead": 0}  # used, and drained
+
 
 
 @pytest.mark.rabbitmq

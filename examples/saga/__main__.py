@@ -48,6 +48,11 @@ def main() -> int:
         metavar="SECONDS",
         help="how late payments answers for -slow orders (default 4; keep it longer)",
     )
+    parser.add_argument(
+        "--outbox",
+        action="store_true",
+        help="the saga sends through the orders database's transactional outbox",
+    )
     args = parser.parse_args()
     batch = plan(args.orders)
     with tempfile.TemporaryDirectory(prefix="melange-saga-") as folder:
@@ -57,8 +62,10 @@ def main() -> int:
             url,
             payment_timeout=args.payment_timeout,
             slow_seconds=args.slow_seconds,
+            outbox=args.outbox,
         )
-        print(f"order saga: 4 services, 4 processes, broker {url.split('?')[0]}", flush=True)
+        sends = ", sends through the orders outbox" if args.outbox else ""
+        print(f"order saga: 4 services, 4 processes, broker {url.split('?')[0]}{sends}", flush=True)
         demo.declare()
         demo.start_all()
         try:

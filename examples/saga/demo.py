@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -82,6 +83,7 @@ class Demo:
         *,
         payment_timeout: float = 2.0,
         slow_seconds: float = 4.0,
+        outbox: bool = False,
     ) -> None:
         self.folder = folder
         self.backend_url = backend_url
@@ -90,11 +92,23 @@ class Demo:
             "SAGA_DEMO_DIR": str(folder),
             "SAGA_DEMO_PAYMENT_TIMEOUT": str(payment_timeout),
             "SAGA_DEMO_SLOW_SECONDS": str(slow_seconds),
+            "SAGA_DEMO_OUTBOX": "1" if outbox else "0",
             "PYTHONPATH": os.pathsep.join(
                 [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
             ),
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def orders_outbox(self) -> dict[str, int] | None:
+        """Return what the orders database's outbox holds (``None``: it has none)."""
+        with sqlite3.connect(self.folder / "orders.db") as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+            if "melange_outbox" not in tables:
+                return None
+            [(waiting, dead)] = db.execute(
+                "SELECT count(*) - count(dead_at), count(dead_at) FROM melange_outbox"
+            )
+        return {"waiting": int(waiting), "dead": int(dead)}
 
     def declare(self) -> None:
         """Create every service's queue and subscriptions before anything is published."""
@@ -206,6 +220,7 @@ def report(demo: Demo, batch: list[Planned]) -> dict[str, Any]:
         "payments": {o.order_id: ledgers["payments"].get(o.order_id, "0") for o in batch},
         "shipping": ledgers["shipping"],
     }
+    result["orders_outbox"] = demo.orders_outbox()
     return result
 
 

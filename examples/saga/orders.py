@@ -161,8 +161,13 @@ class OrderSaga(Saga[OrderState]):
 
 
 def store(where: Path | None = None) -> SQLiteSagaStore:
-    """The orders service's saga store: a file of its own in the demo's folder."""
-    return SQLiteSagaStore((where or folder()) / "orders.db")
+    """The orders service's saga store: a file of its own in the demo's folder.
+
+    With ``SAGA_DEMO_OUTBOX=1`` (``--outbox``) the saga sends through that
+    file's transactional outbox, relayed by the saga's runner.
+    """
+    outbox = os.environ.get("SAGA_DEMO_OUTBOX") == "1"
+    return SQLiteSagaStore((where or folder()) / "orders.db", outbox=outbox)
 
 
 def service(backend: MessagingBackend, where: Path | None = None) -> list[Consumer]:
