@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -132,52 +133,29 @@ def sqlalchemy_url(url: str, driver: str) -> str:
     return f"{scheme}+{driver}://{rest}"
 
 
-def _sqlalchemy_session(url: str) -> Iterator[Writer]:
+def _sqlalchemy(url: str, *, sessions: bool) -> Iterator[Writer]:
+    """Write through a SQLAlchemy ``Session`` (``sessions``) or a ``Connection``."""
     driver = "pysqlite" if url.startswith("sqlite") else "psycopg"
     engine = create_engine(sqlalchemy_url(url, driver))
-    with Session(engine) as session:
-        session.execute(text(_ORDERS))
-        create_tables(session)
-        session.commit()
+
+    def opened() -> Any:
+        return Session(engine) if sessions else engine.connect()
+
+    with opened() as db:
+        db.execute(text(_ORDERS))
+        create_tables(db)
+        db.commit()
 
     def transaction(
         events: Sequence[OrderPlaced], commit: bool, kw: dict[str, Any]
     ) -> list[Message]:
-        with Session(engine) as session:
-            publisher = OutboxPublisher(session)
+        with opened() as db:
+            publisher = OutboxPublisher(db)
             sent = []
             for event in events:
-                session.execute(text("INSERT INTO orders VALUES (:id)"), {"id": event.order_id})
+                db.execute(text("INSERT INTO orders VALUES (:id)"), {"id": event.order_id})
                 sent.append(publisher.publish(event, **kw))
-            session.commit() if commit else session.rollback()
-            return sent
-
-    def orders() -> set[str]:
-        with engine.connect() as connection:
-            return {r[0] for r in connection.execute(text("SELECT * FROM orders"))}
-
-    try:
-        yield Writer(url, transaction, orders)
-    finally:
-        engine.dispose()
-
-
-def _sqlalchemy_connection(url: str) -> Iterator[Writer]:
-    engine = create_engine(sqlalchemy_url(url, "psycopg"))
-    with engine.begin() as connection:
-        connection.execute(text(_ORDERS))
-        create_tables(connection)
-
-    def transaction(
-        events: Sequence[OrderPlaced], commit: bool, kw: dict[str, Any]
-    ) -> list[Message]:
-        with engine.connect() as connection:
-            publisher = OutboxPublisher(connection)
-            sent = []
-            for event in events:
-                connection.execute(text("INSERT INTO orders VALUES (:id)"), {"id": event.order_id})
-                sent.append(publisher.publish(event, **kw))
-            connection.commit() if commit else connection.rollback()
+            db.commit() if commit else db.rollback()
             return sent
 
     def orders() -> set[str]:
@@ -277,8 +255,8 @@ def _psycopg_async(url: str) -> Iterator[Writer]:
 _MAKERS: dict[str, Callable[[str], Any]] = {
     "sqlite3": contextmanager(_sqlite3),
     "psycopg": contextmanager(_psycopg),
-    "sqlalchemy-session": contextmanager(_sqlalchemy_session),
-    "sqlalchemy-connection": contextmanager(_sqlalchemy_connection),
+    "sqlalchemy-session": contextmanager(partial(_sqlalchemy, sessions=True)),
+    "sqlalchemy-connection": contextmanager(partial(_sqlalchemy, sessions=False)),
     "sqlalchemy-async-session": contextmanager(_sqlalchemy_async_session),
     "psycopg-async": contextmanager(_psycopg_async),
 }

@@ -207,6 +207,3 @@ class Settlement:
     sent: list[int] = field(default_factory=list)
     retried: list[tuple[int, str, float]] = field(default_factory=list)
     dead: list[tuple[int, str]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.sent or self.retried or self.dead)

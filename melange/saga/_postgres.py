@@ -89,7 +89,7 @@ class PostgresSagaStore(SQLSagaStore):
             conninfo_to_dict(conninfo)
         except psycopg.Error as e:  # libpq's message may quote a piece of the password
             raise url_error(conninfo, e) from None
-        super().__init__("%s", _INSERT_OUTGOING, outbox=outbox)
+        super().__init__("%s", _INSERT_OUTGOING)
         self._conninfo = conninfo
         self._local = threading.local()
         self._opened: list[tuple[threading.Thread, _Connection]] = []

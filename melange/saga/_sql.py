@@ -54,12 +54,10 @@ class SQLSagaStore(SagaStore):
     ``insert_outgoing`` adds an outbox row unless one with its message id exists.
     """
 
-    def __init__(self, placeholder: str, insert_outgoing: str, *, outbox: bool = False) -> None:
+    def __init__(self, placeholder: str, insert_outgoing: str) -> None:
         def sql(text: str) -> str:
             return text.replace("?", placeholder)
 
-        #: Whether what instances send goes to ``melange_outbox`` (a ``Relay`` sends it).
-        self.relays = outbox
         self._insert_outbox = sql(
             f"INSERT INTO {OUTBOX_TABLE} ({', '.join(OUTBOX_COLUMNS)})"
             f" VALUES ({', '.join('?' * len(OUTBOX_COLUMNS))}) ON CONFLICT DO NOTHING"
@@ -149,7 +147,7 @@ class SQLSagaStore(SagaStore):
     def _add(self, db: Writer, record: SagaRecord, outgoing: Sequence[Outgoing]) -> None:
         if not outgoing:
             return
-        if self.relays:
+        if self.outbox_url is not None:  # the relay sends them
             now = time.time()
             db.execute_many(self._insert_outbox, [row_of(_sent_at(o, now), now) for o in outgoing])
         else:
@@ -167,8 +165,8 @@ class SQLSagaStore(SagaStore):
 
     def pending(self, saga_type: str, saga_id: str, *, due_by: float) -> list[Outgoing]:
         """Return the instance's outgoing messages due by ``due_by``, oldest first."""
-        if self.relays:
-            return []  # in the outbox: the relay sends them
+        if self.outbox_url is not None:  # the relay sends them
+            return []
         rows = self._read(self._pending, (saga_type, saga_id, due_by))
         return [Outgoing.from_json(str(body)) for (body,) in rows]
 
@@ -181,7 +179,7 @@ class SQLSagaStore(SagaStore):
 
     def due(self, saga_type: str, now: float, limit: int = 100) -> list[tuple[str, Outgoing]]:
         """Return ``(saga_id, message)`` for outgoing messages of any instance due by ``now``."""
-        if self.relays:
+        if self.outbox_url is not None:  # the relay sends them
             return []
         rows = self._read(self._due, (saga_type, now, limit))
         return [(str(saga_id), Outgoing.from_json(str(body))) for saga_id, body in rows]

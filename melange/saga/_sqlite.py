@@ -72,7 +72,7 @@ class SQLiteSagaStore(SQLSagaStore):
         busy_timeout: float = 30.0,
         outbox: bool = False,
     ) -> None:
-        super().__init__("?", _INSERT_OUTGOING, outbox=outbox)
+        super().__init__("?", _INSERT_OUTGOING)
         try:
             self._file = SQLiteFile(path, synchronous=synchronous, busy_timeout=busy_timeout)
             self._file.ensure(_SCHEMA)
