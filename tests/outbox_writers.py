@@ -3,7 +3,7 @@
 ``Writer`` does one business transaction: an ``orders`` row per event and
 the event published into the outbox, then commit or rollback. One writer
 per driver and flavour: ``sqlite3``, psycopg, SQLAlchemy sessions and
-connections, and their asyncio twins.
+connections, and their asyncio twins (aiosqlite among them).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ WRITERS = (
     ("sqlalchemy-connection", "postgresql"),
     ("sqlalchemy-async-session", "sqlite"),
     ("psycopg-async", "postgresql"),
+    ("aiosqlite", "sqlite"),
 )
 
 
@@ -252,6 +253,47 @@ def _psycopg_async(url: str) -> Iterator[Writer]:
         loop.close()
 
 
+def _aiosqlite(url: str) -> Iterator[Writer]:
+    import aiosqlite
+
+    loop = asyncio.new_event_loop()
+
+    async def connect() -> aiosqlite.Connection:
+        db = await aiosqlite.connect(url.removeprefix("sqlite:///"))
+        await db.execute(_ORDERS)
+        await async_create_tables(db)
+        await db.commit()
+        return db
+
+    db = loop.run_until_complete(connect())
+
+    async def transaction_async(
+        events: Sequence[OrderPlaced], commit: bool, kw: dict[str, Any]
+    ) -> list[Message]:
+        publisher = AsyncOutboxPublisher(db)
+        sent = []
+        for event in events:
+            await db.execute("INSERT INTO orders VALUES (?)", (event.order_id,))
+            sent.append(await publisher.publish(event, **kw))
+        await (db.commit() if commit else db.rollback())
+        return sent
+
+    async def orders_async() -> set[str]:
+        return {r[0] for r in await db.execute_fetchall("SELECT * FROM orders")}
+
+    try:
+        yield Writer(
+            url,
+            lambda events, commit, kw: loop.run_until_complete(
+                transaction_async(events, commit, kw)
+            ),
+            lambda: loop.run_until_complete(orders_async()),
+        )
+    finally:
+        loop.run_until_complete(db.close())
+        loop.close()
+
+
 _MAKERS: dict[str, Callable[[str], Any]] = {
     "sqlite3": contextmanager(_sqlite3),
     "psycopg": contextmanager(_psycopg),
@@ -259,4 +301,5 @@ _MAKERS: dict[str, Callable[[str], Any]] = {
     "sqlalchemy-connection": contextmanager(partial(_sqlalchemy, sessions=False)),
     "sqlalchemy-async-session": contextmanager(_sqlalchemy_async_session),
     "psycopg-async": contextmanager(_psycopg_async),
+    "aiosqlite": contextmanager(_aiosqlite),
 }

@@ -226,18 +226,34 @@ class AsyncBilling(Consumer):
     def __init__(self) -> None:
         super().__init__(consumer_id="async-billing")
         self.attempts = 0
+        self.handles = ""
 
     @listener
     async def on_placed(self, event: OrderPlaced) -> None:
         self.attempts += 1
-        session = transaction()
-        await session.execute(text("INSERT INTO invoices VALUES (:id)"), {"id": event.order_id})
+        db = transaction()
+        if isinstance(db, psycopg.AsyncConnection):
+            await db.execute("INSERT INTO invoices VALUES (%s)", (event.order_id,))
+        elif type(db).__module__.startswith("aiosqlite"):
+            await db.execute("INSERT INTO invoices VALUES (?)", (event.order_id,))
+        else:
+            await db.execute(text("INSERT INTO invoices VALUES (:id)"), {"id": event.order_id})
         await asyncio.sleep(0)
         if self.attempts == 1:
             raise RuntimeError("failed after writing")
+        self.handles = f"{type(db).__module__.partition('.')[0]}.{type(db).__name__}"
 
 
-@pytest.mark.parametrize("kind", ["aiosqlite", "psycopg-async", "plain-listener-sync-database"])
+ASYNC_KINDS = [
+    "aiosqlite",
+    "psycopg-async",
+    "aiosqlite-url",
+    "psycopg-async-url",
+    "plain-listener-sync-database",
+]
+
+
+@pytest.mark.parametrize("kind", ASYNC_KINDS)
 def test_the_async_dispatcher_runs_each_attempt_in_a_transaction(
     inboxes: list[Inbox],
     kind: str,
@@ -245,23 +261,28 @@ def test_the_async_dispatcher_runs_each_attempt_in_a_transaction(
     broker: SQLiteBackend,
     request: pytest.FixtureRequest,
 ) -> None:
-    if kind == "psycopg-async":
+    if kind.startswith("psycopg"):
         url = request.getfixturevalue("postgres_database")
     else:
         url = f"sqlite:///{tmp_path / 'service.db'}"
     _run(url, INVOICES)
     publisher = MessagePublisher(broker)
-    if kind != "plain-listener-sync-database":
+    consumer: Consumer = AsyncBilling()
+    if kind.endswith("-url"):  # a URL: async def listeners get the driver's AsyncConnection
+        engine: Any = None
+        inbox = opened(inboxes, url)
+    elif kind != "plain-listener-sync-database":
         driver = "aiosqlite" if kind == "aiosqlite" else "psycopg"
-        engine: Any = create_async_engine(sqlalchemy_url(url, driver))
-        consumer: Consumer = AsyncBilling()
+        engine = create_async_engine(sqlalchemy_url(url, driver))
+        inbox = opened(inboxes, engine)
     else:
         engine = create_engine(sqlalchemy_url(url, "pysqlite"))
+        inbox = opened(inboxes, engine)
         consumer = Billing(publisher, fail_first=1)
     dispatcher = AsyncMessageDispatcher(
         BridgedBackend(broker),
         consumers=[consumer],
-        middleware=[opened(inboxes, engine)],
+        middleware=[inbox],
         retry=RetryPolicy(immediate_attempts=2),
     )
 
@@ -271,7 +292,9 @@ def test_the_async_dispatcher_runs_each_attempt_in_a_transaction(
         publisher.send(message, topic=message.manifest)
         publisher.send(message, topic=message.manifest)
         await dispatcher.consume_loop("billing", max_messages=3)
-        if kind != "plain-listener-sync-database":
+        if kind.endswith("-url"):
+            await inbox.aclose()
+        elif kind != "plain-listener-sync-database":
             await engine.dispose()
 
     asyncio.run(run())
@@ -280,3 +303,6 @@ def test_the_async_dispatcher_runs_each_attempt_in_a_transaction(
     assert _run(url, "SELECT order_id FROM invoices") == [("o-1",)]
     assert _run(url, "SELECT count(*) FROM melange_inbox") == [(1,)]
     assert "2 skipped" in dispatcher.outcomes.summary()
+    if kind.endswith("-url"):
+        expected = "aiosqlite.Connection" if "sqlite" in kind else "psycopg.AsyncConnection"
+        assert getattr(consumer, "handles", None) == expected

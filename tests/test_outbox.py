@@ -10,7 +10,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from melange.exceptions import (
     PublishError,
     QueueNotFoundError,
 )
-from melange.models import QueueWrapper
+from melange.models import Message, QueueWrapper
 from melange.outbox import OutboxGauges, OutboxPublisher, Relay, create_tables, ddl, open_outbox
 from melange.outbox._rows import FailureKind, StoredMessage, failure_kind, publishable
 from melange.outbox.sqlalchemy import metadata
@@ -135,7 +136,7 @@ def test_rows_a_dead_relay_held_leave_again_under_the_same_ids(
     clock = [time.time()]
     dying = Relay(url, broker, lease_seconds=30, clock=lambda: clock[0])
     claim = dying.store.claim(10, now=clock[0], horizon=clock[0], lease_seconds=30)
-    dying._send(claim, clock[0])  # sent, never settled: the process died here
+    dying._send(claim, set())  # sent, never settled: the process died here
 
     with Relay(url, broker, clock=lambda: clock[0]) as other:
         assert other.relay_once() == 0  # leased
@@ -160,7 +161,7 @@ def test_a_relay_whose_connection_died_lets_go_of_its_rows_at_once(
     claim = dying.store.claim(10, now=now, horizon=now, lease_seconds=30)
     with Relay(postgres_database, broker) as other:
         assert other.relay_once() == 0  # locked by the first
-        dying._send(claim, now)
+        dying._send(claim, set())
         claim.handle.close()  # the process died: the server ends its transaction
         assert other.relay_once() == 2
     dying.close()
@@ -172,13 +173,15 @@ def test_a_relay_whose_connection_died_lets_go_of_its_rows_at_once(
 def test_two_relays_send_each_row_once_and_keep_each_destinations_order(
     database: str, tmp_path: Path, broker: SQLiteBackend, request: pytest.FixtureRequest
 ) -> None:
-    names = [f"lane-{n}" for n in range(12)]  # more than a batch covers: both relays work
+    # More lanes than two batches cover (a relay sends one while it claims the next):
+    # both relays work.
+    names = [f"lane-{n}" for n in range(40)]
     queues = {name: broker.declare_queue(name)[0] for name in names}
     pg = request.getfixturevalue("postgres_database") if database == "postgresql" else None
     written: dict[str, list[str]] = {name: [] for name in names}
     with open_writer("sqlite3" if pg is None else "psycopg", database, tmp_path, pg) as writer:
-        for n in range(300):
-            name = names[n * 7 % 12]
+        for n in range(400):
+            name = names[n * 7 % 40]
             [message] = writer.transaction(placed(n), True, {"queue": name})
             written[name].append(message.message_id)
         url = writer.url
@@ -199,7 +202,7 @@ def test_two_relays_send_each_row_once_and_keep_each_destinations_order(
         for relay in relays:
             relay.close()
     assert {name: [m.message_id for m in got[name]] for name in names} == written
-    assert sum(r.stats["sent"] for r in relays) == 300
+    assert sum(r.stats["sent"] for r in relays) == 400
     assert all(r.stats["sent"] > 0 for r in relays), [r.stats for r in relays]
     for name in names:
         assert receive(broker, queues[name], 1, timeout=0.2) == []
@@ -217,6 +220,57 @@ def test_postgres_notify_wakes_the_relay_long_before_its_poll(
             db.commit()
         got = receive(broker, queue, 1, timeout=20)
     assert [m.message_id for m in got] == [message.message_id]
+
+
+class Nacks(SQLiteBackend):
+    """The embedded broker, refusing the sends of a message the times ``refusals`` says."""
+
+    def __init__(self, path: Path, refusals: dict[str, int]) -> None:
+        super().__init__(path)
+        self.refusals = Counter(refusals)
+
+    def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        self._refused([message])
+        super().publish_to_queue(message, queue, **kwargs)
+
+    def publish_batch_to_queue(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
+        self._refused(messages)
+        super().publish_batch_to_queue(messages, queue)
+
+    def _refused(self, messages: Sequence[Message]) -> None:
+        if refused := [m.message_id for m in messages if self.refusals[m.message_id] > 0]:
+            self.refusals.subtract(refused)
+            raise PublishError(f"nacked {refused}")
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_refused_row_holds_back_its_lane_while_the_next_batches_are_already_claimed(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``drain`` claims batch n+1 while batch n is sent: its rows behind a refusal wait."""
+    pg = request.getfixturevalue("postgres_database") if database == "postgresql" else None
+    written: dict[str, list[str]] = {"a": [], "b": []}
+    with open_writer("sqlite3" if pg is None else "psycopg", database, tmp_path, pg) as writer:
+        for n in range(100):
+            lane = "ab"[n % 2]
+            [message] = writer.transaction(placed(n), True, {"queue": lane})
+            written[lane].append(message.message_id)
+        url = writer.url
+    refused = written["a"][12]  # in the second batch of ten: the third is claimed by then
+    # Refused in its lane's batch call, then alone: a refusal of its own, retried later.
+    with Nacks(tmp_path / "broker.db", {refused: 2}) as broker:
+        queues = {lane: broker.declare_queue(lane)[0] for lane in written}
+        clock = [time.time()]
+        with Relay(url, broker, batch_size=10, clock=lambda: clock[0]) as relay:
+            first = relay.drain()
+            clock[0] += 1  # past the refused row's pause
+            rest = relay.drain()
+            depth = relay.depth()
+        got = {lane: receive(broker, queues[lane], 50, timeout=5) for lane in written}
+    # b's 50 and a's first 12 (the other lane fills the batches meanwhile); then a's 38.
+    assert (first, rest, depth.pending) == (62, 38, 0)
+    assert {lane: [m.message_id for m in got[lane]] for lane in got} == written
+    assert relay.stats["retried"] == 1
 
 
 # -- rows that can never leave ------------------------------------------------------------
@@ -362,6 +416,8 @@ def test_a_lane_another_relay_holds_the_head_of_is_left_alone() -> None:
     pending += [(5, ("queue", "a")), (6, ("queue", "c"))]
     # b's first row (1) and c's (4) are someone else's: only a's rows may go.
     assert [r.seq for r in publishable(claimed, pending)] == [2, 5]
+    # Unless they are this relay's own, being sent before this claim.
+    assert [r.seq for r in publishable(claimed, pending, ahead={1, 4})] == [2, 3, 5, 6]
 
 
 def test_what_a_send_error_means_for_its_row() -> None:

@@ -66,8 +66,7 @@ def _relay(args: argparse.Namespace, backend: MessagingBackend) -> int:
         ) as relay,
     ):
         if args.once:
-            while relay.relay_once() or relay.last_round_was_full:
-                pass
+            relay.drain()
         else:
             stop = threading.Event()
 

@@ -2,7 +2,8 @@
 
 Rows go through whatever the application already holds: a ``sqlite3``
 connection, a psycopg 3 connection, or a SQLAlchemy 2 ``Session`` or
-``Connection`` (their asyncio twins for the async writer). Nothing here
+``Connection`` (for the async writer: an aiosqlite or psycopg
+``AsyncConnection``, or a SQLAlchemy ``AsyncSession`` or ``AsyncConnection``). Nothing here
 commits: the rows are part of the caller's transaction.
 """
 
@@ -33,14 +34,17 @@ _COLUMNS = ", ".join(OUTBOX_COLUMNS)
 _QMARK = f"INSERT INTO {OUTBOX_TABLE} ({_COLUMNS}) VALUES ({', '.join('?' * len(OUTBOX_COLUMNS))})"
 _FORMAT = _QMARK.replace("?", "%s")
 _EXPECTED = "a sqlite3 or psycopg connection, or a SQLAlchemy Session or Connection"
-_EXPECTED_ASYNC = "a psycopg AsyncConnection, or a SQLAlchemy AsyncSession or AsyncConnection"
+_EXPECTED_ASYNC = (
+    "an aiosqlite connection, a psycopg AsyncConnection, or a SQLAlchemy AsyncSession"
+    " or AsyncConnection"
+)
 
 
 def _family(connection: object) -> str:
     """Return which library made ``connection``, by the module of its type."""
     for kind in type(connection).__mro__:
         root = kind.__module__.partition(".")[0]
-        if root in ("sqlite3", "psycopg", "sqlalchemy"):
+        if root in ("sqlite3", "psycopg", "sqlalchemy", "aiosqlite"):
             return root
     return ""
 
@@ -118,6 +122,14 @@ def async_row_writer(connection: object) -> AsyncRowWriter:
                             await cursor.executemany(_FORMAT, rows)
 
             return write_psycopg
+    if family == "aiosqlite":
+        lite: Any = connection
+
+        async def write_aiosqlite(rows: Sequence[tuple[object, ...]]) -> None:
+            with _errors(sqlite3.Error):
+                await lite.executemany(_QMARK, rows)
+
+        return write_aiosqlite
     if family == "sqlalchemy":
         from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
 
@@ -148,6 +160,8 @@ def dialect_of(connection: object) -> str:
         return "sqlite"
     if family == "psycopg":
         return "postgresql"
+    if family == "aiosqlite":
+        return "sqlite"
     if family == "sqlalchemy":
         bind: Any = connection
         if hasattr(bind, "get_bind"):  # a session
@@ -200,6 +214,12 @@ async def async_create_tables(connection: object) -> None:
             if hasattr(bind, "get_bind"):  # a session
                 bind = await bind.connection()
             await bind.run_sync(metadata.create_all)
+        return
+    executes: Any = connection
+    if _family(connection) == "aiosqlite":
+        with _errors(sqlite3.Error):
+            for statement in ddl("sqlite"):
+                await executes.execute(statement)
         return
     import psycopg
 

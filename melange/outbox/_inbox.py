@@ -24,7 +24,7 @@ from melange.consumers import Consumer
 from melange.exceptions import ConfigurationError
 from melange.middleware import ConsumerCall, Middleware, hold_publishes
 from melange.models import Message
-from melange.outbox._inbox_databases import AsyncDatabase, Database, database_of
+from melange.outbox._inbox_databases import database_of
 from melange.outbox._rows import row_of
 from melange.outcomes import CallResult
 from melange.outgoing import Outgoing
@@ -59,8 +59,11 @@ class Inbox(Middleware):
     ``database`` is a URL (``sqlite:///orders.db``, ``postgresql://…``), a
     SQLAlchemy ``Engine`` or ``sessionmaker``, or, for ``async def``
     listeners under ``melange.aio``, an ``AsyncEngine`` or
-    ``async_sessionmaker``. Records are kept ``retention_seconds`` (7 days):
-    a redelivery later than that runs the handler again.
+    ``async_sessionmaker``. Given a URL, plain listeners write through a
+    ``sqlite3`` or psycopg connection and ``async def`` listeners under
+    ``melange.aio`` through an aiosqlite or psycopg ``AsyncConnection``.
+    Records are kept ``retention_seconds`` (7 days): a redelivery later than
+    that runs the handler again.
 
         dispatcher = MessageDispatcher(backend, [Billing()], middleware=[Inbox(engine)])
 
@@ -77,14 +80,15 @@ class Inbox(Middleware):
         create_tables: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.database = database_of(database)
+        #: Where plain listeners' transactions open (``None``: an async engine was given).
+        self.database, self.async_database = database_of(database)
         self.retention_seconds = retention_seconds
         self._clock = clock
         self._purged_at = 0.0
         self._purge_lock = threading.Lock()
         self._tables_checked = not create_tables
         self._tables_lock: asyncio.Lock | None = None
-        if create_tables and isinstance(self.database, Database):
+        if create_tables and self.database is not None:
             self.database.ensure_tables()
             self._tables_checked = True
 
@@ -101,12 +105,12 @@ class Inbox(Middleware):
     async def call_consumer_async(
         self, call: ConsumerCall, call_next: Callable[[], Awaitable[CallResult]]
     ) -> CallResult:
-        if not self._tables_checked and isinstance(self.database, AsyncDatabase):
+        if not self._tables_checked and self.async_database is not None:
             if self._tables_lock is None:
                 self._tables_lock = asyncio.Lock()
             async with self._tables_lock:  # the first messages arrive together
                 if not self._tables_checked:
-                    await self.database.ensure_tables()
+                    await self.async_database.ensure_tables()
                     self._tables_checked = True
         inboxed = _InTransaction(call.consumer, self)
         call.consumer = inboxed
@@ -123,7 +127,7 @@ class Inbox(Middleware):
         Returns whether it was not run: the consumer had handled the message before.
         """
         database = self.database
-        if not isinstance(database, Database):
+        if database is None:
             raise ConfigurationError(
                 f"{type(consumer).__qualname__} has a plain listener: an Inbox on an async"
                 " database runs async def listeners only (give it a sync Engine or URL)"
@@ -157,8 +161,8 @@ class Inbox(Middleware):
         message: Message,
     ) -> bool:
         """``run`` for an ``async def`` listener: one attempt, in a transaction of its own."""
-        database = self.database
-        assert isinstance(database, AsyncDatabase)
+        database = self.async_database
+        assert database is not None
         message_id = message.message_id
         async with database.transaction() as tx:
             if await tx.processed(consumer_id, message_id):
@@ -189,15 +193,27 @@ class Inbox(Middleware):
             return True
 
     def close(self) -> None:
-        """Close the connections the inbox opened (not an engine or session factory given)."""
-        if isinstance(self.database, Database):
+        """Close the sync connections the inbox opened (not an engine or factory given)."""
+        if self.database is not None:
             self.database.close()
+
+    async def aclose(self) -> None:
+        """Close every connection the inbox opened, the event loop's too."""
+        self.close()
+        if self.async_database is not None:
+            await self.async_database.aclose()
 
     def __enter__(self) -> Inbox:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Inbox:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class _Raced(Exception):
@@ -236,7 +252,7 @@ class _InTransaction(Consumer):
             self._not_run = f"{message.message_id} handled by another delivery at the same time"
 
     def awaitable_listener(self, event_type: type) -> tuple[Callable[..., Any], bool] | None:
-        if not isinstance(self._inbox.database, AsyncDatabase):
+        if self._inbox.async_database is None:
             return None  # handle() runs on a worker thread, in a sync transaction
         found = self.consumer.awaitable_listener(event_type)
         if found is None:

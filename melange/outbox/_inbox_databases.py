@@ -9,6 +9,7 @@ leaving, or rolls back on an error.
 from __future__ import annotations
 
 import abc
+import asyncio
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -19,7 +20,7 @@ from contextlib import (
     contextmanager,
     suppress,
 )
-from typing import Any
+from typing import Any, NamedTuple
 
 from melange._sqlite import immediate, path_of_url
 from melange.exceptions import ConfigurationError, MissingExtraError, OutboxError
@@ -36,6 +37,7 @@ __all__ = [
     "AsyncDatabase",
     "AsyncInboxTransaction",
     "Database",
+    "Databases",
     "InboxTransaction",
     "database_of",
 ]
@@ -135,9 +137,22 @@ class AsyncDatabase(abc.ABC):
     async def ensure_tables(self) -> None:
         """Create the outbox and inbox tables unless they exist."""
 
+    async def aclose(self) -> None:  # noqa: B027 - a session factory has nothing of ours
+        """Close what the inbox opened; safe to call more than once."""
 
-def database_of(target: object) -> Database | AsyncDatabase:
-    """Return the database of a URL, a SQLAlchemy engine, or a SQLAlchemy session factory.
+
+class Databases(NamedTuple):
+    """Where plain listeners' transactions open, and where ``async def`` listeners' do."""
+
+    sync: Database | None
+    asynchronous: AsyncDatabase | None
+
+
+def database_of(target: object) -> Databases:
+    """Return the databases of a URL, a SQLAlchemy engine, or a SQLAlchemy session factory.
+
+    A URL serves both: plain listeners get a ``sqlite3`` or psycopg
+    connection, ``async def`` ones an aiosqlite or psycopg ``AsyncConnection``.
 
     Raises:
         ConfigurationError: something else, or a URL of another database.
@@ -145,8 +160,9 @@ def database_of(target: object) -> Database | AsyncDatabase:
     if isinstance(target, str):
         plain = plain_url(target)
         if dialect_of_url(plain) == "sqlite":
-            return _SQLiteDatabase(path_of_url(plain))
-        return _PsycopgDatabase(plain)
+            path = path_of_url(plain)
+            return Databases(_SQLiteDatabase(path), _AiosqliteDatabase(path))
+        return Databases(_PsycopgDatabase(plain), _AsyncPsycopgDatabase(plain))
     module = type(target).__module__.partition(".")[0]
     if module == "sqlalchemy":
         from sqlalchemy.engine import Engine
@@ -154,13 +170,14 @@ def database_of(target: object) -> Database | AsyncDatabase:
         from sqlalchemy.orm import Session, sessionmaker
 
         if isinstance(target, AsyncEngine):
-            return _SQLAlchemyAsyncDatabase(async_sessionmaker(target, class_=AsyncSession))
+            sessions = async_sessionmaker(target, class_=AsyncSession)
+            return Databases(None, _SQLAlchemyAsyncDatabase(sessions))
         if isinstance(target, async_sessionmaker):
-            return _SQLAlchemyAsyncDatabase(target)
+            return Databases(None, _SQLAlchemyAsyncDatabase(target))
         if isinstance(target, Engine):
-            return _SQLAlchemyDatabase(sessionmaker(target, class_=Session))
+            return Databases(_SQLAlchemyDatabase(sessionmaker(target, class_=Session)), None)
         if isinstance(target, sessionmaker):
-            return _SQLAlchemyDatabase(target)
+            return Databases(_SQLAlchemyDatabase(target), None)
     raise ConfigurationError(
         "an inbox takes a database URL (sqlite:///…, postgresql://…), a SQLAlchemy"
         f" Engine or AsyncEngine, or a sessionmaker or async_sessionmaker; not {type(target)!r}"
@@ -278,6 +295,120 @@ def _psycopg() -> Any:
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise MissingExtraError("psycopg", "postgres") from e
     return psycopg
+
+
+class _AsyncConnections(AsyncDatabase):
+    """Connections of an asyncio driver: one per open transaction, kept for the next.
+
+    They belong to the event loop that opened them: on another loop (a second
+    ``asyncio.run``) new ones are opened.
+    """
+
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._idle: list[Any] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @abc.abstractmethod
+    async def _connect(self) -> Any: ...
+
+    @abc.abstractmethod
+    async def _begin(self, db: Any) -> None: ...
+
+    @abc.abstractmethod
+    def _errors(self) -> tuple[type[Exception], ...]: ...
+
+    async def _connection(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._idle = loop, []  # the old loop's are unusable here
+        return self._idle.pop() if self._idle else await self._connect()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncInboxTransaction]:
+        errors = self._errors()
+        try:
+            db = await self._connection()
+            await self._begin(db)
+        except errors as e:
+            raise OutboxError(f"the inbox cannot open a transaction: {e}") from e
+
+        async def run(sql: str, parameters: Sequence[object]) -> tuple[list[Any], int]:
+            cursor = await db.execute(sql, parameters)
+            rows = await cursor.fetchall() if cursor.description is not None else []
+            return list(rows), int(cursor.rowcount)
+
+        try:
+            yield AsyncInboxTransaction(db, run, self.placeholder)
+        except BaseException:
+            try:
+                await db.rollback()
+            except errors:  # the connection is gone: the server rolled it back
+                await self._discard(db)
+            else:
+                self._idle.append(db)
+            raise
+        try:
+            await db.commit()
+        except errors as e:
+            await self._discard(db)
+            raise OutboxError(f"the inbox's transaction did not commit: {e}") from e
+        self._idle.append(db)
+
+    async def write_rows(
+        self, tx: AsyncInboxTransaction, rows: Sequence[tuple[object, ...]]
+    ) -> None:
+        await async_row_writer(tx.handle)(rows)
+
+    async def ensure_tables(self) -> None:
+        async with self.transaction() as tx:
+            await async_create_tables(tx.handle)
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for db in idle:
+            await self._discard(db)
+
+    async def _discard(self, db: Any) -> None:
+        with suppress(*self._errors()):
+            await db.close()
+
+
+class _AiosqliteDatabase(_AsyncConnections):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    async def _connect(self) -> Any:
+        try:
+            import aiosqlite
+        except ImportError as e:
+            raise MissingExtraError("aiosqlite", "aiosqlite") from e
+        return await aiosqlite.connect(self.path, timeout=30.0, isolation_level=None)
+
+    async def _begin(self, db: Any) -> None:
+        await db.execute("BEGIN IMMEDIATE")
+
+    def _errors(self) -> tuple[type[Exception], ...]:
+        return (sqlite3.Error,)
+
+
+class _AsyncPsycopgDatabase(_AsyncConnections):
+    placeholder = "%s"
+
+    def __init__(self, conninfo: str) -> None:
+        super().__init__()
+        self.conninfo = conninfo
+
+    async def _connect(self) -> Any:
+        return await _psycopg().AsyncConnection.connect(self.conninfo)
+
+    async def _begin(self, db: Any) -> None:
+        return None  # psycopg begins a transaction with the first statement
+
+    def _errors(self) -> tuple[type[Exception], ...]:
+        return (_psycopg().Error,)
 
 
 class _SQLAlchemyDatabase(Database):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
@@ -38,7 +38,8 @@ class PostgresOutboxStore(SQLOutboxStore):
 
     A claim is one transaction that locks its rows ``FOR UPDATE SKIP LOCKED``
     until they are settled: relays never hold the same row, and a relay that
-    dies (its connection gone) lets go of them at once. It waits for rows
+    dies (its connection gone) lets go of them at once. A relay claiming its
+    next batch while the last is being sent does it on a second connection. It waits for rows
     with ``LISTEN melange_outbox`` (the table's trigger notifies on commit).
     A connection the server dropped is opened again on the next call.
 
@@ -58,6 +59,8 @@ class PostgresOutboxStore(SQLOutboxStore):
         self._conninfo = conninfo
         self._lock = threading.RLock()
         self._db: _Connection | None = None
+        #: Connections for claims, idle; one holding a claim is in its ``handle``.
+        self._idle: list[_Connection] = []
         self._listener: _Connection | None = None
 
     def ensure_tables(self) -> None:
@@ -70,8 +73,16 @@ class PostgresOutboxStore(SQLOutboxStore):
             for statement in ddl("postgresql"):
                 db.execute(statement)
 
-    def claim(self, limit: int, *, now: float, horizon: float, lease_seconds: float) -> Claim:
-        with self._lock, self._session() as db:
+    def claim(
+        self,
+        limit: int,
+        *,
+        now: float,
+        horizon: float,
+        lease_seconds: float,
+        ahead: Collection[int] = (),
+    ) -> Claim:
+        with self._lock, self._session(claiming=True) as db:
             # Not autocommit: the transaction, and the row locks, last until ``settle``.
             db.autocommit = False
 
@@ -79,15 +90,13 @@ class PostgresOutboxStore(SQLOutboxStore):
                 return db.execute(sql, parameters).fetchall()
 
             try:
-                rows = self._claimable(read, limit, now, horizon)
+                rows, more = self._claimable(read, limit, now, horizon, ahead)
             except BaseException:
-                db.rollback()
-                db.autocommit = True
+                self._done_with(db)
                 raise
             if not rows:
-                db.rollback()
-                db.autocommit = True
-            return Claim(rows, self.owner, handle=db if rows else None)
+                self._done_with(db)
+            return Claim(rows, self.owner, more, handle=db if rows else None)
 
     def settle(self, claim: Claim, *, now: float) -> None:
         db: _Connection | None = claim.handle
@@ -104,10 +113,7 @@ class PostgresOutboxStore(SQLOutboxStore):
                             cursor.executemany(sql, parameters)
                 db.commit()
             finally:
-                if not db.closed:
-                    if db.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                        db.rollback()
-                    db.autocommit = True
+                self._done_with(db)
 
     def listen(self) -> None:
         try:
@@ -137,8 +143,10 @@ class PostgresOutboxStore(SQLOutboxStore):
     def close(self) -> None:
         with self._lock:
             db, self._db = self._db, None
-            if db is not None:
-                db.close()
+            idle, self._idle = self._idle, []
+            for connection in [db, *idle]:
+                if connection is not None:
+                    connection.close()
         self._close_listener()
 
     def _read(self, sql: str, parameters: Sequence[object]) -> list[tuple[Any, ...]]:
@@ -150,10 +158,17 @@ class PostgresOutboxStore(SQLOutboxStore):
             return db.execute(sql, parameters).rowcount
 
     @contextmanager
-    def _session(self, db: _Connection | None = None) -> Iterator[_Connection]:
-        """Yield the relay's connection; psycopg's errors become ``OutboxError``."""
+    def _session(
+        self, db: _Connection | None = None, *, claiming: bool = False
+    ) -> Iterator[_Connection]:
+        """Yield ``db``, a connection for a claim or the relay's connection for the rest;
+        psycopg's errors become ``OutboxError``.
+        """
         try:
-            connection = db if db is not None else self._connection()
+            if db is not None:
+                connection = db
+            else:
+                connection = self._claim_connection() if claiming else self._connection()
             yield connection
         except psycopg.Error as e:
             if self._db is not None and self._db.closed:
@@ -165,6 +180,26 @@ class PostgresOutboxStore(SQLOutboxStore):
         if db is None or db.closed:
             db = self._db = psycopg.connect(self._conninfo, autocommit=True)
         return db
+
+    def _claim_connection(self) -> _Connection:
+        """Return an idle connection for a claim, opened if there is none."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return psycopg.connect(self._conninfo, autocommit=True)
+
+    def _done_with(self, db: _Connection) -> None:
+        """End a claim's transaction and keep its connection, if it is still open."""
+        if db.closed:
+            return
+        try:
+            if db.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                db.rollback()
+            db.autocommit = True
+        except psycopg.Error:
+            db.close()
+            return
+        self._idle.append(db)
 
     def _listening(self) -> _Connection:
         listener = self._listener

@@ -5,6 +5,10 @@ overtake an earlier message to its destination), sends each destination's
 rows in one batch call, and deletes a row only once the backend returned,
 that is once the broker confirmed it. A relay killed in between sends the
 rows again later, under the same message ids, for the inbox to absorb.
+
+While rows keep coming (``drain``, ``run``) the database's side of the next
+round runs on a thread of its own while the broker takes this one: the next
+batch is claimed and the last one settled meanwhile.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from melange.backends.interfaces import MessagingBackend
 from melange.broker_calls import run_calls
@@ -92,7 +97,7 @@ class Relay:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Whether the last round claimed a whole batch (more may be waiting).
+        #: Whether more rows were ready than the last round took (another follows at once).
         self.last_round_was_full = False
         if create_tables:
             self.store.ensure_tables()
@@ -106,28 +111,93 @@ class Relay:
             BackendConnectionError: the broker cannot be reached (what was sent is settled).
             OutboxError: the database cannot be used.
         """
+        claim = self._claim()
+        try:
+            self._send(claim, set())
+        finally:
+            self._settle(claim)
+        return len(claim.settlement.sent)
+
+    def drain(self, stop: threading.Event | None = None) -> int:
+        """Relay rounds back to back while rows are ready (until ``stop`` is set);
+        return how many rows left the outbox.
+
+        While the broker takes one batch, a thread of the relay's settles the
+        batch before it and claims the next, so the database and the broker
+        work at once.
+
+        Raises:
+            BackendConnectionError: the broker cannot be reached (what was sent is settled).
+            OutboxError: the database cannot be used.
+        """
+        stop = stop if stop is not None else self._stopping
+        sent_before = self.stats["sent"]
+        blocked: set[Lane] = set()
+        with ThreadPoolExecutor(1, thread_name_prefix="melange-outbox-books") as books:
+            coming: Future[Claim] | None = books.submit(self._claim)
+            settles: list[Future[int]] = []
+            while coming is not None:
+                claim = coming.result()
+                coming = None
+                if claim.more and not stop.is_set():
+                    # Its rows go first: the next claim may take the rows behind them.
+                    ahead = [row.seq for row in claim.rows]
+                    last = settles[-1] if settles else None
+                    coming = books.submit(self._claim_after, last, ahead)
+                try:
+                    blocked = self._send(claim, blocked)
+                except BaseException:
+                    books.submit(self._settle, claim)
+                    if coming is not None:  # claimed for nothing: give it back unsent
+                        books.submit(self._let_go, coming)
+                    raise
+                settles.append(books.submit(self._settle, claim))
+        for settled in settles:  # all have run (the pool is shut down): a failure raises here
+            settled.result()
+        return self.stats["sent"] - sent_before
+
+    def _claim(self, ahead: Collection[int] = ()) -> Claim:
+        """Claim a batch; ``ahead`` are rows of this relay's still being sent before it."""
         now = self._clock()
         max_delay = self.backend.max_delay_seconds
         horizon = now + (_ANY_DELAY if max_delay is None else max_delay)
         claim = self.store.claim(
-            self.batch_size, now=now, horizon=horizon, lease_seconds=self.lease_seconds
+            self.batch_size, now=now, horizon=horizon, lease_seconds=self.lease_seconds, ahead=ahead
         )
         self.stats["rounds"] += 1
-        self.last_round_was_full = len(claim.rows) >= self.batch_size
-        try:
-            self._send(claim, now)
-        finally:
-            self.store.settle(claim, now=self._clock())
-            done = claim.settlement
-            self.stats["sent"] += len(done.sent)
-            self.stats["retried"] += len(done.retried)
-            self.stats["dead"] += len(done.dead)
-        return len(claim.settlement.sent)
+        self.last_round_was_full = claim.more
+        return claim
 
-    def _send(self, claim: Claim, now: float) -> None:
+    def _claim_after(self, settling: Future[int] | None, ahead: Collection[int]) -> Claim:
+        """Claim the next batch unless settling the one before failed (its error is raised)."""
+        if settling is not None:
+            settling.result()
+        return self._claim(ahead)
+
+    def _settle(self, claim: Claim) -> int:
+        """Apply what became of a claim; return how many of its rows left the outbox."""
+        self.store.settle(claim, now=self._clock())
+        done = claim.settlement
+        self.stats["sent"] += len(done.sent)
+        self.stats["retried"] += len(done.retried)
+        self.stats["dead"] += len(done.dead)
+        return len(done.sent)
+
+    def _let_go(self, coming: Future[Claim]) -> None:
+        """Give back a claimed round that was never sent."""
+        if coming.exception() is None:
+            self.store.settle(coming.result(), now=self._clock())
+
+    def _send(self, claim: Claim, blocked: Collection[Lane]) -> set[Lane]:
+        """Send a claim's rows, except those of ``blocked`` lanes; return the lanes of the
+        rows left unsent, which the next claim's rows must not overtake.
+        """
+        now = self._clock()
         done = claim.settlement
         lanes: dict[Lane, list[_Sendable]] = {}
         for row in claim.rows:
+            if row.lane in blocked:
+                continue  # an earlier row of its lane did not leave: it waits behind it
             try:
                 lanes.setdefault(row.lane, []).append((row, row.outgoing(now)))
             except UnreadableRowError as e:
@@ -141,6 +211,8 @@ class Relay:
                 _, reason, _ = done.retried[0]
                 done.retried.clear()
                 raise BackendConnectionError(f"the broker took none of the rows: {reason}")
+        left = set(done.sent).union(seq for seq, _ in done.dead)
+        return {row.lane for row in claim.rows if row.seq not in left}
 
     def _send_lane(self, items: Sequence[_Sendable], done: Settlement, now: float) -> None:
         """Send one destination's rows: in one batch call when none is delayed."""
@@ -207,9 +279,9 @@ class Relay:
         self.store.listen()  # before the first round: a commit during it wakes the next
         pause = 0.0
         while not stopping.is_set() and not self._stopping.is_set():
-            self._wake.clear()  # a wake during the round makes the next one follow at once
+            self._wake.clear()  # a wake during the rounds makes the next ones follow at once
             try:
-                self.relay_once()
+                self.drain(stopping)
             except Exception as e:  # the broker or the database is down: wait, then go on
                 pause = min(self.max_backoff, max(pause * 2, 0.5))
                 self.stats["outages"] += 1

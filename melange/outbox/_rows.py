@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,20 +142,24 @@ class StoredMessage:
 
 
 def publishable(
-    claimed: Sequence[StoredMessage], pending: Iterable[tuple[int, Lane]]
+    claimed: Sequence[StoredMessage],
+    pending: Iterable[tuple[int, Lane]],
+    ahead: Collection[int] = (),
 ) -> list[StoredMessage]:
     """Return the claimed rows that may leave now, oldest first.
 
     ``pending`` is every row waiting to leave up to the last claimed one
     (``(seq, lane)``), claimed or not. A claimed row may leave only if every
-    earlier row of its lane is claimed too: a row another relay holds blocks
-    its lane, so two relays never interleave one destination's messages.
+    earlier row of its lane is claimed too, or ``ahead`` (this relay's, sent
+    before this claim): a row another relay holds blocks its lane, so two
+    relays never interleave one destination's messages.
     """
     mine = {row.seq: row for row in claimed}
+    going = frozenset(ahead)
     blocked: set[Lane] = set()
     kept: list[StoredMessage] = []
     for seq, lane in sorted(pending):
-        if lane in blocked:
+        if lane in blocked or seq in going:
             continue
         row = mine.get(seq)
         if row is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -63,19 +63,28 @@ class SQLiteOutboxStore(SQLOutboxStore):
             for statement in ddl("sqlite"):
                 db.execute(statement)
 
-    def claim(self, limit: int, *, now: float, horizon: float, lease_seconds: float) -> Claim:
+    def claim(
+        self,
+        limit: int,
+        *,
+        now: float,
+        horizon: float,
+        lease_seconds: float,
+        ahead: Collection[int] = (),
+    ) -> Claim:
         # A read first: an idle relay never takes the write lock from the application.
-        if not self._read(self._candidates, (horizon, now, 1)):
+        # (A relay with a full round still being sent expects more.)
+        if not ahead and not self._read(self._candidates, (horizon, now, 0, 1)):
             return Claim([], self.owner)
         with self._transaction() as db:
 
             def read(sql: str, parameters: Sequence[object]) -> list[tuple[Any, ...]]:
                 return db.execute(sql, parameters).fetchall()
 
-            rows = self._claimable(read, limit, now, horizon)
+            rows, more = self._claimable(read, limit, now, horizon, ahead)
             for sql, parameters in self._leasing(rows, now + lease_seconds):
                 db.executemany(sql, parameters)
-        return Claim(rows, self.owner)
+        return Claim(rows, self.owner, more)
 
     def settle(self, claim: Claim, *, now: float) -> None:
         if not claim.rows:

@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ __all__ = ["Claim", "DeadRow", "OutboxDepth", "SQLOutboxStore", "new_owner"]
 _T = OUTBOX_TABLE
 #: Rows are ready once their delay is within the horizon (now + the longest delay sent).
 _ALL = 2**62  # a LIMIT that takes every row
+_PAGES = 4  # reads of rows past held lanes, at most, to fill one claim
 _CHUNK = 500  # seqs in one ``IN (…)``: under every driver's limit on parameters
 
 Statement = tuple[str, list[tuple[object, ...]]]
@@ -42,6 +43,8 @@ class Claim:
 
     rows: list[StoredMessage]
     owner: str
+    #: Whether more rows were ready than the claim read: another round follows at once.
+    more: bool = False
     settlement: Settlement = field(default_factory=Settlement)
     #: The store's own handle on the claim (the open transaction on PostgreSQL).
     handle: Any = None
@@ -101,11 +104,12 @@ class SQLOutboxStore(abc.ABC):
         #: This relay's name in ``lease_owner``.
         self.owner = owner or new_owner()
         self._candidates = sql(
-            f"SELECT {READ_COLUMNS} FROM {_T} WHERE {_READY} AND leased_until <= ?"
+            f"SELECT {READ_COLUMNS} FROM {_T} WHERE {_READY} AND leased_until <= ? AND seq > ?"
             f" ORDER BY seq LIMIT ?{locking}"
         )
         self._pending = sql(
-            f"SELECT seq, destination_kind, destination FROM {_T} WHERE {_READY} AND seq <= ?"
+            f"SELECT seq, destination_kind, destination FROM {_T}"
+            f" WHERE {_READY} AND seq > ? AND seq <= ?"
         )
         self._mark = placeholder
         self._lease = sql(f"UPDATE {_T} SET leased_until = ?, lease_owner = ? WHERE seq IN ")
@@ -137,8 +141,19 @@ class SQLOutboxStore(abc.ABC):
     # -- what each store provides --------------------------------------------------
 
     @abc.abstractmethod
-    def claim(self, limit: int, *, now: float, horizon: float, lease_seconds: float) -> Claim:
+    def claim(
+        self,
+        limit: int,
+        *,
+        now: float,
+        horizon: float,
+        lease_seconds: float,
+        ahead: Collection[int] = (),
+    ) -> Claim:
         """Hold up to ``limit`` rows that may leave now; ``settle`` must follow.
+
+        ``ahead`` are rows of an earlier claim of this relay's, still being
+        sent: they do not hold back the rows behind them.
 
         Raises:
             OutboxError: the database cannot be used.
@@ -185,16 +200,39 @@ class SQLOutboxStore(abc.ABC):
 
     # -- the shared steps -----------------------------------------------------------
 
-    def _claimable(self, read: Any, limit: int, now: float, horizon: float) -> list[StoredMessage]:
-        """Return the rows to claim, given ``read(sql, parameters)`` inside the claim."""
-        rows = [StoredMessage.of_row(r) for r in read(self._candidates, (horizon, now, limit))]
-        if not rows:
-            return rows
-        pending: list[tuple[int, Lane]] = [
-            (int(seq), (str(kind), str(dest)))
-            for seq, kind, dest in read(self._pending, (horizon, rows[-1].seq))
-        ]
-        return publishable(rows, pending)
+    def _claimable(
+        self, read: Any, limit: int, now: float, horizon: float, ahead: Collection[int]
+    ) -> tuple[list[StoredMessage], bool]:
+        """Return the rows to claim, given ``read(sql, parameters)`` inside the claim, and
+        whether more rows are ready than were read.
+
+        Rows behind a lane's refused or held head cannot go: the rows after
+        them are read too, a few pages, so that other lanes still fill a batch.
+        A page asks only for the rows still missing: none is read (and, on
+        PostgreSQL, locked) that the batch has no room for.
+        """
+        rows: list[StoredMessage] = []
+        pending: list[tuple[int, Lane]] = []
+        kept: list[StoredMessage] = []
+        more = False
+        for _ in range(_PAGES):
+            after, wanted = (rows[-1].seq if rows else 0), limit - len(kept)
+            page = [
+                StoredMessage.of_row(r)
+                for r in read(self._candidates, (horizon, now, after, wanted))
+            ]
+            if not page:
+                break
+            rows += page
+            pending += [
+                (int(seq), (str(kind), str(dest)))
+                for seq, kind, dest in read(self._pending, (horizon, after, rows[-1].seq))
+            ]
+            kept = publishable(rows, pending, ahead)
+            more = len(page) == wanted
+            if len(kept) >= limit or not more:
+                break
+        return kept, more and bool(kept)
 
     def _for_each(self, head: str, first: tuple[object, ...], seqs: list[int]) -> list[Statement]:
         """Return ``head`` + ``(seq, seq…)`` per chunk of ``seqs``: a statement, not one a row."""
