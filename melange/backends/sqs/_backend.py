@@ -24,10 +24,12 @@ except ImportError as e:  # pragma: no cover - only without the extra
     raise MissingExtraError("boto3", "sqs") from e
 
 from melange.backends.interfaces import MessagingBackend, QueueStats, checked_max_messages
+from melange.backends.sqs import _melange7 as melange7
 from melange.backends.sqs import _wire as wire
 from melange.backends.sqs._errors import NOT_IN_FLIGHT_CODES, receipt_gone, translated
 from melange.backends.sqs._timeouts import TIMEOUT_OPTIONS, client_config
 from melange.backends.sqs._topology import MAX_VISIBILITY_SECONDS, SQSTopology
+from melange.backends.sqs._wire import MANIFEST as _OWN_MANIFEST
 from melange.models import Message, QueueWrapper, TopicWrapper
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ _QUEUE_OPTIONS = {
     "message_group_id": "MessageGroupId",
     "message_deduplication_id": "MessageDeduplicationId",
 }
-_URL_OPTIONS = frozenset({"region", "secure", "profile"}) | TIMEOUT_OPTIONS
+_URL_OPTIONS = frozenset({"region", "secure", "profile", "wire"}) | TIMEOUT_OPTIONS
 
 
 class AWSBackend(MessagingBackend):
@@ -68,6 +70,14 @@ class AWSBackend(MessagingBackend):
     build one session; the rest (``endpoint_url``, ``config``…) go to both
     clients. See docs/backends/sqs.md for names, FIFO, attributes, limits,
     the queue policy, error mapping and request costs.
+
+    ``wire="melange7"`` writes and reads what the original Melange 7.x does
+    (docs/migrating.md): its ``manifest`` and ``serializer_id`` attributes,
+    ``{"Message": …}`` bodies on queues, SNS envelopes (no raw delivery) on
+    the subscriptions it makes; it still reads melange's own wire.
+
+    Raises:
+        ConfigurationError: an unknown ``wire``.
     """
 
     messaging_system = "aws_sqs"
@@ -92,14 +102,24 @@ class AWSBackend(MessagingBackend):
     #: The FIFO message group when neither an argument nor the header gives one.
     default_group_id: str = "default"
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, wire: str = "melange", **options: Any) -> None:
+        if wire not in melange7.WIRES:
+            raise ConfigurationError(f"wire must be one of {list(melange7.WIRES)}, not {wire!r}")
+        #: Whose wire the backend writes: ``"melange"`` or ``"melange7"``.
+        self.wire = wire
+        self._melange7 = wire == "melange7"
         session_options = {k: v for k, v in options.items() if k in _SESSION_OPTIONS}
         client_options = {k: v for k, v in options.items() if k not in _SESSION_OPTIONS}
         with translated("create the SNS and SQS clients"):
             session = boto3.Session(**session_options)
             self._sns: SNSClient = session.client("sns", **client_options)
             self._sqs: SQSClient = session.client("sqs", **client_options)
-        self._topology = SQSTopology(self._sns, self._sqs)
+        self._topology = SQSTopology(
+            self._sns,
+            self._sqs,
+            raw_delivery=not self._melange7,
+            manifest_attribute=melange7.MANIFEST if self._melange7 else _OWN_MANIFEST,
+        )
 
     @classmethod
     def from_url(cls, url: str) -> AWSBackend:
@@ -109,7 +129,8 @@ class AWSBackend(MessagingBackend):
         ``/`` in the secret may stay as it is). Query options: ``region``,
         ``profile``, ``secure=true`` (https) with a host, and how long to wait:
         ``connect_timeout`` and ``read_timeout`` (seconds, botocore's default
-        60) and ``max_attempts`` per request.
+        60) and ``max_attempts`` per request; ``wire=melange7`` for the
+        original Melange 7.x's wire.
 
         Raises:
             ConfigurationError: an unknown option or a malformed URL.
@@ -136,6 +157,8 @@ class AWSBackend(MessagingBackend):
         secure = query.get("secure", "false").lower()
         if secure not in {"true", "false"}:
             raise ConfigurationError(f"secure must be true or false in {shown!r}")
+        if "wire" in query:
+            options["wire"] = query["wire"]
         if parts.hostname:
             region = query.get("region", "us-east-1")
             return LocalSQSBackend(
@@ -182,9 +205,14 @@ class AWSBackend(MessagingBackend):
         dead_letter_queue_name: str | None = None,
         visibility_timeout: float | None = None,
         max_receive_count: int | None = None,
+        filter_events: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
         """Create or get the queue, its dead-letter queue, its subscriptions and policy.
+
+        ``filter_events`` (a list of manifests) sets each subscription's SNS
+        filter policy on the manifest attribute: the queue receives only those
+        events, and SQS is never asked for the others.
 
         Raises:
             ConfigurationError: FIFO and standard mixed, or a value SQS cannot take.
@@ -201,6 +229,7 @@ class AWSBackend(MessagingBackend):
                 self.default_max_receive_count if max_receive_count is None else max_receive_count
             ),
             dead_letter_retention_seconds=self.dead_letter_retention_seconds,
+            filter_events=filter_events,
             **kwargs,
         )
 
@@ -281,7 +310,7 @@ class AWSBackend(MessagingBackend):
         """
         given = _renamed(extra_attributes or {}, _TOPIC_OPTIONS, "extra_attributes")
         arn = topic.unwrap()
-        attributes = wire.attributes_for(message)
+        attributes = self._attributes(message)
         wire.check_size(message.content, attributes, self.max_message_size, arn)
         request: dict[str, Any] = {
             "TopicArn": arn,
@@ -323,11 +352,12 @@ class AWSBackend(MessagingBackend):
         self._send(message, url, seconds, {})
 
     def _send(self, message: Message, url: str, delay: int, given: dict[str, Any]) -> None:
-        attributes = wire.attributes_for(message)
-        wire.check_size(message.content, attributes, self.max_message_size, url)
+        attributes = self._attributes(message)
+        body = self._queue_body(message.content)
+        wire.check_size(body, attributes, self.max_message_size, url)
         request: dict[str, Any] = {
             "QueueUrl": url,
-            "MessageBody": message.content,
+            "MessageBody": body,
             "MessageAttributes": attributes,
         }
         if delay:
@@ -379,9 +409,12 @@ class AWSBackend(MessagingBackend):
     ) -> None:
         sized = []
         for n, message in enumerate(messages):  # every size is checked before any request
-            attributes = wire.attributes_for(message)
-            size = wire.check_size(message.content, attributes, self.max_message_size, destination)
-            entry = {"Id": str(n), body_key: message.content, "MessageAttributes": attributes}
+            attributes = self._attributes(message)
+            body = message.content
+            if body_key == "MessageBody":
+                body = self._queue_body(body)
+            size = wire.check_size(body, attributes, self.max_message_size, destination)
+            entry = {"Id": str(n), body_key: body, "MessageAttributes": attributes}
             entry.update(self._ordering(message, destination, {}))
             sized.append((entry, size))
         batches = wire.batches(sized, self.max_batch_bytes)
@@ -398,6 +431,17 @@ class AWSBackend(MessagingBackend):
             failed += [(messages[int(f["Id"])], _reason(f)) for f in refused]
         if failed:
             raise BatchPublishError(failed)
+
+    def _attributes(self, message: Message) -> wire.Attributes:
+        return melange7.attributes_for(message) if self._melange7 else wire.attributes_for(message)
+
+    def _queue_body(self, content: str) -> str:
+        return melange7.queue_body(content) if self._melange7 else content
+
+    def _decoded(self, received: Any, url: str) -> Message:
+        if self._melange7:
+            received = melange7.unwrapped(received)
+        return wire.message_from(received, url)
 
     def _ordering(
         self, message: Message, destination: str, given: dict[str, Any]
@@ -446,7 +490,7 @@ class AWSBackend(MessagingBackend):
             )
         with translated(f"receive from SQS queue {url}"):
             response = self._sqs.receive_message(**request)
-        return [wire.message_from(m, url) for m in response.get("Messages", [])]
+        return [self._decoded(m, url) for m in response.get("Messages", [])]
 
     def yield_messages(
         self,

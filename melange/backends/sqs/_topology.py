@@ -6,7 +6,7 @@ import contextlib
 import json
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from melange.backends.naming import NAME_TAG, folded, may_fold
@@ -40,9 +40,20 @@ class SQSTopology:
     process may have added topics.
     """
 
-    def __init__(self, sns: SNSClient, sqs: SQSClient) -> None:
+    def __init__(
+        self,
+        sns: SNSClient,
+        sqs: SQSClient,
+        *,
+        raw_delivery: bool = True,
+        manifest_attribute: str = wire.MANIFEST,
+    ) -> None:
         self._sns = sns
         self._sqs = sqs
+        #: Whether subscriptions deliver the message itself, not the SNS envelope.
+        self._raw_delivery = "true" if raw_delivery else "false"
+        #: The message attribute a subscription's filter policy reads the manifest from.
+        self._manifest_attribute = manifest_attribute
         self._lock = threading.Lock()
         self._queue_urls: dict[str, str] = {}  # melange name -> URL
         self._queue_arns: dict[str, str] = {}  # URL -> ARN
@@ -85,12 +96,15 @@ class SQSTopology:
         visibility_timeout: float | None = None,
         max_receive_count: int,
         dead_letter_retention_seconds: int | None = None,
+        filter_events: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
         """Create or get the queue, its dead-letter queue, its topic subscriptions and policy.
 
         ``dead_letter_retention_seconds`` becomes the dead-letter queue's
-        ``MessageRetentionPeriod`` (``None``: left as it is).
+        ``MessageRetentionPeriod`` (``None``: left as it is). ``filter_events``
+        (manifests) becomes each subscription's filter policy: SNS delivers the
+        queue only those; ``None`` leaves a subscription's policy as it is.
 
         Raises:
             ConfigurationError: FIFO and standard mixed, or a value SQS cannot take.
@@ -104,6 +118,7 @@ class SQSTopology:
         _check_queue_options(
             name, topic_arns, dead_letter_queue_name, visibility_timeout, max_receive_count
         )
+        policy_of_filter = _filter_policy(filter_events, self._manifest_attribute)
         url = self._create_queue(queue_name)
         attributes: dict[Any, str] = {}
         if visibility_timeout is not None:
@@ -134,12 +149,20 @@ class SQSTopology:
                 self._sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
         for topic_arn in topic_arns:
             with translated(f"subscribe SQS queue {name!r} to {topic_arn}"):
-                self._sns.subscribe(
+                subscription = self._sns.subscribe(
                     TopicArn=topic_arn,
                     Protocol="sqs",
                     Endpoint=self._arn_and_policy(url)[0],
-                    Attributes={"RawMessageDelivery": "true"},
+                    Attributes={"RawMessageDelivery": self._raw_delivery},
+                    ReturnSubscriptionArn=True,
                 )
+            if policy_of_filter is not None:  # set apart: a declare may change it
+                with translated(f"set the filter policy of {name!r} on {topic_arn}"):
+                    self._sns.set_subscription_attributes(
+                        SubscriptionArn=subscription["SubscriptionArn"],
+                        AttributeName="FilterPolicy",
+                        AttributeValue=policy_of_filter,
+                    )
         return QueueWrapper(url), dead_letter
 
     def _create_queue(self, queue_name: str) -> str:
@@ -266,6 +289,27 @@ class SQSTopology:
                 if endpoint is None or subscription.get("Endpoint") == endpoint:
                     with translated(f"unsubscribe from {topic_arn}"):
                         self._sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+
+
+_MAX_FILTER_VALUES = 150  # SNS: values in one filter policy, all keys together
+
+
+def _filter_policy(filter_events: Sequence[str] | None, attribute: str) -> str | None:
+    """Return the filter policy JSON that lets only ``filter_events`` through, or ``None``.
+
+    Raises:
+        ConfigurationError: not a list of manifests, none, or more than SNS takes.
+    """
+    if filter_events is None:
+        return None
+    if isinstance(filter_events, str) or not all(isinstance(m, str) and m for m in filter_events):
+        raise ConfigurationError("filter_events must be a list of manifests (non-empty strings)")
+    manifests = sorted(set(filter_events))
+    if not manifests or len(manifests) > _MAX_FILTER_VALUES:
+        raise ConfigurationError(
+            f"filter_events takes 1 to {_MAX_FILTER_VALUES} manifests, not {len(manifests)}"
+        )
+    return json.dumps({attribute: manifests})
 
 
 def _check_queue_options(
