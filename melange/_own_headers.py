@@ -16,6 +16,7 @@ __all__ = [
     "FOREIGN_PREFIX",
     "OWN_PREFIX",
     "SERIALIZER_HEADER",
+    "VERSION_HEADER",
     "disowned",
     "foreign_name",
     "is_own_header",
@@ -26,8 +27,12 @@ __all__ = [
 OWN_PREFIX = "x-melange-"
 #: A producer's value for melange's own header, on receive: ``x-melange-a`` → ``x-foreign-a``.
 FOREIGN_PREFIX = "x-foreign-"
-#: The one header under melange's prefix another producer may set: which serializer reads it.
+#: A header under melange's prefix another producer may set: which serializer reads it.
 SERIALIZER_HEADER = "x-melange-serializer"
+#: The other: which schema version of its event the content is (``__melange_version__``).
+VERSION_HEADER = "x-melange-version"
+#: What a producer says of its own content, under melange's prefix.
+_PRODUCERS_HEADERS = frozenset({SERIALIZER_HEADER, VERSION_HEADER})
 
 
 _log = logging.getLogger("melange.backends")
@@ -37,8 +42,8 @@ _warned_lock = threading.Lock()
 
 
 def is_own_header(key: str) -> bool:
-    """Whether only melange may write ``key`` (its prefix, except the serializer header)."""
-    return key.startswith(OWN_PREFIX) and key != SERIALIZER_HEADER
+    """Whether only melange may write ``key`` (its prefix, but the serializer and version)."""
+    return key.startswith(OWN_PREFIX) and key not in _PRODUCERS_HEADERS
 
 
 def foreign_name(key: str) -> str:
@@ -54,7 +59,7 @@ def disowned(metadata: Mapping[str, str | bytes]) -> Mapping[str, str | bytes]:
     the message undecodable or change how it is handled. Logged once per name.
     """
     for key in metadata:
-        if key.startswith(OWN_PREFIX) and key != SERIALIZER_HEADER:
+        if key.startswith(OWN_PREFIX) and key not in _PRODUCERS_HEADERS:
             break
     else:
         return metadata

@@ -32,6 +32,7 @@ from melange.models import (
 )
 from melange.outgoing import Destination, DestinationKind, Outgoing, text_headers
 from melange.serializers import SerializerRegistry
+from melange.serializers.versions import VERSION_ATTRIBUTE, VERSION_HEADER, version_of
 
 __all__ = ["Sending"]
 
@@ -118,12 +119,15 @@ class Sending:
                 f" {type(content).__qualname__}, not str"
             )
         message_id = new_message_id()
+        version = getattr(type(event), VERSION_ATTRIBUTE, None)
         cause = current_message()
         if cause is None:
             metadata = {CORRELATION_ID: message_id, CAUSATION_ID: message_id}
         else:
             metadata = inherited_trace(cause)
         metadata[PUBLISHED_AT] = utc_now_iso()
+        if version is not None:
+            metadata[VERSION_HEADER] = str(version_of(type(event)))
         if headers:
             # The caller's headers win, except the publication time.
             for given, value in headers.items():

@@ -11,6 +11,7 @@
     melange stats --outbox URL | melange dlq peek --outbox URL
     melange saga list OrderSaga [--store URL] [--status running] [--json]
     melange saga show OrderSaga o-1 [--store URL] [--json]
+    melange schema check myapp.events_released myapp/events.py [--json]
 
 Without ``--backend`` (given before or after the subcommand) the URL is
 ``MELANGE_BACKEND_URL``, else ``sqlite:///melange.db``; without ``--store`` the
@@ -34,6 +35,7 @@ from melange.backends import default_backend_url, from_url
 from melange.cli._loading import load_consumers, load_middleware
 from melange.cli._outbox import add_relay_command
 from melange.cli._queues import add_queue_commands
+from melange.cli._schema import add_schema_commands
 from melange.cli._worker import add_worker_command
 from melange.exceptions import MelangeError
 from melange.saga._commands import add_saga_commands
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_queue_commands(commands)
     add_relay_command(commands)
     add_saga_commands(commands)
+    add_schema_commands(commands)
     _add_shared_options(parser)
     return parser
 

@@ -38,6 +38,7 @@ from melange.models import DECODE_ERROR, Message
 from melange.outcomes import SUCCEEDED, CallResult, Outcome
 from melange.policies import AckPolicy, RetryPolicy
 from melange.serializers import SerializerRegistry
+from melange.serializers.versions import VERSION_HEADER
 
 __all__ = ["MessagePipeline", "Plan"]
 
@@ -164,14 +165,20 @@ class MessagePipeline:
         try:
             try:
                 handling.event = event = self.serializers.deserialize(
-                    message.content, message.manifest, message.serializer_id
+                    message.content,
+                    message.manifest,
+                    message.serializer_id,
+                    message.metadata.get(VERSION_HEADER),
                 )
             except UnknownManifestError:
                 # A subclass of an accepted class may have been defined since attach.
                 if not self._learn_event_types():
                     raise
                 handling.event = event = self.serializers.deserialize(
-                    message.content, message.manifest, message.serializer_id
+                    message.content,
+                    message.manifest,
+                    message.serializer_id,
+                    message.metadata.get(VERSION_HEADER),
                 )
         except UnknownManifestError as e:
             return _skipped(message, str(e))

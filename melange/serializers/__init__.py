@@ -10,6 +10,7 @@ from melange.serializers.dataclass_serializer import DataclassSerializer
 from melange.serializers.json_serializer import JsonSerializer
 from melange.serializers.pickle_serializer import PickleSerializer
 from melange.serializers.registry import SerializerRegistry
+from melange.serializers.versions import NewerVersionError, Upcasters, upcaster, version_of
 
 if TYPE_CHECKING:
     from melange.serializers.marshmallow_serializer import MarshmallowSerializer
@@ -19,11 +20,15 @@ __all__ = [
     "DataclassSerializer",
     "JsonSerializer",
     "MarshmallowSerializer",
+    "NewerVersionError",
     "PickleSerializer",
     "PydanticSerializer",
     "Serializer",
     "SerializerRegistry",
     "TypedSerializer",
+    "Upcasters",
+    "upcaster",
+    "version_of",
 ]
 
 # These modules import their library at the top: load them on first use only.

@@ -19,6 +19,8 @@ from melange.manifests import EventTypes
 from melange.serializers.base import Serializer, TypedSerializer
 from melange.serializers.dataclass_serializer import DataclassSerializer
 from melange.serializers.json_serializer import JsonSerializer
+from melange.serializers.versions import Upcasters, version_in
+from melange.serializers.versions import upcasters as default_upcasters
 
 __all__ = ["SerializerRegistry"]
 
@@ -92,8 +94,14 @@ class SerializerRegistry:
         config: Mapping[str, Any] | None = None,
         *,
         event_types: EventTypes | None = None,
+        upcasters: Upcasters | None = None,
+        lenient_versions: bool = False,
     ) -> None:
         self.event_types = event_types if event_types is not None else EventTypes()
+        #: The upcasters applied on receive (``melange.serializers.upcaster``'s by default).
+        self.upcasters = upcasters if upcasters is not None else default_upcasters
+        #: Whether a message newer than its class is validated as it is, not refused.
+        self.lenient_versions = lenient_versions
         self._lock = threading.Lock()
         self._setup = _Setup(by_name={}, by_id={}, bindings={}, default=None)
         self._configure(config if config is not None else _default_config())
@@ -233,8 +241,17 @@ class SerializerRegistry:
         write, manifest, identifier = known
         return write(obj), manifest, identifier
 
-    def deserialize(self, content: str, manifest: str | None, serializer_id: int | None) -> Any:
+    def deserialize(
+        self,
+        content: str,
+        manifest: str | None,
+        serializer_id: int | None,
+        version: str | bytes | None = None,
+    ) -> Any:
         """Rebuild an event; a message without a serializer id is read by the default.
+
+        ``version`` is the message's ``x-melange-version`` header (none: 1). An
+        older version of a registered class is upcast first (``upcaster``).
 
         Raises:
             UnknownSerializerError: no serializer has the id (or there is no default).
@@ -242,7 +259,8 @@ class SerializerRegistry:
             DeserializationError: the content is malformed (``MessageValidationError``:
                 invalid; ``UnsafePayloadError``: a bad signature; ``EventTypeMismatchError``:
                 the manifest names a registered class, but neither the message's serializer
-                nor the one configured for that class reads it into that class).
+                nor the one configured for that class reads it into that class;
+                ``NewerVersionError``: newer than the class, and not read leniently).
         """
         setup = self._setup
         if serializer_id is None:
@@ -254,8 +272,12 @@ class SerializerRegistry:
             if found is None:
                 raise UnknownSerializerError(f"no serializer with id {serializer_id}")
             serializer = found
-        event = serializer.deserialize(content, manifest)
         expected = self.event_types.get(manifest) if manifest is not None else None
+        if expected is not None and manifest is not None:
+            content = self.upcasters.current(
+                content, manifest, version_in(version), expected, lenient=self.lenient_versions
+            )
+        event = serializer.deserialize(content, manifest)
         if expected is None or isinstance(event, expected):
             return event
         return _as_registered(
