@@ -213,11 +213,18 @@ def _sqlalchemy_async_session(url: str) -> Iterator[Writer]:
         loop.close()
 
 
-def _psycopg_async(url: str) -> Iterator[Writer]:
+def _async_driver(url: str, *, sqlite: bool) -> Iterator[Writer]:
+    """Write through an aiosqlite connection (``sqlite``) or a psycopg ``AsyncConnection``."""
     loop = asyncio.new_event_loop()
+    mark = "?" if sqlite else "%s"
 
-    async def connect() -> psycopg.AsyncConnection[Any]:
-        db = await psycopg.AsyncConnection.connect(url)
+    async def connect() -> Any:
+        if sqlite:
+            import aiosqlite
+
+            db: Any = await aiosqlite.connect(url.removeprefix("sqlite:///"))
+        else:
+            db = await psycopg.AsyncConnection.connect(url)
         await db.execute(_ORDERS)
         await async_create_tables(db)
         await db.commit()
@@ -231,55 +238,16 @@ def _psycopg_async(url: str) -> Iterator[Writer]:
         publisher = AsyncOutboxPublisher(db)
         sent = []
         for event in events:
-            await db.execute("INSERT INTO orders VALUES (%s)", (event.order_id,))
+            await db.execute(f"INSERT INTO orders VALUES ({mark})", (event.order_id,))
             sent.append(await publisher.publish(event, **kw))
         await (db.commit() if commit else db.rollback())
         return sent
 
     async def orders_async() -> set[str]:
-        async with db.transaction():
-            return {r[0] for r in await (await db.execute("SELECT * FROM orders")).fetchall()}
-
-    try:
-        yield Writer(
-            url,
-            lambda events, commit, kw: loop.run_until_complete(
-                transaction_async(events, commit, kw)
-            ),
-            lambda: loop.run_until_complete(orders_async()),
-        )
-    finally:
-        loop.run_until_complete(db.close())
-        loop.close()
-
-
-def _aiosqlite(url: str) -> Iterator[Writer]:
-    import aiosqlite
-
-    loop = asyncio.new_event_loop()
-
-    async def connect() -> aiosqlite.Connection:
-        db = await aiosqlite.connect(url.removeprefix("sqlite:///"))
-        await db.execute(_ORDERS)
-        await async_create_tables(db)
-        await db.commit()
-        return db
-
-    db = loop.run_until_complete(connect())
-
-    async def transaction_async(
-        events: Sequence[OrderPlaced], commit: bool, kw: dict[str, Any]
-    ) -> list[Message]:
-        publisher = AsyncOutboxPublisher(db)
-        sent = []
-        for event in events:
-            await db.execute("INSERT INTO orders VALUES (?)", (event.order_id,))
-            sent.append(await publisher.publish(event, **kw))
-        await (db.commit() if commit else db.rollback())
-        return sent
-
-    async def orders_async() -> set[str]:
-        return {r[0] for r in await db.execute_fetchall("SELECT * FROM orders")}
+        cursor = await db.execute("SELECT * FROM orders")
+        rows = {r[0] for r in await cursor.fetchall()}
+        await db.rollback()  # psycopg opened a transaction to read
+        return rows
 
     try:
         yield Writer(
@@ -300,6 +268,6 @@ _MAKERS: dict[str, Callable[[str], Any]] = {
     "sqlalchemy-session": contextmanager(partial(_sqlalchemy, sessions=True)),
     "sqlalchemy-connection": contextmanager(partial(_sqlalchemy, sessions=False)),
     "sqlalchemy-async-session": contextmanager(_sqlalchemy_async_session),
-    "psycopg-async": contextmanager(_psycopg_async),
-    "aiosqlite": contextmanager(_aiosqlite),
+    "psycopg-async": contextmanager(partial(_async_driver, sqlite=False)),
+    "aiosqlite": contextmanager(partial(_async_driver, sqlite=True)),
 }
