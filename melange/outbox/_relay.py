@@ -112,10 +112,7 @@ class Relay:
             OutboxError: the database cannot be used.
         """
         claim = self._claim()
-        try:
-            self._send(claim, set())
-        finally:
-            self._settle(claim)
+        self._round(claim)
         return len(claim.settlement.sent)
 
     def drain(self, stop: threading.Event | None = None) -> int:
@@ -124,7 +121,7 @@ class Relay:
 
         While the broker takes one batch, a thread of the relay's settles the
         batch before it and claims the next, so the database and the broker
-        work at once.
+        work at once. A single round (an idle poll) starts no thread.
 
         Raises:
             BackendConnectionError: the broker cannot be reached (what was sent is settled).
@@ -132,18 +129,19 @@ class Relay:
         """
         stop = stop if stop is not None else self._stopping
         sent_before = self.stats["sent"]
+        claim = self._claim()
+        if not claim.more or stop.is_set():
+            self._round(claim)
+            return self.stats["sent"] - sent_before
         blocked: set[Lane] = set()
+        settles: list[Future[int]] = []
         with ThreadPoolExecutor(1, thread_name_prefix="melange-outbox-books") as books:
-            coming: Future[Claim] | None = books.submit(self._claim)
-            settles: list[Future[int]] = []
-            while coming is not None:
-                claim = coming.result()
-                coming = None
+            while True:
+                coming: Future[Claim] | None = None
                 if claim.more and not stop.is_set():
                     # Its rows go first: the next claim may take the rows behind them.
-                    ahead = [row.seq for row in claim.rows]
                     last = settles[-1] if settles else None
-                    coming = books.submit(self._claim_after, last, ahead)
+                    coming = books.submit(self._claim_after, last, [r.seq for r in claim.rows])
                 try:
                     blocked = self._send(claim, blocked)
                 except BaseException:
@@ -152,9 +150,19 @@ class Relay:
                         books.submit(self._let_go, coming)
                     raise
                 settles.append(books.submit(self._settle, claim))
+                if coming is None:
+                    break
+                claim = coming.result()
         for settled in settles:  # all have run (the pool is shut down): a failure raises here
             settled.result()
         return self.stats["sent"] - sent_before
+
+    def _round(self, claim: Claim) -> None:
+        """Send a claim and settle it, on this thread."""
+        try:
+            self._send(claim, set())
+        finally:
+            self._settle(claim)
 
     def _claim(self, ahead: Collection[int] = ()) -> Claim:
         """Claim a batch; ``ahead`` are rows of this relay's still being sent before it."""
