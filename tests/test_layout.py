@@ -25,7 +25,13 @@ ABOVE_BACKENDS = (
     "melange.cli",
 )
 # melange.aio adapts the dispatcher and the sagas to asyncio: it sits on both.
-ABOVE_DISPATCHER = ("melange.saga", "melange.aio", "melange.cli", "melange.testing")
+ABOVE_DISPATCHER = (
+    "melange.saga",
+    "melange.aio",
+    "melange.cli",
+    "melange.testing",
+    "melange.compat",
+)
 # The one upward import there is: a deprecated alias, loaded only when it is asked for.
 DEPRECATED_ALIASES = {("melange.backends.memory", "melange.testing")}
 

@@ -267,8 +267,6 @@ class _Run:
                     return  # max_messages handled
                 await self._one_finishing()
                 continue
-            if not self.in_flight and pacing.idle_over():
-                return
             wait = pacing.wait_seconds() if not self.in_flight else 1.0
             if self.held.acks_waiting():  # before waiting: the broker may hold back deliveries
                 await self._send_acks()
@@ -285,6 +283,8 @@ class _Run:
             if batch:
                 pacing.received()
                 await self._start(batch)
+            elif not self.in_flight and pacing.idle_over():
+                return  # checked after a receive: idle_timeout=0 still looks once
 
     async def _start(self, batch: list[Message]) -> None:
         if self.settler.acks_on_receipt:

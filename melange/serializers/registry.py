@@ -224,6 +224,14 @@ class SerializerRegistry:
         """
         return self._setup.serializer_for(type(obj))
 
+    def serializer_for_class(self, cls: type) -> Serializer:
+        """Return the serializer that writes instances of ``cls`` (see ``serializer_for``).
+
+        Raises:
+            NoSerializerError: nothing is bound and there is no default.
+        """
+        return self._setup.serializer_for(cls)
+
     def serialize(self, obj: Any) -> tuple[str, str | None, int]:
         """Return (content, manifest, serializer id) for an event.
 

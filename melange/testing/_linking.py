@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.consumers import Consumer
 from melange.dispatcher import MessageDispatcher
+from melange.serializers import SerializerRegistry
 
 __all__ = ["link_synchronously"]
 
@@ -16,13 +17,16 @@ def link_synchronously(
     queue: str,
     consumers: Sequence[Consumer],
     backend: InMemoryMessagingBackend,
+    *,
+    serializers: SerializerRegistry | None = None,
 ) -> MessageDispatcher:
     """Make every publish that lands in ``queue`` run ``consumers`` before it returns.
 
     The queue is declared (with its dead-letter queue and topic
-    subscriptions) and each publish drains it through the returned dispatcher.
+    subscriptions) and each publish drains it through the returned dispatcher,
+    which reads messages with ``serializers`` (default: melange's).
     """
-    dispatcher = MessageDispatcher(backend, consumers=list(consumers))
+    dispatcher = MessageDispatcher(backend, consumers=list(consumers), serializers=serializers)
     dispatcher.declare(queue)
     wrapper = backend.get_queue(queue)
     draining = threading.local()

@@ -170,6 +170,13 @@ class SQSTopology:
         attributes: dict[Any, str] = {"FifoQueue": "true"} if wire.is_fifo(name) else {}
         with translated(f"create SQS queue {name!r}"):
             url = self._sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        if attributes:
+            # Set, not passed to CreateQueue: that fails on a FIFO queue made without it.
+            # melange sends its message id as the deduplication id; other producers may not.
+            with translated(f"configure SQS queue {name!r}"):
+                self._sqs.set_queue_attributes(
+                    QueueUrl=url, Attributes={"ContentBasedDeduplication": "true"}
+                )
         self._claim_queue(queue_name, name, url)
         with self._lock:
             self._queue_urls[queue_name] = url
