@@ -200,6 +200,17 @@ class Consumer:
         """Return the classes the listeners are annotated with."""
         return tuple(self._routes())
 
+    def decides_by_class(self) -> bool:
+        """Return whether the classes of its listeners alone say what this consumer takes.
+
+        Not so for one that overrides ``handle``, ``accepts`` or ``wants``, or
+        that listens for a built-in class (``dict``, ``object``: any message);
+        ``filter_events=True`` cannot be derived from such a consumer.
+        """
+        if self._style is not _Style.LISTENERS or type(self).wants is not Consumer.wants:
+            return False
+        return all(cls.__module__ != "builtins" for cls in self.accepted_types())
+
     def accepts(self, event_type: type) -> bool:
         """Return whether some listener handles events of this class."""
         return self.handler_for(event_type) is not None

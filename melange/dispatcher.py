@@ -99,6 +99,9 @@ class MessageDispatcher(EngineOwner):
 
         Safe to call again. ``topics`` adds subscriptions by name; other options
         (``visibility_timeout``, ``max_receive_count``…) go to ``declare_queue``.
+        ``filter_events=True`` subscribes with the manifests the consumers take,
+        so a shared topic's other events never reach the queue (``filter_events``
+        may also list them; see ``declare_queue``).
         By default the broker's own dead-letter limit is one receive beyond the
         retry policy's, so the dispatcher dead-letters first, with the error headers.
         """

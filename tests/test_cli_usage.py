@@ -170,6 +170,35 @@ def test_declare_creates_the_queue_its_dead_letters_and_subscriptions(folder: Pa
         assert len(backend.retrieve_messages(queue)) == 1
 
 
+def test_declare_filter_events_keeps_a_shared_topics_other_events_out(folder: Path) -> None:
+    (folder / "orders.py").write_text(
+        textwrap.dedent(
+            """
+            from pydantic import BaseModel
+            from melange import Consumer, listener
+
+            class OrderPaid(BaseModel):
+                order_id: str
+
+            class Billing(Consumer):
+                @listener
+                def on_paid(self, event: OrderPaid) -> None: ...
+            """
+        )
+    )
+    url = f"sqlite:///{folder / 'broker.db'}"
+    args = ("declare", "orders:Billing", "--queue", "billing", "--topic", "audit")
+    result = melange(folder, *args, "--filter-events", "--backend", url)
+    assert result.returncode == 0, result.stderr
+    with SQLiteBackend(folder / "broker.db") as backend:
+        queue = backend.get_queue("billing")
+        audit = backend.declare_topic("audit")
+        backend.publish_batch_to_topic(
+            [Message(content="{}", manifest=m) for m in ("OrderPaid", "OrderShipped")], audit
+        )
+        assert [m.manifest for m in backend.retrieve_messages(queue)] == ["OrderPaid"]
+
+
 @pytest.fixture(
     params=[
         "sqlite",

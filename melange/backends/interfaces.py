@@ -11,7 +11,13 @@ from typing import Any, Self
 from melange.exceptions import ConfigurationError, InvalidArgumentError, UnsupportedOperationError
 from melange.models import Message, QueueWrapper, TopicWrapper
 
-__all__ = ["BackendCapabilities", "MessagingBackend", "QueueStats", "checked_max_messages"]
+__all__ = [
+    "BackendCapabilities",
+    "MessagingBackend",
+    "QueueStats",
+    "checked_filter_events",
+    "checked_max_messages",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,11 @@ class MessagingBackend(BackendCapabilities, abc.ABC):
         hidden before it is delivered again; ``max_receive_count`` is how many
         receives move an unacknowledged message to the dead-letter queue.
         Declaring again adds subscriptions and keeps the earlier ones.
+
+        ``filter_events`` (a keyword every bundled backend takes): a list of
+        manifests; from the topics bound in this call the queue then gets only
+        messages with one of them. Declaring again with another list replaces
+        it; without one, a subscription's filter stays as it is.
         """
 
     @abc.abstractmethod
@@ -311,3 +322,31 @@ def checked_max_messages(max_messages: int) -> int:
     if max_messages < 1:
         raise InvalidArgumentError(f"max_messages must be at least 1, not {max_messages!r}")
     return max_messages
+
+
+def checked_filter_events(filter_events: object) -> frozenset[str] | None:
+    """Return the manifests ``declare_queue(filter_events=...)`` lets through (``None``: no filter).
+
+    Every backend's rule (RabbitMQ adds its routing-key limit, SNS its count):
+    a queue subscribed with a list gets, from the topics bound in that call,
+    only messages whose manifest is listed; ``None`` asks for no filter and
+    leaves an existing one as it is.
+
+    Raises:
+        ConfigurationError: not a list of manifests (non-empty strings), or an empty one.
+    """
+    if filter_events is None:
+        return None
+    if isinstance(filter_events, str | bytes) or not isinstance(filter_events, Iterable):
+        raise ConfigurationError(
+            f"filter_events must be a list of manifests, not {type(filter_events).__name__}"
+        )
+    manifests = list(filter_events)
+    bad = [m for m in manifests if type(m) is not str or not m]
+    if bad:
+        raise ConfigurationError(
+            f"filter_events must hold manifests (non-empty strings), not {bad[0]!r}"
+        )
+    if not manifests:
+        raise ConfigurationError("filter_events must name at least one manifest")
+    return frozenset(manifests)

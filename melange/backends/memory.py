@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from melange.backends.interfaces import MessagingBackend, QueueStats, checked_max_messages
+from melange.backends.interfaces import (
+    MessagingBackend,
+    QueueStats,
+    checked_filter_events,
+    checked_max_messages,
+)
 from melange.backends.naming import check_plain_name
 from melange.backends.routing import report_unrouted
 from melange.exceptions import (
@@ -55,7 +60,8 @@ class InMemoryMessagingBackend(MessagingBackend):
     the queue's visibility timeout; unacknowledged, it comes back with its
     receive count raised, and after ``max_receive_count`` receives it moves to
     the dead-letter queue. A publish to a topic with no subscribed queue is
-    reported (``message_unrouted`` and a warning). Nothing survives the process.
+    reported (``message_unrouted`` and a warning), as is one that every
+    subscribed queue's ``filter_events`` keeps out. Nothing survives the process.
     """
 
     messaging_system = "melange_memory"
@@ -71,7 +77,10 @@ class InMemoryMessagingBackend(MessagingBackend):
         self._tokens = itertools.count(1)
         self._waiting = 0
         self._linked = False  # whether some queue has publish callbacks
-        self._fanout: dict[str, list[_Queue]] = {}  # topic -> its queues; cleared on changes
+        # (topic, queue) -> the manifests that subscription lets through (filter_events).
+        self._filters: dict[tuple[str, str], frozenset[str]] = {}
+        # topic -> its queues, each with its filter or None; cleared on changes.
+        self._fanout: dict[str, list[tuple[_Queue, frozenset[str] | None]]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> InMemoryMessagingBackend:
@@ -104,11 +113,23 @@ class InMemoryMessagingBackend(MessagingBackend):
         dead_letter_queue_name: str | None = None,
         visibility_timeout: float | None = None,
         max_receive_count: int | None = None,
+        filter_events: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Get or create a queue, subscribe it to topics, and attach a dead-letter queue.
+
+        ``filter_events`` (manifests): from the topics bound in this call, the
+        queue gets only messages with one of these manifests; declaring again
+        with another list replaces it; ``None`` leaves a subscription as it is.
+
+        Raises:
+            ConfigurationError: ``filter_events`` is not a non-empty list of manifests.
+            InvalidNameError: a name the backend cannot take.
+        """
         check_plain_name(queue_name, self.messaging_system)
         if dead_letter_queue_name is not None:
             check_plain_name(dead_letter_queue_name, self.messaging_system)
+        manifests = checked_filter_events(filter_events)
         with self._lock:
             queue = self._declare(queue_name)
             if visibility_timeout is not None:
@@ -122,6 +143,8 @@ class InMemoryMessagingBackend(MessagingBackend):
                 dead_letter = QueueWrapper(dead_letter_queue_name)
             for topic in topics_to_bind:
                 self._topics.setdefault(topic.unwrap(), set()).add(queue_name)
+                if manifests is not None:
+                    self._filters[(topic.unwrap(), queue_name)] = manifests
             self._fanout.clear()
         return QueueWrapper(queue_name), dead_letter
 
@@ -138,11 +161,14 @@ class InMemoryMessagingBackend(MessagingBackend):
             self._queues.pop(name, None)
             for subscribers in self._topics.values():
                 subscribers.discard(name)
+            self._filters = {key: m for key, m in self._filters.items() if key[1] != name}
             self._fanout.clear()
 
     def delete_topic(self, topic: TopicWrapper) -> None:
+        name = topic.unwrap()
         with self._lock:
-            self._topics.pop(topic.unwrap(), None)
+            self._topics.pop(name, None)
+            self._filters = {key: m for key, m in self._filters.items() if key[0] != name}
             self._fanout.clear()
 
     # -- publishing -------------------------------------------------------------
@@ -154,9 +180,11 @@ class InMemoryMessagingBackend(MessagingBackend):
         extra_attributes: dict[str, Any] | None = None,
     ) -> None:
         with self._lock:
-            queues = self._subscribers(topic)
-            for queue in queues:
-                queue.ready.append((message, 0))
+            queues = []
+            for queue, manifests in self._subscribers(topic):
+                if manifests is None or message.manifest in manifests:
+                    queue.ready.append((message, 0))
+                    queues.append(queue)
             if self._waiting:
                 self._arrived.notify_all()
         if not queues:
@@ -165,23 +193,37 @@ class InMemoryMessagingBackend(MessagingBackend):
             self._after_publish(queues)
 
     def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
+        everyone = False  # some queue takes every message
+        routed: set[int] = set()  # else, the indexes of those some queue took
         with self._lock:
-            queues = self._subscribers(topic)
-            for queue in queues:
-                queue.ready.extend([(message, 0) for message in messages])
+            queues = []
+            for queue, manifests in self._subscribers(topic):
+                if manifests is None:
+                    queue.ready.extend([(message, 0) for message in messages])
+                    everyone = True
+                    queues.append(queue)
+                    continue
+                kept = [n for n, m in enumerate(messages) if m.manifest in manifests]
+                if kept:
+                    queue.ready.extend([(messages[n], 0) for n in kept])
+                    routed.update(kept)
+                    queues.append(queue)
             self._wake()
-        if not queues:
-            for message in messages:
-                report_unrouted(self, message, topic.obj)
+        if not everyone:
+            for n, message in enumerate(messages):
+                if n not in routed:
+                    report_unrouted(self, message, topic.obj)
         self._after_publish(queues)
 
-    def _subscribers(self, topic: TopicWrapper) -> list[_Queue]:
+    def _subscribers(self, topic: TopicWrapper) -> list[tuple[_Queue, frozenset[str] | None]]:
         queues = self._fanout.get(topic.obj)
         if queues is None:
             subscribers = self._topics.get(topic.obj)
             if subscribers is None:
                 raise TopicNotFoundError(f"topic {topic.obj!r} does not exist")
-            queues = self._fanout[topic.obj] = [self._queues[name] for name in subscribers]
+            queues = self._fanout[topic.obj] = [
+                (self._queues[name], self._filters.get((topic.obj, name))) for name in subscribers
+            ]
         return queues
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:

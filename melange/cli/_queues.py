@@ -40,6 +40,12 @@ def add_queue_commands(commands: Any) -> None:
         metavar="SECONDS",
         help="the queue's visibility timeout (default: the backend's)",
     )
+    declare.add_argument(
+        "--filter-events",
+        action="store_true",
+        help="subscribe with the manifests the consumers take, so a shared --topic's"
+        " other events stay out (a filter policy on SNS, bindings on RabbitMQ)",
+    )
     declare.set_defaults(run=_declare)
 
     stats = commands.add_parser(
@@ -101,6 +107,8 @@ def _declare(args: argparse.Namespace, backend: MessagingBackend) -> int:
     options = {}
     if args.visibility_timeout is not None:
         options["visibility_timeout"] = args.visibility_timeout
+    if args.filter_events:
+        options["filter_events"] = True
     dispatcher.declare(args.queue, topics=args.topic, **options)
     topics = sorted(set(dispatcher.topics()) | set(args.topic))
     dead_letters = dead_letter_queue_name(args.queue)

@@ -63,12 +63,15 @@ class ConsumeEngine:
     ) -> BrokerSteps[tuple[QueueWrapper, QueueWrapper | None]]:
         """The steps of ``declare``: the queue, its dead-letter queue, every accepted topic.
 
-        The broker's own dead-letter limit is, unless told, one receive beyond
-        the retry policy's, so that the dispatcher dead-letters first, with
-        the error headers.
+        ``filter_events=True`` becomes the manifests the consumers take. The
+        broker's own dead-letter limit is, unless told, one receive beyond the
+        retry policy's, so that the dispatcher dead-letters first, with the
+        error headers.
         """
         self.routes.learn_event_types()
         queue_options.setdefault("max_receive_count", self.retry.max_deliveries + 1)
+        if queue_options.get("filter_events") is True:
+            queue_options["filter_events"] = self.routes.filter_manifests()
         names = sorted(set(self.routes.topics()) | set(topics))
         return self.queues.declaring(
             queue, names, dead_letter_queue_name=dead_letter_queue_name, **queue_options

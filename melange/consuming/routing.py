@@ -79,6 +79,25 @@ class Routes:
         """Return the manifest topics a queue of the dispatcher subscribes to."""
         return sorted({manifest_of(cls) for cls in self.event_types()})
 
+    def filter_manifests(self) -> list[str]:
+        """Return the manifests the consumers take: ``filter_events=True`` subscribes with them.
+
+        Raises:
+            ConfigurationError: no consumer is attached, or one takes events by
+                other means than its listeners' classes (``decides_by_class``).
+        """
+        loose = [c for c in self._consumers if not c.decides_by_class()]
+        if loose:
+            raise ConfigurationError(
+                f"filter_events=True: {type(loose[0]).__qualname__} does not take events by"
+                " class alone (it overrides handle/accepts/wants or listens for a built-in"
+                " type), so the manifests it takes are not known: list them in filter_events"
+            )
+        manifests = self.topics()
+        if not manifests:
+            raise ConfigurationError("filter_events=True: no consumer is attached to take events")
+        return manifests
+
     def learn_event_types(self) -> bool:
         """Make every accepted class readable by the serializers; return whether any was new."""
         known = self.serializers.event_types

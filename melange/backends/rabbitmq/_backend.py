@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,10 +17,19 @@ from typing import Any
 from melange.backends.interfaces import MessagingBackend, QueueStats, checked_max_messages
 from melange.backends.naming import check_rabbitmq_name
 from melange.backends.rabbitmq._browse import browse
-from melange.backends.rabbitmq._codec import outgoing, to_message
+from melange.backends.rabbitmq._codec import outgoing, routing_key_of, to_message
 from melange.backends.rabbitmq._confirms import OnReturn, Outgoing, PublishBatch
 from melange.backends.rabbitmq._connection import ConnectionThread, Declared, Step, TopologyKey
-from melange.backends.rabbitmq._errors import translate
+from melange.backends.rabbitmq._errors import NOT_FOUND, translate
+from melange.backends.rabbitmq._filters import (
+    checked_manifests,
+    filter_names,
+    filter_path,
+    filter_steps,
+    probe,
+    release,
+    ride,
+)
 from melange.backends.rabbitmq._subscription import (
     ACK,
     REJECT,
@@ -62,6 +72,8 @@ __all__ = ["RabbitMQBackend"]
 log = logging.getLogger("melange.backends.rabbitmq")
 
 _PRECONDITION_FAILED = 406
+_RESOURCE_LOCKED = 405
+_LOCK_PAUSE = 0.02  # seconds between tries at a filter lock another process holds
 _PER_QUEUE = (Declared.QUEUE, Declared.BINDING)
 
 
@@ -140,6 +152,9 @@ class RabbitMQBackend(MessagingBackend):
         self._known_queues: set[str] = set()
         self._known_exchanges: set[str] = set()
         self._delay_routes: set[int] = set()
+        self._filtered: set[tuple[str, str]] = set()  # (queue, topic) declared with filter_events
+        # The filter lock is an exclusive queue, which this backend's threads share.
+        self._filter_lock = threading.Lock()
         # A finalizer on the connection thread (not on self) lets an abandoned backend be collected.
         self._finalizer = weakref.finalize(self, self._io.close)
 
@@ -252,6 +267,7 @@ class RabbitMQBackend(MessagingBackend):
         dead_letter_queue_name: str | None = None,
         visibility_timeout: float | None = None,
         max_receive_count: int | None = None,
+        filter_events: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
         """Declare a quorum queue (and its dead-letter queue) bound to the topics' exchanges.
@@ -259,14 +275,25 @@ class RabbitMQBackend(MessagingBackend):
         With a dead-letter queue, ``max_receive_count`` becomes the queue's
         ``x-delivery-limit``. Without one, an existing queue is used as it is.
 
+        ``filter_events`` (manifests): from the topics bound in this call, the
+        queue gets only messages with one of these manifests. Topic publishes
+        carry the manifest as routing key; the queue is bound, instead of to
+        the topic, to a direct exchange of its own bound to the topic, once per
+        manifest (``_filters``). Declaring again with another list replaces it
+        with no gap in delivery, whichever process bound the earlier one;
+        ``None`` leaves a filtered subscription filtered.
+
         Raises:
-            ConfigurationError: the queue exists with other arguments.
+            ConfigurationError: the queue exists with other arguments; ``filter_events``
+                is not a non-empty list of manifests that can be routing keys.
             BackendConnectionError: RabbitMQ cannot be reached.
+            BackendError: another process held the filter's lock past ``operation_timeout``.
             InvalidNameError: a name RabbitMQ cannot take.
         """
         check_rabbitmq_name(queue_name)
         if dead_letter_queue_name is not None:
             check_rabbitmq_name(dead_letter_queue_name)
+        manifests = checked_manifests(filter_events)
         arguments = None
         limit = None
         if dead_letter_queue_name is not None:
@@ -276,10 +303,12 @@ class RabbitMQBackend(MessagingBackend):
         self._ensure_queue(queue_name, arguments)
         for topic in topics_to_bind:
             name = topic.unwrap()
-            steps = [declare_exchange(name), bind(queue_name, name)]
-            self._run(steps, queue=queue_name, topic=name)
-            self._remember(TopologyKey(Declared.EXCHANGE, name), [steps[0]])
-            self._remember(TopologyKey(Declared.BINDING, queue_name, name), [steps[1]])
+            if manifests is None:
+                binding = self._subscribe(queue_name, name)
+            else:
+                binding = self._subscribe_filtered(queue_name, name, manifests)
+            self._remember(TopologyKey(Declared.EXCHANGE, name), [declare_exchange(name)])
+            self._remember(TopologyKey(Declared.BINDING, queue_name, name), binding)
             self._known_exchanges.add(name)
         with self._lock:
             visibility, earlier_limit, dead_letters = self._settings.get(
@@ -298,6 +327,63 @@ class RabbitMQBackend(MessagingBackend):
         dead_letter = QueueWrapper(dead_letter_queue_name) if dead_letter_queue_name else None
         return QueueWrapper(queue_name), dead_letter
 
+    def _subscribe(self, queue: str, topic: str) -> list[Step]:
+        """Bind the queue to the topic, or to its filter exchange if it has one; return the steps.
+
+        Declaring without ``filter_events`` leaves a filter in place, as on SQS.
+        """
+        exchange = filter_names(topic, queue).exchange
+        try:
+            self._io.run_steps([declare_exchange(topic), probe(exchange)], self.operation_timeout)
+            steps = [ride(exchange, topic)]
+        except pika_errors.ChannelClosedByBroker as e:
+            if e.reply_code != NOT_FOUND:
+                raise translate(e, topic=topic) from e
+            steps = [bind(queue, topic)]
+        except (pika_errors.AMQPError, OSError) as e:
+            raise translate(e, topic=topic) from e
+        self._run(steps, queue=queue, topic=topic)
+        return steps
+
+    def _subscribe_filtered(self, queue: str, topic: str, manifests: frozenset[str]) -> list[Step]:
+        """Make the queue's filter on the topic exactly ``manifests``; return the steps to replay.
+
+        Raises:
+            BackendError: another process held the filter's lock past ``operation_timeout``.
+        """
+        names = filter_names(topic, queue)
+        steps = [declare_exchange(topic), *filter_steps(names, topic, queue, manifests)]
+        deadline = time.monotonic() + self.operation_timeout
+        with self._filter_lock:
+            while True:
+                try:
+                    self._io.run_steps(steps, self.operation_timeout)
+                    break
+                except pika_errors.ChannelClosedByBroker as e:
+                    if e.reply_code != _RESOURCE_LOCKED:
+                        self._give_back(names.lock)
+                        raise translate(e, queue=queue, topic=topic) from e
+                    if time.monotonic() > deadline:
+                        raise BackendError(
+                            f"the filter of queue {queue!r} on topic {topic!r} stayed locked"
+                            f" by another connection ({names.lock!r}) for"
+                            f" {self.operation_timeout:g} s"
+                        ) from e
+                    time.sleep(_LOCK_PAUSE)
+                except (pika_errors.AMQPError, OSError) as e:
+                    # The connection went: the broker drops its exclusive queue, the lock.
+                    raise translate(e, queue=queue, topic=topic) from e
+            self._filtered.add((queue, topic))
+        return filter_path(names.exchange, topic, queue, manifests)
+
+    def _give_back(self, lock: str) -> None:
+        """Delete the filter lock after a step failed on its channel (another's lock stays)."""
+        try:
+            self._io.run_steps([release(lock)], self.operation_timeout)
+        except (pika_errors.AMQPError, OSError, BackendError) as e:
+            # Held by this connection, it blocks other processes' declares until it closes.
+            log.warning("could not give back the filter lock %r: %s", lock, e)
+
     def delete_queue(self, queue: QueueWrapper) -> None:
         """Delete the queue, its bindings and its messages.
 
@@ -309,18 +395,24 @@ class RabbitMQBackend(MessagingBackend):
             subscription = self._subscriptions.pop(name, None)
             self._settings.pop(name, None)
         self._known_queues.discard(name)
+        # Its filter exchanges are auto-delete: they go with the queue's bindings.
+        with self._filter_lock:
+            self._filtered = {pair for pair in self._filtered if pair[0] != name}
         self._forget(lambda key: key.kind in _PER_QUEUE and key.name == name)
         if subscription is not None:
             self._io.call_soon(lambda: self._drop_subscription(subscription))
         self._run([delete_queue(name)], queue=name)
 
     def delete_topic(self, topic: TopicWrapper) -> None:
-        """Delete the exchange and its bindings.
+        """Delete the exchange and its bindings, and the filter exchanges this backend made for it.
 
         Raises:
             BackendConnectionError: RabbitMQ cannot be reached.
         """
         name = topic.unwrap()
+        with self._filter_lock:
+            filters = [filter_names(name, q).exchange for q, t in self._filtered if t == name]
+            self._filtered = {pair for pair in self._filtered if pair[1] != name}
         self._known_exchanges.discard(name)
         self._forget(
             lambda key: (
@@ -329,7 +421,7 @@ class RabbitMQBackend(MessagingBackend):
                 else key.kind is Declared.BINDING and key.source == name
             )
         )
-        self._run([delete_exchange(name)], topic=name)
+        self._run([*map(delete_exchange, filters), delete_exchange(name)], topic=name)
 
     # -- publishing -------------------------------------------------------------------
 
@@ -363,9 +455,10 @@ class RabbitMQBackend(MessagingBackend):
     ) -> None:
         """Publish persistently to the topic's exchange and wait for the confirm.
 
-        ``extra_attributes`` are added to the AMQP headers. When no queue is
-        bound to the exchange, the broker returns the message and
-        ``report_unrouted`` tells (``message_unrouted``); that is not an error.
+        ``extra_attributes`` are added to the AMQP headers; the routing key is
+        the manifest, for the queues subscribed with ``filter_events``. When no
+        queue takes the message, the broker returns it and ``report_unrouted``
+        tells (``message_unrouted``); that is not an error.
 
         Raises:
             TopicNotFoundError: the exchange does not exist.
@@ -376,7 +469,11 @@ class RabbitMQBackend(MessagingBackend):
         self._send(
             [
                 outgoing(
-                    message, name, "", on_return=OnReturn.REPORT, extra_headers=extra_attributes
+                    message,
+                    name,
+                    routing_key_of(message.manifest),
+                    on_return=OnReturn.REPORT,
+                    extra_headers=extra_attributes,
                 )
             ],
             (message,),
@@ -419,7 +516,11 @@ class RabbitMQBackend(MessagingBackend):
             return
         name = topic.unwrap()
         self._check_topic(name)
-        self._send([outgoing(m, name, "", on_return=OnReturn.REPORT) for m in messages], messages)
+        items = [
+            outgoing(m, name, routing_key_of(m.manifest), on_return=OnReturn.REPORT)
+            for m in messages
+        ]
+        self._send(items, messages)
 
     def publish_delayed_to_queue(self, message: Message, queue: QueueWrapper, delay: float) -> None:
         """Publish a message that reaches the queue after ``delay`` seconds (rounded up).

@@ -1,14 +1,16 @@
 """A ``Message`` as AMQP properties and body, and back; no I/O.
 
-``message_id`` is the AMQP ``message_id`` property, the manifest is ``type``,
-the metadata are the AMQP headers, the serializer id is the header
-``x-melange-serializer``; every message is persistent (``delivery_mode`` 2).
-On the way back, the broker's own headers (``x-death``…) are dropped and the
-receive count is rebuilt from the quorum queue's ``x-delivery-count`` plus
-the receives melange carried over in ``x-melange-receives`` when it put a
-message back as a new one (a delayed release). That header is written as
-``"<receives> <queue>"`` and trusted only for the queue it names; other
-``x-melange-`` headers a producer set arrive as ``x-foreign-`` ones (``disowned``).
+``message_id`` is the AMQP ``message_id`` property, the manifest is ``type``
+(and, published to a topic, the routing key: ``routing_key_of``, which the
+``filter_events`` exchanges match), the metadata are the AMQP headers, the
+serializer id is the header ``x-melange-serializer``; every message is
+persistent (``delivery_mode`` 2). On the way back, the broker's own headers
+(``x-death``…) are dropped and the receive count is rebuilt from the quorum
+queue's ``x-delivery-count`` plus the receives melange carried over in
+``x-melange-receives`` when it put a message back as a new one (a delayed
+release). That header is written as ``"<receives> <queue>"`` and trusted only
+for the queue it names; other ``x-melange-`` headers a producer set arrive as
+``x-foreign-`` ones (``disowned``).
 
 Each delivery is decoded on its own: what cannot be read (a count that is not
 an integer, text that is not UTF-8) makes that message ``undecodable``, never
@@ -58,6 +60,7 @@ __all__ = [
     "carried_receives",
     "foreign_id",
     "outgoing",
+    "routing_key_of",
     "to_message",
     "uncounted",
 ]
@@ -88,6 +91,7 @@ _NOT_METADATA = frozenset(
 _BROKER_SET = frozenset(_NOT_METADATA - {SERIALIZER, RECEIVES})
 _OWN_PREFIX = "x-melange-"
 _PERSISTENT = 2
+_MAX_SHORT_STRING = 255  # bytes: a routing key, like the ``type`` property, is a shortstr
 # The namespace of foreign_id's version 5 UUIDs; changing it changes every derived id.
 _FOREIGN = uuid.UUID("5f0c1c7e-9a8b-4d2e-8f47-6d656c616e67")
 
@@ -119,6 +123,25 @@ def outgoing(
     # surrogateescape: bytes that were not UTF-8 when received go out unchanged.
     body = message.content.encode("utf-8", "surrogateescape")
     return exchange, routing_key, body, properties, on_return
+
+
+def routing_key_of(manifest: str | None) -> str:
+    """Return the routing key a message with ``manifest`` is published to a topic with.
+
+    The manifest itself, as the ``type`` property carries it; ``""`` for a
+    manifest that cannot be a routing key (none, more than 255 bytes of
+    UTF-8, or text holding surrogates, sent as bytes), which no
+    ``filter_events`` can list: a fanout exchange ignores the key either way.
+    """
+    if manifest is None:
+        return ""
+    if manifest.isascii():
+        return manifest if len(manifest) <= _MAX_SHORT_STRING else ""
+    try:
+        size = len(manifest.encode("utf-8"))
+    except UnicodeEncodeError:
+        return ""
+    return manifest if size <= _MAX_SHORT_STRING else ""
 
 
 def to_message(receipt: Receipt, delivery: Delivery) -> Message:

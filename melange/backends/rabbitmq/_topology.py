@@ -5,6 +5,8 @@
   ``x-dead-letter-exchange: ""`` (the default exchange),
   ``x-dead-letter-routing-key: <dlq>``, at-least-once dead-lettering and
   ``x-delivery-limit: max_receive_count - 1``;
+- a queue declared with ``filter_events`` is bound to the topic through a
+  direct exchange of its own, once per manifest (``_filters``);
 - a delay of *d* ms is a fanout exchange and a quorum queue both named
   ``melange.delay.<d>ms``, whose ``x-message-ttl`` dead-letters each message
   into the default exchange with its original routing key: the target queue.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -12,11 +13,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from melange._sqlite import DEFAULT_FILE_MODE, SQLiteFile, path_of_url
-from melange.backends.interfaces import MessagingBackend, QueueStats, checked_max_messages
+from melange.backends.interfaces import (
+    MessagingBackend,
+    QueueStats,
+    checked_filter_events,
+    checked_max_messages,
+)
 from melange.backends.naming import check_plain_name
 from melange.backends.routing import report_unrouted
 from melange.backends.sqlite import _queries as queries
-from melange.backends.sqlite._schema import BROKER_SCHEMA
+from melange.backends.sqlite._schema import ensure_broker_schema
 from melange.exceptions import (
     ConfigurationError,
     ForeignMessageError,
@@ -29,6 +35,16 @@ __all__ = ["SQLiteBackend"]
 
 _now = time.time
 _MAX_IDS = 500  # bound parameters per statement: old SQLite builds allow 999
+_MAX_FILTERS = 256  # parsed filter_events lists kept; past that the cache starts over
+_SUBSCRIBERS = (
+    "SELECT s.queue, s.manifests FROM melange_topics AS t"
+    " LEFT JOIN melange_subscriptions AS s ON s.topic = t.name WHERE t.name = ?"
+)
+_SUBSCRIBE = "INSERT OR IGNORE INTO melange_subscriptions (topic, queue) VALUES (?, ?)"
+_SUBSCRIBE_FILTERED = (
+    "INSERT INTO melange_subscriptions (topic, queue, manifests) VALUES (?, ?, ?)"
+    " ON CONFLICT (topic, queue) DO UPDATE SET manifests = excluded.manifests"
+)
 
 
 def _octal(text: str) -> int:
@@ -46,7 +62,8 @@ _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
 class SQLiteBackend(MessagingBackend):
     """A broker in one SQLite file: durable, and safe for several processes at once.
 
-    Topics fan out to their subscribed queues in the publishing transaction;
+    Topics fan out to their subscribed queues in the publishing transaction,
+    each queue taking only the manifests its ``filter_events`` lists, if any;
     a publish that reaches no queue is reported (``message_unrouted``).
     A receive claims messages in one short ``BEGIN IMMEDIATE`` transaction:
     it hides them for the queue's visibility timeout, raises their receive
@@ -92,13 +109,14 @@ class SQLiteBackend(MessagingBackend):
         self._file = SQLiteFile(
             path, synchronous=synchronous, busy_timeout=busy_timeout, file_mode=file_mode
         )
-        self._file.ensure(BROKER_SCHEMA)
+        ensure_broker_schema(self._file)
         self.path = self._file.path
         self.synchronous = self._file.synchronous
         self.poll_interval = poll_interval
         self._published = threading.Condition()
         self._waiting = 0
         self._busy: set[str] = set()  # queues whose last receive here found messages
+        self._filters: dict[str, frozenset[str]] = {}  # a subscription's JSON -> its manifests
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteBackend:
@@ -147,11 +165,25 @@ class SQLiteBackend(MessagingBackend):
         dead_letter_queue_name: str | None = None,
         visibility_timeout: float | None = None,
         max_receive_count: int | None = None,
+        filter_events: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Get or create a queue, subscribe it to topics, and attach a dead-letter queue.
+
+        ``filter_events`` (manifests): from the topics bound in this call, the
+        queue gets only messages with one of these manifests (kept with each
+        subscription, applied at publish time); declaring again with another
+        list replaces it; ``None`` leaves a subscription's filter as it is.
+
+        Raises:
+            ConfigurationError: ``filter_events`` is not a non-empty list of manifests.
+            InvalidNameError: a name the backend cannot take.
+        """
         check_plain_name(queue_name, self.messaging_system)
         if dead_letter_queue_name is not None:
             check_plain_name(dead_letter_queue_name, self.messaging_system)
+        manifests = checked_filter_events(filter_events)
+        listed = None if manifests is None else json.dumps(sorted(manifests))
         with self._file.transaction() as db:
             if dead_letter_queue_name is not None:
                 self._upsert_queue(db, dead_letter_queue_name, None, None, None)
@@ -160,10 +192,10 @@ class SQLiteBackend(MessagingBackend):
             )
             for topic in topics_to_bind:
                 db.execute("INSERT OR IGNORE INTO melange_topics VALUES (?)", (topic.obj,))
-                db.execute(
-                    "INSERT OR IGNORE INTO melange_subscriptions VALUES (?, ?)",
-                    (topic.obj, queue_name),
-                )
+                if listed is None:
+                    db.execute(_SUBSCRIBE, (topic.obj, queue_name))
+                else:
+                    db.execute(_SUBSCRIBE_FILTERED, (topic.obj, queue_name, listed))
         dead_letter = QueueWrapper(dead_letter_queue_name) if dead_letter_queue_name else None
         return QueueWrapper(queue_name), dead_letter
 
@@ -211,30 +243,54 @@ class SQLiteBackend(MessagingBackend):
     def publish_batch_to_topic(self, messages: Sequence[Message], topic: TopicWrapper) -> None:
         """Publish messages to every queue subscribed to the topic, in one transaction.
 
-        With no queue subscribed, each message is reported with
+        A queue subscribed with ``filter_events`` gets only the messages whose
+        manifest it lists. A message no queue takes is reported with
         ``report_unrouted`` (a warning and ``message_unrouted``) and dropped.
 
         Raises:
             TopicNotFoundError: the topic does not exist.
         """
+        everyone = False  # some queue takes every message
+        routed: set[int] = set()  # else, the indexes of those some queue took
         with self._file.transaction() as db:
-            subscribers = db.execute(
-                "SELECT s.queue FROM melange_topics AS t LEFT JOIN melange_subscriptions AS s"
-                " ON s.topic = t.name WHERE t.name = ?",
-                (topic.obj,),
-            ).fetchall()
+            subscribers = db.execute(_SUBSCRIBERS, (topic.obj,)).fetchall()
             if not subscribers:
                 raise TopicNotFoundError(f"topic {topic.obj!r} does not exist in {self.path}")
-            queues = [queue for (queue,) in subscribers if queue is not None]
-            if queues and messages:
+            if messages and subscribers[0][0] is not None:
                 first, now = queries.next_id(db), _now()
-                for n, queue in enumerate(queues):
-                    queries.insert(db, messages, queue, now, first + n * len(messages))
-        if not queues:
-            for message in messages:
-                report_unrouted(self, message, topic.obj)
-            return
-        self._wake()
+                for queue, listed in subscribers:
+                    if listed is None:
+                        chosen = messages
+                        everyone = True
+                    else:
+                        manifests = self._manifests(listed)
+                        kept = [n for n, m in enumerate(messages) if m.manifest in manifests]
+                        routed.update(kept)
+                        chosen = [messages[n] for n in kept]
+                    if chosen:
+                        queries.insert(db, chosen, queue, now, first)
+                        first += len(chosen)
+        if not everyone:
+            for n, message in enumerate(messages):
+                if n not in routed:
+                    report_unrouted(self, message, topic.obj)
+        if everyone or routed:
+            self._wake()
+
+    def _manifests(self, listed: str) -> frozenset[str]:
+        """Return the manifests of a subscription's ``manifests`` JSON, parsed once and cached."""
+        manifests = self._filters.get(listed)
+        if manifests is None:
+            if len(self._filters) >= _MAX_FILTERS:
+                self._filters.clear()
+            try:
+                parsed = json.loads(listed)
+            except ValueError:
+                parsed = None
+            # A value melange did not write lets nothing through rather than everything.
+            ok = isinstance(parsed, list) and all(type(m) is str for m in parsed)
+            manifests = self._filters[listed] = frozenset(parsed) if ok else frozenset()
+        return manifests
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
         """Publish a message to one queue.

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from melange._sqlite import Schema
+from melange._sqlite import Schema, SQLiteFile
 
-__all__ = ["BROKER_SCHEMA"]
+__all__ = ["BROKER_SCHEMA", "ensure_broker_schema"]
 
 # A message is an immutable body plus one small delivery row per queue. Claims
 # rewrite only the delivery (a few dozen bytes), whose primary key is the
@@ -20,9 +20,11 @@ BROKER_SCHEMA = Schema(
             max_receive_count INTEGER NOT NULL,
             dead_letter_queue TEXT
         ) WITHOUT ROWID""",
+        # manifests: NULL, every message; else a JSON array, only those (filter_events).
         """CREATE TABLE IF NOT EXISTS melange_subscriptions (
             topic TEXT NOT NULL,
             queue TEXT NOT NULL,
+            manifests TEXT,
             PRIMARY KEY (topic, queue)
         ) WITHOUT ROWID""",
         """CREATE TABLE IF NOT EXISTS melange_bodies (
@@ -46,3 +48,27 @@ BROKER_SCHEMA = Schema(
             BEGIN DELETE FROM melange_bodies WHERE id = old.id; END""",
     ),
 )
+
+_HAS_MANIFESTS = "SELECT 1 FROM pragma_table_info('melange_subscriptions') WHERE name = 'manifests'"
+_ADD_MANIFESTS = "ALTER TABLE melange_subscriptions ADD COLUMN manifests TEXT"
+
+
+def ensure_broker_schema(file: SQLiteFile) -> None:
+    """Create the broker's tables, or bring a file's up to date.
+
+    Version 1 files made before ``filter_events`` have no
+    ``melange_subscriptions.manifests``: it is added (``NULL``, so every
+    existing subscription still takes every message). The column is looked
+    for rather than versioned, so that the file stays readable by the melange
+    that made it; that melange cannot declare a subscription in it any more.
+
+    Raises:
+        StorageError: the file was made by a newer melange, or cannot be written.
+        BackendError: the write lock stayed taken past the busy timeout.
+    """
+    file.ensure(BROKER_SCHEMA)
+    if file.read(_HAS_MANIFESTS):
+        return
+    with file.transaction() as db:  # another process may have added it meanwhile
+        if db.execute(_HAS_MANIFESTS).fetchone() is None:
+            db.execute(_ADD_MANIFESTS)

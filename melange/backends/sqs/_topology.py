@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from melange.backends.interfaces import checked_filter_events
 from melange.backends.naming import NAME_TAG, folded, may_fold
 from melange.backends.sqs import _wire as wire
 from melange.backends.sqs._errors import translated
@@ -307,16 +308,14 @@ def _filter_policy(filter_events: Sequence[str] | None, attribute: str) -> str |
     Raises:
         ConfigurationError: not a list of manifests, none, or more than SNS takes.
     """
-    if filter_events is None:
+    manifests = checked_filter_events(filter_events)
+    if manifests is None:
         return None
-    if isinstance(filter_events, str) or not all(isinstance(m, str) and m for m in filter_events):
-        raise ConfigurationError("filter_events must be a list of manifests (non-empty strings)")
-    manifests = sorted(set(filter_events))
-    if not manifests or len(manifests) > _MAX_FILTER_VALUES:
+    if len(manifests) > _MAX_FILTER_VALUES:
         raise ConfigurationError(
             f"filter_events takes 1 to {_MAX_FILTER_VALUES} manifests, not {len(manifests)}"
         )
-    return json.dumps({attribute: manifests})
+    return json.dumps({attribute: sorted(manifests)})
 
 
 def _check_queue_options(
