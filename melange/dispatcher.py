@@ -10,11 +10,13 @@ from melange.backends.interfaces import MessagingBackend
 from melange.broker_calls import run_calls
 from melange.consumers import Consumer
 from melange.consuming.engine import EngineOwner
+from melange.consuming.groups import GroupTurns
 from melange.consuming.holding import HeldMessages
 from melange.consuming.pacing import ReceivePacing
 from melange.consuming.queues import QueueBinding
 from melange.consuming.settling import OutcomeCounts
 from melange.exceptions import BackendError, InvalidArgumentError, QueueNotFoundError
+from melange.grouping import GROUP_HEADER
 from melange.idempotency.base import IdempotencyStore
 from melange.middleware import Consuming, ExceptionHook, Handling, Middleware
 from melange.middleware.idempotency import IdempotencyMiddleware
@@ -84,6 +86,8 @@ class MessageDispatcher(EngineOwner):
         )
         self.backend = backend
         self.idempotency = idempotency
+        #: A message group's messages run one at a time, in the order received, on all threads.
+        self.turns = GroupTurns()
         for consumer in consumers or ():
             self.attach_consumer(consumer)
 
@@ -284,15 +288,50 @@ class MessageDispatcher(EngineOwner):
             stopping,
             self.backend.messaging_system,
         )
-        for message in batch:
-            if stopping():
-                break
-            self._handle_one(message, bound, held, consuming)
-            handled += 1
-            if after_consume is not None:
-                after_consume()
+        if any(GROUP_HEADER in m.metadata for m in batch):
+            handled = self._run_in_turns(batch, bound, held, consuming, after_consume)
+        else:
+            for message in batch:
+                if stopping():
+                    break
+                self._handle_one(message, bound, held, consuming)
+                handled += 1
+                if after_consume is not None:
+                    after_consume()
         run_calls(self.backend, self.settler.releasing_unstarted(held))
         held.flush()
+        return handled
+
+    def _run_in_turns(
+        self,
+        batch: Sequence[Message],
+        bound: QueueBinding,
+        held: HeldMessages,
+        consuming: Consuming,
+        after_consume: Callable[[], None] | None,
+    ) -> int:
+        """Handle a batch holding grouped messages, each when its group's turn comes."""
+        turns, name, stopping = self.turns, bound.name, consuming.stopping
+        turns.join(name, batch)
+        handled = 0
+        try:
+            for message in batch:
+                if stopping():
+                    break
+                if not turns.wait_turn(name, message, stopping):
+                    if stopping():
+                        break
+                    run_calls(self.backend, self.settler.giving_way(message, held))
+                    turns.leave(name, message, retried=True)
+                    continue
+                kind = self._handle_one(message, bound, held, consuming)
+                turns.leave(name, message, retried=kind is OutcomeKind.RELEASE)
+                handled += 1
+                if after_consume is not None:
+                    after_consume()
+        finally:
+            for message in batch:  # the ones not started go back: those behind them give way
+                turns.leave(name, message, retried=True)
         return handled
 
     def _handle_one(

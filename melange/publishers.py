@@ -9,6 +9,7 @@ from typing import Any
 from melange import signals
 from melange.backends.interfaces import MessagingBackend
 from melange.broker_calls import run_calls
+from melange.grouping import GroupBy
 from melange.middleware import Middleware, Publishing, compose, current_hold, hooks_of
 from melange.models import Message, QueueWrapper, TopicWrapper
 from melange.outgoing import Destination, Outgoing
@@ -57,19 +58,24 @@ class MessagePublisher:
         queue: str | QueueWrapper | None = None,
         headers: Mapping[str, Any] | None = None,
         delay: float = 0.0,
+        group_by: GroupBy | None = None,
     ) -> Message:
         """Publish one event and return the message sent.
 
         ``delay`` (seconds, queues only) keeps the message invisible that long.
+        ``group_by`` (an attribute name or a function of the event) sets its
+        message group, else its class's ``__melange_group__`` does
+        (``melange.grouping``): an SQS FIFO ``MessageGroupId``, and one at a
+        time, in order, in the dispatcher.
 
         Raises:
             ConfigurationError: both ``topic`` and ``queue``, a delay on a topic,
-                or an event with no manifest and no destination.
+                an event with no manifest and no destination, or no group to take.
             SerializationError: the event cannot be serialized.
             QueueNotFoundError: ``queue`` does not exist.
             BackendError: the backend refused the message.
         """
-        if topic is queue is None and not (headers or delay or self._one_by_one):
+        if topic is queue is None and not (headers or delay or group_by or self._one_by_one):
             # The common case, kept short: by type, with no middleware to see an
             # ``Outgoing``; once the topic is known and nothing holds publishes,
             # the message goes straight to the backend.
@@ -82,7 +88,7 @@ class MessagePublisher:
                 outgoing.message = message
                 self._send_core(outgoing)
         else:
-            message = self._published(event, topic, queue, headers, delay)
+            message = self._published(event, topic, queue, headers, delay, group_by=group_by)
         if signals.message_published.receivers:
             signals.message_published.send(self, message=message, event=event)
         return message
@@ -94,10 +100,12 @@ class MessagePublisher:
         queue: str | QueueWrapper | None,
         headers: Mapping[str, Any] | None,
         delay: float,
+        *,
+        group_by: GroupBy | None,
     ) -> Message:
         """Publish through the middleware and any hold; return the message sent."""
         destination = None if topic is queue is None else Destination.requested(topic, queue)
-        outgoing = self.sending.outgoing(event, destination, headers, delay)
+        outgoing = self.sending.outgoing(event, destination, headers, delay, group_by)
         outgoing.message = self._build(outgoing)
         self._send(outgoing)
         return outgoing.built  # a send hook may have added headers
@@ -109,20 +117,25 @@ class MessagePublisher:
         topic: str | TopicWrapper | None = None,
         queue: str | QueueWrapper | None = None,
         headers: Mapping[str, Any] | None = None,
+        group_by: GroupBy | None = None,
     ) -> list[Message]:
         """Publish several events in as few broker calls as the backend allows.
 
         Events bound for different manifest topics are grouped per topic. With
         middleware, or inside ``hold_publishes()``, each event is published on
-        its own so that every hook sees it.
+        its own so that every hook sees it. ``group_by``: as for ``publish``,
+        per event.
 
         Raises:
             BatchPublishError: some messages were not published; it lists them.
         """
         destination = Destination.requested(topic, queue)
         if self._one_by_one or current_hold() is not None:
-            return [self.publish(e, topic=topic, queue=queue, headers=headers) for e in events]
-        batch = self.sending.built_batch(events, destination, headers)
+            return [
+                self.publish(e, topic=topic, queue=queue, headers=headers, group_by=group_by)
+                for e in events
+            ]
+        batch = self.sending.built_batch(events, destination, headers, group_by)
         run_calls(self.backend, self.sending.batch_sent(batch))
         return self.sending.announce(batch)
 

@@ -19,6 +19,7 @@ from melange.backends.decoding import OWN_PREFIX, is_own_header
 from melange.broker_calls import BrokerCall, BrokerSteps
 from melange.context import current_message
 from melange.exceptions import ConfigurationError, InvalidArgumentError, SerializationError
+from melange.grouping import GROUP_HEADER, GroupBy, group_key
 from melange.models import (
     CAUSATION_ID,
     CORRELATION_ID,
@@ -64,17 +65,23 @@ class Sending:
         destination: Destination | None,
         headers: Mapping[str, Any] | None = None,
         delay: float = 0.0,
+        group_by: GroupBy | None = None,
     ) -> Outgoing:
         """Return the ``Outgoing`` of one event about to be published (not built yet).
 
+        ``group_by`` puts the event's group in the ``message_group_id`` header.
+
         Raises:
-            ConfigurationError: a delay to a topic.
+            ConfigurationError: a delay to a topic, or a group ``group_by`` cannot take.
         """
         if delay > 0 and (destination is None or destination.kind is not DestinationKind.QUEUE):
             raise ConfigurationError("a delay needs queue=: topics cannot delay a message")
+        texts = text_headers(headers) if headers else {}
+        if group_by is not None:
+            texts[GROUP_HEADER] = str(group_key(event, group_by))
         return Outgoing(
             event,
-            text_headers(headers) if headers else {},
+            texts,
             destination,
             delay,
             self.publisher,
@@ -86,9 +93,10 @@ class Sending:
         events: Iterable[Any],
         destination: Destination | None,
         headers: Mapping[str, Any] | None,
+        group_by: GroupBy | None = None,
     ) -> list[Outgoing]:
         """Return the ``Outgoing`` of each event of a batch, built (no middleware runs)."""
-        batch = [self.outgoing(event, destination, headers) for event in events]
+        batch = [self.outgoing(event, destination, headers, group_by=group_by) for event in events]
         for outgoing in batch:
             outgoing.message = self.build(outgoing)
         return batch
@@ -111,6 +119,7 @@ class Sending:
         Raises:
             SerializationError: the event cannot be serialized.
             InvalidArgumentError: a header under ``x-melange-``.
+            ConfigurationError: its class's ``__melange_group__`` names no attribute it has.
         """
         content, manifest, serializer_id = self.serializers.serialize(event)
         if type(content) is not str:
@@ -128,6 +137,8 @@ class Sending:
         metadata[PUBLISHED_AT] = utc_now_iso()
         if version is not None:
             metadata[VERSION_HEADER] = str(version_of(type(event)))
+        if (group := group_key(event)) is not None:
+            metadata[GROUP_HEADER] = group
         if headers:
             # The caller's headers win, except the publication time.
             for given, value in headers.items():

@@ -849,3 +849,58 @@ def test_publisher_and_dispatcher_move_a_typed_event(tmp_path: Path) -> None:
         assert (event, count) == (OrderCreated(order_id="o-1", total=9.5), 1)
         assert sent.header("correlation_id") is not None
         assert consuming.queue_depth(consuming.get_queue("billing")) == 0
+
+
+# -- message groups: FIFO order, as on an SQS FIFO queue -------------------------------------
+
+
+def grouped(group: str | None, text: str) -> Message:
+    return Message(content=text, metadata={"message_group_id": group} if group else {})
+
+
+def test_a_group_is_handed_out_in_order_and_held_back_while_some_of_it_is_out(
+    tmp_path: Path,
+) -> None:
+    with SQLiteBackend(tmp_path / "broker.db") as backend:
+        queue, _ = backend.declare_queue("q", visibility_timeout=30)
+        backend.publish_batch_to_queue(
+            [grouped("a", f"a{n}") for n in range(4)]
+            + [grouped("b", "b0"), grouped(None, "free"), grouped("b", "b1")],
+            queue,
+        )
+        first = backend.retrieve_messages(queue, max_messages=2)
+        assert [m.content for m in first] == ["a0", "a1"]
+        # a is out: its later messages wait, the rest of the queue does not.
+        second = backend.retrieve_messages(queue, max_messages=10)
+        assert [m.content for m in second] == ["b0", "free", "b1"]
+        backend.acknowledge(first[1])  # a1 done, a0 still out: a stays held
+        assert backend.retrieve_messages(queue, max_messages=10) == []
+        backend.release(first[0], delay=0.3)  # a0 to be retried: nothing of a before it
+        assert backend.retrieve_messages(queue, max_messages=10) == []
+        again = backend.retrieve_messages(queue, max_messages=10, wait_seconds=2)
+        assert [(m.content, m.receive_count) for m in again] == [("a0", 2), ("a2", 1), ("a3", 1)]
+
+
+def test_a_held_group_at_the_head_does_not_stall_the_queue(tmp_path: Path) -> None:
+    with SQLiteBackend(tmp_path / "broker.db") as backend:
+        queue, _ = backend.declare_queue("q")
+        backend.publish_batch_to_queue([grouped("big", str(n)) for n in range(300)], queue)
+        backend.publish_to_queue(grouped(None, "behind"), queue)
+        out = backend.retrieve_messages(queue, max_messages=1)
+        assert [m.content for m in out] == ["0"]
+        assert [m.content for m in backend.retrieve_messages(queue, max_messages=1)] == ["behind"]
+
+
+def test_a_spent_delivery_of_a_group_is_dead_lettered_and_the_next_one_comes(
+    tmp_path: Path,
+) -> None:
+    with SQLiteBackend(tmp_path / "broker.db") as backend:
+        queue, dead = backend.declare_queue(
+            "q", dead_letter_queue_name="q-dlq", max_receive_count=1, visibility_timeout=30
+        )
+        assert dead is not None
+        backend.publish_batch_to_queue([grouped("a", "a0"), grouped("a", "a1")], queue)
+        [a0] = backend.retrieve_messages(queue, max_messages=1)
+        backend.release(a0)
+        assert [m.content for m in backend.retrieve_messages(queue)] == ["a1"]
+        assert [m.content for m in backend.retrieve_messages(dead)] == ["a0"]

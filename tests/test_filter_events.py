@@ -211,7 +211,7 @@ def test_sqlite_file_of_the_old_schema_is_migrated(tmp_path: Path) -> None:
         topic = backend.declare_topic("orders")
         backend.declare_queue("old", topic)
         backend.publish_to_topic(Message(content="{}", manifest=PLACED), topic)
-    with sqlite3.connect(path) as db:  # melange_subscriptions as it was: no manifests column
+    with sqlite3.connect(path) as db:  # as version 1 was: no manifests, no group_id
         db.executescript(
             """
             CREATE TABLE before (topic TEXT NOT NULL, queue TEXT NOT NULL,
@@ -219,11 +219,15 @@ def test_sqlite_file_of_the_old_schema_is_migrated(tmp_path: Path) -> None:
             INSERT INTO before SELECT topic, queue FROM melange_subscriptions;
             DROP TABLE melange_subscriptions;
             ALTER TABLE before RENAME TO melange_subscriptions;
+            DROP INDEX melange_delivery_groups;
+            ALTER TABLE melange_deliveries DROP COLUMN group_id;
             """
         )
         columns = [row[1] for row in db.execute("PRAGMA table_info(melange_subscriptions)")]
+        deliveries = [row[1] for row in db.execute("PRAGMA table_info(melange_deliveries)")]
     db.close()
     assert columns == ["topic", "queue"]
+    assert "group_id" not in deliveries
     with SQLiteBackend(path) as backend:
         topic = backend.declare_topic("orders")
         filtered, _ = backend.declare_queue("new", topic, filter_events=[SHIPPED])
@@ -233,11 +237,16 @@ def test_sqlite_file_of_the_old_schema_is_migrated(tmp_path: Path) -> None:
         old = backend.get_queue("old")
         assert manifests_in(backend, old, 3) == {PLACED: 2, SHIPPED: 1}
         assert manifests_in(backend, filtered, 1) == {SHIPPED: 1}
+        grouped = [Message(content=str(n), metadata={"message_group_id": "g"}) for n in range(2)]
+        backend.publish_batch_to_queue(grouped, old)
+        assert [m.content for m in backend.retrieve_messages(old)] == ["0", "1"]
     with sqlite3.connect(path) as db:
         versions = db.execute("SELECT * FROM melange_schema_versions").fetchall()
         columns = [row[1] for row in db.execute("PRAGMA table_info(melange_subscriptions)")]
+        deliveries = [row[1] for row in db.execute("PRAGMA table_info(melange_deliveries)")]
     db.close()
     assert (versions, columns) == ([("broker", 1)], ["topic", "queue", "manifests"])
+    assert deliveries[-1] == "group_id"
 
 
 # -- MessageDispatcher.declare(filter_events=True): the consumers' manifests -----------------

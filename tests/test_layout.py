@@ -259,6 +259,7 @@ def test_the_consume_engine_is_one_package_both_loops_import() -> None:
         "async_decisions",
         "decisions",
         "engine",
+        "groups",
         "holding",
         "pacing",
         "queues",
@@ -268,6 +269,7 @@ def test_the_consume_engine_is_one_package_both_loops_import() -> None:
     for loop in (PACKAGE / "dispatcher.py", PACKAGE / "aio" / "_dispatcher.py"):
         imported = imports_of(loop)
         assert "melange.consuming.engine.EngineOwner" in imported, loop
+        assert any(name.startswith("melange.consuming.groups.") for name in imported), loop
         assert "melange.consuming.holding.HeldMessages" in imported, loop
     assert not (PACKAGE / "pipeline.py").exists()
     assert not (PACKAGE / "aio" / "_pipeline.py").exists()

@@ -25,15 +25,18 @@ from melange.broker_calls import run_calls_async
 from melange.consumers import Consumer
 from melange.consuming.async_decisions import AsyncDecisions
 from melange.consuming.engine import EngineOwner
+from melange.consuming.groups import AsyncGroupTurns
 from melange.consuming.holding import HeldMessages, LoopCalls, acknowledging
 from melange.consuming.pacing import ReceivePacing
 from melange.consuming.queues import QueueBinding
 from melange.dispatcher import MessageDispatcher
 from melange.exceptions import BackendError, InvalidArgumentError, QueueNotFoundError
+from melange.grouping import GROUP_HEADER
 from melange.idempotency.base import AsyncIdempotencyStore, IdempotencyStore
 from melange.middleware import Consuming, ExceptionHook, Handling, Middleware
 from melange.middleware.idempotency_async import AsyncIdempotencyMiddleware
 from melange.models import Message, QueueWrapper
+from melange.outcomes import OutcomeKind
 from melange.policies import AckPolicy, RetryPolicy
 from melange.serializers import SerializerRegistry
 
@@ -218,6 +221,7 @@ class _Run:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"melange-{bound.name}")
         self.decisions = AsyncDecisions(dispatcher.pipeline, self.pool)
         self.pacing: ReceivePacing | None = None
+        self.turns = AsyncGroupTurns()  # a message group's messages run one at a time, in order
 
     async def until_done(self, pacing: ReceivePacing) -> int:
         self.pacing = pacing
@@ -293,17 +297,37 @@ class _Run:
             self.held.hold(batch)
         if self.stop.is_set():  # told to stop while receiving: they go back untouched
             return
+        self.turns.join(self.bound.name, batch)
         for message in batch:
-            task = asyncio.create_task(self._handle(message))
+            handle = self._in_turn if GROUP_HEADER in message.metadata else self._handle
+            task = asyncio.create_task(handle(message))
             self.in_flight.add(task)
             task.add_done_callback(self._finished)
 
+    async def _in_turn(self, message: Message) -> None:
+        """Handle a grouped message once those received before it in its group are done."""
+        turns, name = self.turns, self.bound.name
+        retried = True  # unless it is handled and not retried: those behind it give way
+        try:
+            if not await turns.wait_turn(name, message):
+                await run_calls_async(self.backend, self.settler.giving_way(message, self.held))
+                return
+            if self.stop.is_set():
+                return  # unstarted: it goes back with the others
+            retried = await self._outcome(message) is OutcomeKind.RELEASE
+        finally:
+            await asyncio.shield(turns.leave(name, message, retried=retried))
+
     async def _handle(self, message: Message) -> None:
+        await self._outcome(message)
+
+    async def _outcome(self, message: Message) -> OutcomeKind:
+        """Handle a message and settle it; return how it ended."""
         held, settler, bound, backend = self.held, self.settler, self.bound, self.backend
         if bound.dead_letters.leaves_any_to_broker and await run_calls_async(
             backend, settler.handing_back(message, bound, held)
         ):
-            return
+            return OutcomeKind.RELEASE
         handling = Handling(message, self.consuming)
         held.handling(handling)
         try:
@@ -312,6 +336,11 @@ class _Run:
             held.finish(handling)
         if not settler.settled_at_once(outcome, message, held):
             await run_calls_async(backend, settler.settling(outcome, message, bound, held))
+        self._send_acks_soon()
+        return outcome.kind
+
+    def _send_acks_soon(self) -> None:
+        held = self.held
         if held.acks_due() and not self.acks_sending:
             sending = asyncio.create_task(self._send_acks())
             self.acks_sending.add(sending)

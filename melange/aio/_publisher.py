@@ -12,6 +12,7 @@ from melange._bridge import in_thread
 from melange.aio._bridged import BridgedBackend
 from melange.aio._interface import AsyncMessagingBackend, require_async_backend
 from melange.broker_calls import run_calls_async
+from melange.grouping import GroupBy
 from melange.middleware import (
     Middleware,
     Publishing,
@@ -66,10 +67,11 @@ class AsyncMessagePublisher:
         queue: str | QueueWrapper | None = None,
         headers: Mapping[str, Any] | None = None,
         delay: float = 0.0,
+        group_by: GroupBy | None = None,
     ) -> Message:
         """Publish one event and return the message sent (see ``MessagePublisher.publish``)."""
         destination = None if topic is queue is None else Destination.requested(topic, queue)
-        outgoing = self.sending.outgoing(event, destination, headers, delay)
+        outgoing = self.sending.outgoing(event, destination, headers, delay, group_by)
         outgoing.message = self._build(outgoing)
         await self._send(outgoing)
         message = outgoing.built
@@ -84,14 +86,16 @@ class AsyncMessagePublisher:
         topic: str | TopicWrapper | None = None,
         queue: str | QueueWrapper | None = None,
         headers: Mapping[str, Any] | None = None,
+        group_by: GroupBy | None = None,
     ) -> list[Message]:
         """Publish several events in as few broker calls as the backend allows."""
         destination = Destination.requested(topic, queue)
         if self._one_by_one or current_hold() is not None:
             return [
-                await self.publish(e, topic=topic, queue=queue, headers=headers) for e in events
+                await self.publish(e, topic=topic, queue=queue, headers=headers, group_by=group_by)
+                for e in events
             ]
-        batch = self.sending.built_batch(events, destination, headers)
+        batch = self.sending.built_batch(events, destination, headers, group_by)
         await run_calls_async(self.backend, self.sending.batch_sent(batch))
         return self.sending.announce(batch)
 

@@ -155,6 +155,12 @@ class Settler:
         self.outcomes.add(OutcomeKind.RELEASE)
         return True
 
+    def giving_way(self, message: Message, held: HeldMessages) -> BrokerSteps[None]:
+        """Hand back, unhandled, a message whose group is being retried ahead of it."""
+        held.drop(message)
+        yield from self.releasing(message, 0.0)
+        self.outcomes.add(OutcomeKind.RELEASE)
+
     def releasing_unstarted(self, held: HeldMessages) -> BrokerSteps[None]:
         """Hand back at once every held message whose handling never started."""
         for message in held.unstarted():

@@ -40,7 +40,9 @@ class SagaRecord:
     """One saga instance as stored.
 
     ``state`` is the serialized state (``state_manifest``/``state_serializer``
-    say how to read it back); ``version`` grows by one with every save;
+    say how to read it back, ``state_version`` which ``__melange_version__``
+    of the state class wrote it: older ones are upcast on load); ``version``
+    grows by one with every save;
     ``handled`` holds the ids of the messages already applied (newest last,
     bounded); ``compensations`` the undo commands, oldest first; ``timeouts``
     maps each live timeout token to the event it delivers.
@@ -52,6 +54,7 @@ class SagaRecord:
     state: str
     state_manifest: str | None = None
     state_serializer: int | None = None
+    state_version: int = 1
     status: SagaStatus = SagaStatus.RUNNING
     version: int = 0
     handled: tuple[str, ...] = ()
@@ -104,6 +107,7 @@ class SagaRecord:
                 "state": self.state,
                 "state_manifest": self.state_manifest,
                 "state_serializer": self.state_serializer,
+                "state_version": self.state_version,
                 "handled": list(self.handled),
                 "compensations": [c.to_json() for c in self.compensations],
                 "timeouts": self.timeouts,
@@ -139,6 +143,7 @@ class SagaRecord:
             state=data["state"],
             state_manifest=data["state_manifest"],
             state_serializer=data["state_serializer"],
+            state_version=data.get("state_version", 1),  # records from before versions: 1
             status=SagaStatus(status),
             version=int(version),
             handled=tuple(data["handled"]),

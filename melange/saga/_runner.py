@@ -36,6 +36,7 @@ from melange.saga._records import SagaRecord
 from melange.saga._scope import InstanceScope, entered_scope
 from melange.saga._store import SagaStore
 from melange.serializers import SerializerRegistry
+from melange.serializers.versions import version_of
 
 if TYPE_CHECKING:
     from melange.outbox import Relay
@@ -260,6 +261,7 @@ class SagaRunner:
             state=content,
             state_manifest=manifest,
             state_serializer=serializer_id,
+            state_version=version_of(type(scope.state)),
             status=scope.status,
             version=record.version + 1,
             handled=handled,
@@ -272,7 +274,10 @@ class SagaRunner:
     def _read_state(self, record: SagaRecord) -> Any:
         try:
             return self._states.deserialize(
-                record.state, record.state_manifest, record.state_serializer
+                record.state,
+                record.state_manifest,
+                record.state_serializer,
+                str(record.state_version),  # upcast by the registry's upcasters if older
             )
         except SerializationError as e:
             raise RejectMessage(

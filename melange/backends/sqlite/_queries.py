@@ -29,6 +29,7 @@ from melange.backends.decoding import (
     undecodable,
 )
 from melange.exceptions import PublishError, QueueNotFoundError, UndecodableMessageError
+from melange.grouping import GROUP_HEADER
 from melange.models import Message, unchecked_message
 
 __all__ = [
@@ -51,7 +52,9 @@ UNREAD_METADATA = "x-foreign-metadata"
 
 _INSERT_BODY = "INSERT INTO melange_bodies VALUES (?, ?, ?, ?, ?, ?)"
 _DELETE_BODIES = "DELETE FROM melange_bodies WHERE id >= ? AND id < ?"
-_INSERT_DELIVERY = "INSERT INTO melange_deliveries (queue, visible_at, id) VALUES (?, ?, ?)"
+_INSERT_DELIVERY = (
+    "INSERT INTO melange_deliveries (queue, visible_at, id, group_id) VALUES (?, ?, ?, ?)"
+)
 _NEXT_ID = "SELECT coalesce(max(id), 0) + 1 FROM melange_bodies"
 QUEUE_AND_NEXT_ID = (
     "SELECT (SELECT 1 FROM melange_queues WHERE name = ?),"
@@ -64,10 +67,16 @@ _SETTINGS = (
 PEEK = "SELECT 1 FROM melange_deliveries WHERE queue = ? AND visible_at <= ? LIMIT 1"
 # Keyset paging: a second page (after dead-letter moves) starts past the first.
 _CANDIDATES = (
-    "SELECT visible_at, id, receive_count FROM melange_deliveries"
+    "SELECT visible_at, id, receive_count, group_id FROM melange_deliveries"
     " WHERE queue = ? AND (visible_at, id) > (?, ?) AND visible_at <= ?"
     " ORDER BY visible_at, id LIMIT ?"
 )
+# A group's deliveries in the order they were sent (melange_delivery_groups).
+_GROUP_OLDEST = (
+    "SELECT visible_at, id, receive_count FROM melange_deliveries"
+    " WHERE queue = ? AND group_id = ? ORDER BY id LIMIT ?"
+)
+_GROUP_PAGE = 100  # deliveries looked at per page when some are grouped
 _CLAIM = (
     "UPDATE melange_deliveries SET visible_at = ?, receive_count = receive_count + 1, claim = ?"
     " WHERE queue = ? AND visible_at = ? AND id = ?"
@@ -199,7 +208,16 @@ def insert(
         # failed are already in.
         db.execute(_DELETE_BODIES, (first, first + len(messages)))
         db.executemany(_INSERT_BODY, [_escaped(first + n, m) for n, m in enumerate(messages)])
-    db.executemany(_INSERT_DELIVERY, [(queue, visible_at, first + n) for n in range(len(messages))])
+    db.executemany(
+        _INSERT_DELIVERY,
+        [(queue, visible_at, first + n, _group(m)) for n, m in enumerate(messages)],
+    )
+
+
+def _group(message: Message) -> str | None:
+    """Return the message group a delivery is kept in order within (``message_group_id``)."""
+    group = message.metadata.get(GROUP_HEADER)
+    return group if type(group) is str and group else None
 
 
 def claim(
@@ -229,6 +247,12 @@ def claim(
     while claimed < limit:
         wanted = limit - claimed
         candidates = db.execute(_CANDIDATES, (queue, *after, now, wanted)).fetchall()
+        if any(c[3] is not None for c in candidates):
+            spent = _Spent(queue, now, max_receive_count, dead_letter)
+            kept = _in_group_order(db, spent, wanted, after)
+            one_by_one.extend((deadline, token, queue, *k) for k in kept)
+            claimed += len(kept)
+            break
         moved = [c for c in candidates if dead_letter is not None and c[2] >= max_receive_count]
         if not moved:
             if candidates:
@@ -255,6 +279,58 @@ def claim(
         # happens again below and is reported from there.
         rows = db.execute(_CLAIMED_RAW, (queue, deadline, token)).fetchall()
     return Claimed(deadline, rows)
+
+
+class _Spent(NamedTuple):
+    """What a claim needs to dead-letter the deliveries that were received too often."""
+
+    queue: str
+    now: float
+    max_receive_count: int
+    dead_letter: str | None
+
+    def moved(self, db: sqlite3.Connection, visible_at: float, row: int, count: int) -> bool:
+        """Move the delivery to the dead-letter queue if it is spent; return whether it was."""
+        if self.dead_letter is None or count < self.max_receive_count:
+            return False
+        db.execute(_TO_DEAD_LETTERS, (self.dead_letter, self.now, self.queue, visible_at, row))
+        return True
+
+
+def _in_group_order(
+    db: sqlite3.Connection, spent: _Spent, wanted: int, after: tuple[float, int]
+) -> list[tuple[float, int]]:
+    """Return the keys of up to ``wanted`` visible deliveries to claim, keeping groups in order.
+
+    A group hands out only its oldest deliveries (by id), and none while one
+    of them is hidden (received and not settled, or retried later): as an
+    SQS FIFO queue does. Pages go on past the groups held back, so they
+    never hold up the rest of the queue.
+    """
+    queue, now = spent.queue, spent.now
+    kept: list[tuple[float, int]] = []
+    seen: set[str] = set()
+    size = max(wanted, _GROUP_PAGE)
+    while len(kept) < wanted:
+        page = db.execute(_CANDIDATES, (queue, *after, now, size)).fetchall()
+        for visible_at, row, count, group in page:
+            if len(kept) >= wanted:
+                break
+            if group is None:
+                if not spent.moved(db, visible_at, row, count):
+                    kept.append((visible_at, row))
+            elif group not in seen:
+                seen.add(group)
+                oldest = db.execute(_GROUP_OLDEST, (queue, group, wanted - len(kept) + 1))
+                for g_visible_at, g_row, g_count in oldest.fetchall():
+                    if g_visible_at > now or len(kept) >= wanted:
+                        break
+                    if not spent.moved(db, g_visible_at, g_row, g_count):
+                        kept.append((g_visible_at, g_row))
+        if len(page) < size:
+            break
+        after = page[-1][:2]
+    return kept
 
 
 def received(queue: str, token: bytes, claimed: Claimed) -> list[Message]:

@@ -41,6 +41,7 @@ BROKER_SCHEMA = Schema(
             id INTEGER NOT NULL,
             receive_count INTEGER NOT NULL DEFAULT 0,
             claim BLOB,
+            group_id TEXT,
             PRIMARY KEY (queue, visible_at, id)
         ) WITHOUT ROWID""",
         """CREATE TRIGGER IF NOT EXISTS melange_delivery_done
@@ -49,26 +50,39 @@ BROKER_SCHEMA = Schema(
     ),
 )
 
-_HAS_MANIFESTS = "SELECT 1 FROM pragma_table_info('melange_subscriptions') WHERE name = 'manifests'"
-_ADD_MANIFESTS = "ALTER TABLE melange_subscriptions ADD COLUMN manifests TEXT"
+# Columns added since version 1, NULL in the rows of older files: (table, column).
+_ADDED = (
+    ("melange_subscriptions", "manifests"),  # filter_events
+    ("melange_deliveries", "group_id"),  # message groups
+)
+_HAS_COLUMN = "SELECT 1 FROM pragma_table_info(?) WHERE name = ?"
+# Only grouped deliveries are in it: ungrouped publishes and claims never touch it.
+_GROUP_INDEX = (
+    "CREATE INDEX IF NOT EXISTS melange_delivery_groups"
+    " ON melange_deliveries (queue, group_id, id) WHERE group_id IS NOT NULL"
+)
+_HAS_INDEX = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'melange_delivery_groups'"
 
 
 def ensure_broker_schema(file: SQLiteFile) -> None:
     """Create the broker's tables, or bring a file's up to date.
 
-    Version 1 files made before ``filter_events`` have no
-    ``melange_subscriptions.manifests``: it is added (``NULL``, so every
-    existing subscription still takes every message). The column is looked
-    for rather than versioned, so that the file stays readable by the melange
-    that made it; that melange cannot declare a subscription in it any more.
+    Version 1 files made before ``filter_events`` and message groups lack
+    ``melange_subscriptions.manifests`` and ``melange_deliveries.group_id``:
+    they are added (``NULL``: every message, in no group). The columns are
+    looked for rather than versioned, so that the file stays readable by the
+    melange that made it; that melange cannot declare a subscription in it any
+    more, and the messages it sends are in no group.
 
     Raises:
         StorageError: the file was made by a newer melange, or cannot be written.
         BackendError: the write lock stayed taken past the busy timeout.
     """
     file.ensure(BROKER_SCHEMA)
-    if file.read(_HAS_MANIFESTS):
+    if all(file.read(_HAS_COLUMN, added) for added in _ADDED) and file.read(_HAS_INDEX):
         return
-    with file.transaction() as db:  # another process may have added it meanwhile
-        if db.execute(_HAS_MANIFESTS).fetchone() is None:
-            db.execute(_ADD_MANIFESTS)
+    with file.transaction() as db:  # another process may have added them meanwhile
+        for table, column in _ADDED:
+            if db.execute(_HAS_COLUMN, (table, column)).fetchone() is None:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+        db.execute(_GROUP_INDEX)
