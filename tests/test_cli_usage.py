@@ -131,7 +131,8 @@ def test_passwords_are_masked() -> None:
     assert masked("sqlite:///melange.db") == "sqlite:///melange.db"
 
 
-def test_declare_creates_the_queue_its_dead_letters_and_subscriptions(folder: Path) -> None:
+def write_billing(folder: Path) -> None:
+    """Write ``orders.py``: a ``Billing`` consumer of ``OrderPaid``."""
     (folder / "orders.py").write_text(
         textwrap.dedent(
             """
@@ -147,6 +148,10 @@ def test_declare_creates_the_queue_its_dead_letters_and_subscriptions(folder: Pa
             """
         )
     )
+
+
+def test_declare_creates_the_queue_its_dead_letters_and_subscriptions(folder: Path) -> None:
+    write_billing(folder)
     url = f"sqlite:///{folder / 'broker.db'}"
     result = melange(
         folder,
@@ -171,21 +176,7 @@ def test_declare_creates_the_queue_its_dead_letters_and_subscriptions(folder: Pa
 
 
 def test_declare_filter_events_keeps_a_shared_topics_other_events_out(folder: Path) -> None:
-    (folder / "orders.py").write_text(
-        textwrap.dedent(
-            """
-            from pydantic import BaseModel
-            from melange import Consumer, listener
-
-            class OrderPaid(BaseModel):
-                order_id: str
-
-            class Billing(Consumer):
-                @listener
-                def on_paid(self, event: OrderPaid) -> None: ...
-            """
-        )
-    )
+    write_billing(folder)
     url = f"sqlite:///{folder / 'broker.db'}"
     args = ("declare", "orders:Billing", "--queue", "billing", "--topic", "audit")
     result = melange(folder, *args, "--filter-events", "--backend", url)
