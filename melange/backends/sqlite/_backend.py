@@ -416,6 +416,7 @@ class SQLiteBackend(MessagingBackend):
                     chunk = rows[first : first + _MAX_IDS]
                     sql = queries.ACKNOWLEDGE_CLAIM.format(ids=",".join("?" * len(chunk)))
                     db.execute(sql, (*key, *chunk))
+        self._wake()  # a message group held back behind these may be free now
 
     def release(self, message: Message, delay: float = 0.0) -> None:
         """Make a received message visible again after ``delay`` seconds (its count is kept).
