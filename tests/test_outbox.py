@@ -88,7 +88,8 @@ def test_committed_events_leave_with_their_ids_and_rolled_back_ones_never(
 
 def test_a_queue_and_a_delay_are_kept_for_the_relay(writer: Writer, broker: SQLiteBackend) -> None:
     queue = broker.declare_queue("direct")[0]
-    [now] = writer.transaction(placed(1), True, {"queue": "direct", "headers": {"tenant": "t-1"}})
+    options = {"queue": "direct", "headers": {"tenant": "t-1"}, "group_by": "order_id"}
+    [now] = writer.transaction(placed(1), True, options)
     [later] = writer.transaction(placed(2), True, {"queue": "direct", "delay": 1.5})
 
     with Relay(writer.url, broker) as relay:
@@ -96,6 +97,7 @@ def test_a_queue_and_a_delay_are_kept_for_the_relay(writer: Writer, broker: SQLi
     first = receive(broker, queue, 1, timeout=1)
     assert [m.message_id for m in first] == [now.message_id]
     assert first[0].metadata["tenant"] == "t-1"
+    assert first[0].metadata["message_group_id"] == "o-1"  # group_by, kept for the relay
     assert receive(broker, queue, 1, timeout=0.3) == []  # still delayed
     assert [m.message_id for m in receive(broker, queue, 1, timeout=5)] == [later.message_id]
 

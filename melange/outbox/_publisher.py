@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 from melange._bridge import in_thread
+from melange.grouping import GroupBy
 from melange.middleware import Middleware, Publishing, async_hooks_of, compose, hooks_of
 from melange.models import Message, QueueWrapper, TopicWrapper
 from melange.outbox._connections import async_row_writer, row_writer
@@ -47,10 +48,12 @@ class _OutboxWriting:
         queue: str | QueueWrapper | None,
         headers: Mapping[str, Any] | None,
         delay: float,
+        *,
+        group_by: GroupBy | None,
     ) -> Outgoing:
         """Return the outgoing message of one event, built (routing checked now, not later)."""
         destination = Destination.requested(topic, queue)
-        outgoing = self.sending.outgoing(event, destination, headers, delay)
+        outgoing = self.sending.outgoing(event, destination, headers, delay, group_by)
         outgoing.message = self._build(outgoing)
         outgoing.where  # noqa: B018 - raises now for an event with nowhere to go
         return outgoing
@@ -95,6 +98,7 @@ class OutboxPublisher(_OutboxWriting):
         queue: str | QueueWrapper | None = None,
         headers: Mapping[str, Any] | None = None,
         delay: float = 0.0,
+        group_by: GroupBy | None = None,
     ) -> Message:
         """Add one event to the outbox; return its message.
 
@@ -104,7 +108,7 @@ class OutboxPublisher(_OutboxWriting):
             SerializationError: the event cannot be serialized.
             OutboxError: the row cannot be written (no table, the database failed).
         """
-        outgoing = self._built(event, topic, queue, headers, delay)
+        outgoing = self._built(event, topic, queue, headers, delay, group_by=group_by)
         self._send(outgoing)
         return outgoing.built
 
@@ -115,9 +119,12 @@ class OutboxPublisher(_OutboxWriting):
         topic: str | TopicWrapper | None = None,
         queue: str | QueueWrapper | None = None,
         headers: Mapping[str, Any] | None = None,
+        group_by: GroupBy | None = None,
     ) -> list[Message]:
         """Add several events to the outbox in one statement; return their messages, in order."""
-        batch = [self._built(event, topic, queue, headers, 0.0) for event in events]
+        batch = [
+            self._built(event, topic, queue, headers, 0.0, group_by=group_by) for event in events
+        ]
         if self._one_by_one:
             for outgoing in batch:
                 self._send(outgoing)
@@ -157,9 +164,10 @@ class AsyncOutboxPublisher(_OutboxWriting):
         queue: str | QueueWrapper | None = None,
         headers: Mapping[str, Any] | None = None,
         delay: float = 0.0,
+        group_by: GroupBy | None = None,
     ) -> Message:
         """Add one event to the outbox; return its message (see ``OutboxPublisher.publish``)."""
-        outgoing = self._built(event, topic, queue, headers, delay)
+        outgoing = self._built(event, topic, queue, headers, delay, group_by=group_by)
         await self._send(outgoing)
         return outgoing.built
 
@@ -170,9 +178,12 @@ class AsyncOutboxPublisher(_OutboxWriting):
         topic: str | TopicWrapper | None = None,
         queue: str | QueueWrapper | None = None,
         headers: Mapping[str, Any] | None = None,
+        group_by: GroupBy | None = None,
     ) -> list[Message]:
         """Add several events to the outbox in one statement; return their messages, in order."""
-        batch = [self._built(event, topic, queue, headers, 0.0) for event in events]
+        batch = [
+            self._built(event, topic, queue, headers, 0.0, group_by=group_by) for event in events
+        ]
         if self._one_by_one:
             for outgoing in batch:
                 await self._send(outgoing)
