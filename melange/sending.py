@@ -137,7 +137,8 @@ class Sending:
         metadata[PUBLISHED_AT] = utc_now_iso()
         if version is not None:
             metadata[VERSION_HEADER] = str(version_of(type(event)))
-        if (group := group_key(event)) is not None:
+        # A group the caller gave (``group_by``, or the header itself) wins over the class's.
+        if not (headers and GROUP_HEADER in headers) and (group := group_key(event)) is not None:
             metadata[GROUP_HEADER] = group
         if headers:
             # The caller's headers win, except the publication time.
