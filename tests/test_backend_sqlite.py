@@ -904,3 +904,18 @@ def test_a_spent_delivery_of_a_group_is_dead_lettered_and_the_next_one_comes(
         backend.release(a0)
         assert [m.content for m in backend.retrieve_messages(queue)] == ["a1"]
         assert [m.content for m in backend.retrieve_messages(dead)] == ["a0"]
+
+
+def test_a_group_held_by_a_dead_receiver_is_free_again_when_its_claim_expires(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "broker.db"
+    with SQLiteBackend(path) as first:
+        queue, _ = first.declare_queue("q", visibility_timeout=30)
+        first.publish_batch_to_queue([grouped("a", f"a{n}") for n in range(3)], queue)
+        taken = first.retrieve_messages(queue, max_messages=1, visibility_timeout=2)
+        assert [m.content for m in taken] == ["a0"]  # then this receiver dies, unsettled
+    with SQLiteBackend(path) as second:
+        assert second.retrieve_messages(queue, max_messages=10) == []  # a0 still out
+        again = second.retrieve_messages(queue, max_messages=10, wait_seconds=5)
+        assert [(m.content, m.receive_count) for m in again] == [("a0", 2), ("a1", 1), ("a2", 1)]
